@@ -1,0 +1,301 @@
+"""Ingest one checkpoint file into one client's store.
+
+One file, synchronously; the daemon's lane and ``chunkd ingest --db`` both call
+:func:`ingest_file`. The steps:
+
+1. open the file and ``fstat`` it; a file already taken with this path, size and mtime is skipped;
+2. parse the zip and ``data.pkl`` (:mod:`chunkd.checkpoint`) and choose the round number;
+3. plan the chunks (:mod:`chunkd.flatindex`);
+4. stream the chunks in flat order with bounded memory: ``pread`` each chunk's parts into one
+   buffer, update each storage's CRC-32, feed the whole-file SHA-256 on a worker thread (in file
+   order), hash the chunk on the pool, and store the chunk bytes that are new;
+5. check every CRC-32 and that the file did not change while read; only then commit the round.
+
+Any failure before the commit undoes the chunk rows this ingest added
+(:meth:`~chunkd.store.RoundWriter.abort`), so a rejected file leaves the database as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+import time
+import zlib
+from collections import deque
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from chunkd import codec, rounds
+from chunkd.checkpoint import ParsedCheckpoint, parse_checkpoint, read_exact, read_into
+from chunkd.errors import CrcMismatchError, FileChangedError, NotACheckpointError
+from chunkd.flatindex import plan_chunks
+from chunkd.manifest import ChunkSpec, RoundLayout
+from chunkd.store import ChunkStore, SourceRecord
+
+#: Chunks read ahead of the one being stored; memory is about this many chunks.
+WINDOW = 4
+
+OUTCOME_INGESTED = "ingested"
+OUTCOME_REPLACED = "replaced"
+OUTCOME_DUPLICATE = "duplicate"
+OUTCOME_SEEN = "seen"  # path, size and mtime already taken: not even read
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOptions:
+    chunk_num: int = 10
+    max_chunk_bytes: int = 1 << 20
+    compression: str = "none"
+    round_regex: re.Pattern[str] = re.compile(rounds.DEFAULT_ROUND_REGEX)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What one ingest did; the fields of the ``checkpoint.ingested`` log line."""
+
+    outcome: str
+    path: str
+    round_num: int | None
+    bytes_in: int
+    chunks: int
+    chunks_new: int
+    bytes_new: int
+    file_sha256: str
+    duration_ms: float
+
+    @property
+    def dedup_ratio(self) -> float:
+        """Chunk bytes this round references over the bytes it added (>= 1; inf if none)."""
+        return round(self.bytes_in / self.bytes_new, 3) if self.bytes_new else float("inf")
+
+    @property
+    def mb_per_s(self) -> float:
+        return round(self.bytes_in / 1e6 / (self.duration_ms / 1e3), 1) if self.duration_ms else 0.0
+
+    def log_fields(self) -> dict[str, object]:
+        return {
+            "round": self.round_num,
+            "path": self.path,
+            "bytes_in": self.bytes_in,
+            "chunks": self.chunks,
+            "chunks_new": self.chunks_new,
+            "bytes_new": self.bytes_new,
+            "dedup_ratio": self.dedup_ratio if self.bytes_new else None,
+            "duration_ms": round(self.duration_ms, 1),
+            "mb_per_s": self.mb_per_s,
+            "sha256": self.file_sha256,
+        }
+
+
+def ingest_file(
+    path: str | os.PathLike[str],
+    store: ChunkStore,
+    options: IngestOptions,
+    *,
+    round_num: int | None = None,
+    pool: Executor | None = None,
+) -> IngestResult:
+    """Ingest ``path`` into ``store`` (opened as the writer). See the module docstring."""
+    started = time.perf_counter()
+    source = str(Path(path).absolute())
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise NotACheckpointError(f"{source} is not a regular file")
+        seen = store.find_source(source, before.st_size, before.st_mtime_ns)
+        if seen is not None and round_num is None:
+            return IngestResult(OUTCOME_SEEN, source, seen.round_num, before.st_size, 0, 0, 0,
+                                seen.file_sha256 or "", _ms_since(started))
+        parsed = parse_checkpoint(fd, before.st_size)
+        target = round_num if round_num is not None else rounds.choose_round(
+            rounds.round_from_name(Path(source).name, options.round_regex),
+            rounds.round_from_fields(parsed.scanned.root),
+            store.highest_round(),
+        )
+        specs = plan_chunks(parsed.storages, options.chunk_num, options.max_chunk_bytes)
+        own_pool = pool is None
+        workers = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunkd-hash")
+        try:
+            result = _stream_round(fd, before, parsed, specs, target, store, options, workers,
+                                   source, started)
+        finally:
+            if own_pool:
+                workers.shutdown(wait=True)
+        store.record_source(SourceRecord(source, before.st_size, before.st_mtime_ns,
+                                         result.file_sha256, result.round_num, result.outcome))
+        return result
+    finally:
+        os.close(fd)
+
+
+def _stream_round(
+    fd: int,
+    before: os.stat_result,
+    parsed: ParsedCheckpoint,
+    specs: list[ChunkSpec],
+    round_num: int,
+    store: ChunkStore,
+    options: IngestOptions,
+    pool: Executor,
+    source: str,
+    started: float,
+) -> IngestResult:
+    writer = store.begin_round()
+    file_hash = _FileHasher(parsed)
+    hash_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-filehash")
+    crcs = [0] * len(parsed.storages)
+    slot_of = {s.name: i for i, s in enumerate(parsed.storages)}
+    metadata: list[tuple[int, str, str, int]] = []
+    pending: deque[tuple[ChunkSpec, bytearray, Future[str], Future[None]]] = deque()
+    seen_hashes: set[str] = set()
+
+    def store_chunk(
+        spec: ChunkSpec, buf: bytearray, digest: Future[str], fed: Future[None]
+    ) -> None:
+        chunk_hash = digest.result()
+        fed.result()  # the file hasher is done with ``buf`` too: memory stays bounded
+        metadata.append((spec.chunk_id, chunk_hash, spec.parts_json(), spec.flat_size))
+        if chunk_hash in seen_hashes or store.has_chunk(chunk_hash):
+            return
+        seen_hashes.add(chunk_hash)
+        width = codec.group_width([p.itemsize for p in spec.parts])
+        codec_name, stored = codec.encode(buf, width, options.compression)
+        writer.add_chunk(chunk_hash, codec_name, stored, len(buf))
+
+    try:
+        for spec in specs:
+            buf = bytearray(spec.nbytes)
+            view = memoryview(buf)
+            pos = 0
+            pieces: list[tuple[int, memoryview]] = []
+            for part in spec.parts:
+                i = slot_of[part.name]
+                slot = parsed.storages[i]
+                piece = view[pos : pos + part.nbytes]
+                file_offset = slot.file_offset + part.flat_start * slot.itemsize
+                read_into(fd, file_offset, piece)
+                crcs[i] = zlib.crc32(piece, crcs[i])
+                pieces.append((file_offset, piece))
+                pos += part.nbytes
+            fed = hash_worker.submit(file_hash.feed_all, pieces)
+            pending.append((spec, buf, pool.submit(_sha256_hex, view), fed))
+            while len(pending) > WINDOW:
+                store_chunk(*pending.popleft())
+        while pending:
+            store_chunk(*pending.popleft())
+        file_sha256 = hash_worker.submit(file_hash.finish, fd).result()
+        _check_storage_crcs(parsed, crcs)
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise FileChangedError(f"{source} changed while it was read")
+
+        try:
+            existing = store.get_round(round_num)
+        except LookupError:
+            existing = None
+        if existing is not None and existing.file_sha256 == file_sha256:
+            writer.abort()
+            return IngestResult(OUTCOME_DUPLICATE, source, round_num, parsed.file_size,
+                                len(specs), 0, 0, file_sha256, _ms_since(started))
+        layout = RoundLayout(
+            file_size=parsed.file_size,
+            file_sha256=file_sha256,
+            storages=parsed.storages,
+            segments=parsed.segments,
+        )
+        replaced = writer.commit(round_num=round_num, layout=layout, residue=parsed.residue,
+                                 chunks=metadata, source_path=source)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        hash_worker.shutdown(wait=True)
+    return IngestResult(
+        OUTCOME_REPLACED if replaced else OUTCOME_INGESTED, source, round_num, parsed.file_size,
+        len(specs), writer.new_chunks, writer.new_bytes, file_sha256, _ms_since(started),
+    )
+
+
+def _sha256_hex(data: memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1e3
+
+
+def _check_storage_crcs(parsed: ParsedCheckpoint, crcs: list[int]) -> None:
+    for slot, expected, got in zip(parsed.storages, parsed.storage_crcs, crcs, strict=True):
+        if expected != got:
+            raise CrcMismatchError(
+                f"storage {slot.key!r} ({slot.name}) fails its CRC-32 check: the file is "
+                "damaged or still being written"
+            )
+
+
+class _FileHasher:
+    """The whole file's SHA-256, fed storage bytes in file order and filling gaps with residue.
+
+    The storages are streamed in flat (checkpoint) order. When that is also file order, which is
+    how ``torch.save`` writes them, the file is hashed on the way at no extra read. Otherwise the
+    fed bytes are ignored and :meth:`finish` hashes the file in one more sequential pass.
+    """
+
+    def __init__(self, parsed: ParsedCheckpoint) -> None:
+        self._hash = hashlib.sha256()
+        self._parsed = parsed
+        self._pos = 0  # file offset hashed so far
+        self._residue_pos = 0
+        self._residue_runs = self._residue_runs_by_offset()
+        self._in_order = True
+
+    def _residue_runs_by_offset(self) -> list[tuple[int, int]]:
+        runs, pos = [], 0
+        storages = self._parsed.storages
+        for kind, value in self._parsed.segments:
+            if kind == "r":
+                runs.append((pos, value))
+                pos += value
+            else:
+                pos += storages[value].nbytes
+        return runs
+
+    def _feed_residue_until(self, offset: int) -> None:
+        residue = self._parsed.residue
+        while self._residue_runs and self._residue_runs[0][0] < offset:
+            start, length = self._residue_runs.pop(0)
+            if start != self._pos:
+                self._in_order = False
+                return
+            self._hash.update(residue[self._residue_pos : self._residue_pos + length])
+            self._residue_pos += length
+            self._pos += length
+
+    def feed_all(self, pieces: list[tuple[int, memoryview]]) -> None:
+        for offset, data in pieces:
+            self.feed(offset, data)
+
+    def feed(self, offset: int, data: memoryview) -> None:
+        if not self._in_order:
+            return
+        self._feed_residue_until(offset)
+        if offset != self._pos:
+            self._in_order = False
+            return
+        self._hash.update(data)
+        self._pos += len(data)
+
+    def finish(self, fd: int) -> str:
+        size = self._parsed.file_size
+        if self._in_order:
+            self._feed_residue_until(size + 1)
+        if self._in_order and self._pos == size:
+            return self._hash.hexdigest()
+        whole = hashlib.sha256()
+        for offset in range(0, size, 8 << 20):
+            whole.update(read_exact(fd, offset, min(8 << 20, size - offset)))
+        return whole.hexdigest()

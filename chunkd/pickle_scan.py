@@ -1,0 +1,574 @@
+"""Read the tensors of ``data.pkl`` without executing it.
+
+``torch.save`` pickles the checkpoint object with tensors replaced by calls to torch's rebuild
+functions and storages replaced by persistent ids ``('storage', StorageType, key, location,
+numel)``. Unpickling the file with :mod:`pickle` would run whatever globals it names, so this module
+never does: it walks the opcode stream (:func:`pickletools.genops` only decodes, it calls nothing)
+with a small stack machine that understands the containers and scalars a checkpoint holds and a
+short allow-list of globals. A global outside the allow-list, or an opcode that builds arbitrary
+objects, raises :class:`~chunkd.errors.UnsafePickleError` naming it. Nothing is ever imported.
+
+The result is the checkpoint's object tree with each tensor as a :class:`TensorRef` (name, dtype,
+shape, stride, storage key, offset) and each storage as a :class:`StorageRef`, which is everything
+chunking, rounds and export need.
+"""
+
+from __future__ import annotations
+
+import pickletools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from chunkd.errors import NotACheckpointError, UnsafePickleError
+
+#: data.pkl of a real checkpoint is kilobytes to a few MiB; more opcodes than this is hostile.
+MAX_OPS = 20_000_000
+MAX_PICKLE_BYTES = 256 << 20
+MAX_DIMS = 64
+
+#: dtype name -> element size in bytes, for every dtype torch can save.
+DTYPE_ITEMSIZE: dict[str, int] = {
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "complex128": 16,
+    "complex64": 8,
+    "complex32": 4,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint64": 8,
+    "uint32": 4,
+    "uint16": 2,
+    "uint8": 1,
+    "bool": 1,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "float8_e4m3fnuz": 1,
+    "float8_e5m2fnuz": 1,
+    "float8_e8m0fnu": 1,
+}
+
+#: torch's typed storage classes (module ``torch``) -> the dtype of their elements.
+_STORAGE_DTYPES: dict[str, str] = {
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+}
+
+#: dtype aliases torch uses as global names (``torch.float`` pickles as ``torch float32``).
+_DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64",
+                  "int": "int32", "short": "int16", "cfloat": "complex64",
+                  "cdouble": "complex128", "chalf": "complex32"}
+
+@dataclass(frozen=True, slots=True)
+class StorageRef:
+    """A storage record named by a persistent id; ``nbytes`` is what the record must hold."""
+
+    key: str
+    dtype: str
+    numel: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_ITEMSIZE[self.dtype]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRef:
+    """A tensor as data.pkl describes it: a strided view of (part of) one storage."""
+
+    storage: StorageRef
+    dtype: str
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    name: str = ""
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(slots=True)
+class ScannedPickle:
+    """What :func:`scan_pickle` learned: the object tree and every storage, in first-use order."""
+
+    root: object
+    storages: dict[str, StorageRef] = field(default_factory=dict)
+
+
+class _Global:
+    """An allow-listed global, resolved to a marker; calling it is interpreted, never executed."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<global {self.name}>"
+
+
+class _Mark:
+    __slots__ = ()
+
+
+_MARK = _Mark()
+
+
+class _OrderedDictMarker:
+    """``collections.OrderedDict`` called with no arguments: becomes a plain ``dict``."""
+
+
+_TENSOR_REBUILDERS = {
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor_v3",
+}
+_PARAMETER_REBUILDERS = {
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+}
+_CONTAINER_GLOBALS = {
+    "collections.OrderedDict",
+    "builtins.set",
+    "builtins.frozenset",
+    "builtins.complex",
+    "builtins.slice",
+    "torch.Size",
+    "torch.device",
+    "_codecs.encode",
+}
+
+
+def _allowed_global(module: str, name: str) -> _Global:
+    full = f"{module}.{name}"
+    if full in _TENSOR_REBUILDERS or full in _PARAMETER_REBUILDERS or full in _CONTAINER_GLOBALS:
+        return _Global(full)
+    if module == "torch" and name in _STORAGE_DTYPES:
+        return _Global(full)
+    if full == "torch.storage.UntypedStorage":
+        return _Global(full)
+    if module == "torch" and (name in DTYPE_ITEMSIZE or name in _DTYPE_ALIASES):
+        return _Global(full)
+    raise UnsafePickleError(
+        f"data.pkl references the global {full!r}, which is not allowed in a checkpoint; "
+        "it was not imported or executed"
+    )
+
+
+def scan_pickle(data: bytes) -> ScannedPickle:
+    """Interpret ``data`` (the bytes of ``data.pkl``) and return its object tree.
+
+    Raises :class:`UnsafePickleError` for disallowed globals and object-building opcodes, and
+    :class:`NotACheckpointError` for a malformed stream.
+    """
+    if len(data) > MAX_PICKLE_BYTES:
+        raise NotACheckpointError(f"data.pkl is {len(data)} bytes, more than any checkpoint's")
+    machine = _Machine()
+    try:
+        for count, (op, arg, _pos) in enumerate(_genops(data)):
+            if count > MAX_OPS:
+                raise NotACheckpointError("data.pkl has too many opcodes")
+            if machine.step(op.name, arg):
+                return ScannedPickle(root=machine.result, storages=machine.storages)
+    except (UnsafePickleError, NotACheckpointError):
+        raise
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, RecursionError) as e:
+        raise NotACheckpointError(f"data.pkl is not a valid checkpoint pickle: {e}") from None
+    raise NotACheckpointError("data.pkl ends without a STOP opcode")
+
+
+def _genops(data: bytes) -> Iterator[tuple[pickletools.OpcodeInfo, object, int | None]]:
+    try:
+        yield from pickletools.genops(data)
+    except ValueError as e:
+        raise NotACheckpointError(f"data.pkl is not a valid pickle: {e}") from None
+
+
+class _Machine:
+    """The pickle virtual machine, reduced to what checkpoints use and made inert."""
+
+    def __init__(self) -> None:
+        self.stack: list[object] = []
+        self.metastack: list[list[object]] = []
+        self.memo: dict[int, object] = {}
+        self.storages: dict[str, StorageRef] = {}
+        self.result: object = None
+
+    # -- stack helpers -------------------------------------------------------------------------
+    def _pop_mark(self) -> list[object]:
+        items = self.stack
+        self.stack = self.metastack.pop()
+        return items
+
+    def step(self, name: str, arg: object) -> bool:  # noqa: C901 - one branch per opcode
+        stack = self.stack
+        if name in ("PROTO", "FRAME"):
+            return False
+        if name == "STOP":
+            self.result = stack.pop()
+            return True
+        if name == "MARK":
+            self.metastack.append(stack)
+            self.stack = []
+            return False
+        if name in (
+            "BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "BINFLOAT", "FLOAT",
+            "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+            "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8",
+        ):
+            stack.append(arg)
+            return False
+        if name == "NONE":
+            stack.append(None)
+        elif name == "NEWTRUE":
+            stack.append(True)
+        elif name == "NEWFALSE":
+            stack.append(False)
+        elif name == "EMPTY_DICT":
+            stack.append({})
+        elif name == "EMPTY_LIST":
+            stack.append([])
+        elif name == "EMPTY_TUPLE":
+            stack.append(())
+        elif name == "EMPTY_SET":
+            stack.append(set())
+        elif name == "TUPLE":
+            items = self._pop_mark()
+            self.stack.append(tuple(items))
+        elif name == "TUPLE1":
+            stack[-1:] = [(stack[-1],)]
+        elif name == "TUPLE2":
+            stack[-2:] = [(stack[-2], stack[-1])]
+        elif name == "TUPLE3":
+            stack[-3:] = [(stack[-3], stack[-2], stack[-1])]
+        elif name == "LIST":
+            items = self._pop_mark()
+            self.stack.append(items)
+        elif name == "DICT":
+            items = self._pop_mark()
+            self.stack.append(_pairs_to_dict(items))
+        elif name == "APPEND":
+            value = stack.pop()
+            _as_list(stack[-1]).append(value)
+        elif name == "APPENDS":
+            items = self._pop_mark()
+            _as_list(self.stack[-1]).extend(items)
+        elif name == "SETITEM":
+            value = stack.pop()
+            key = stack.pop()
+            _as_dict(stack[-1])[_hashable(key)] = value
+        elif name == "SETITEMS":
+            items = self._pop_mark()
+            _as_dict(self.stack[-1]).update(_pairs_to_dict(items))
+        elif name == "ADDITEMS":
+            items = self._pop_mark()
+            target = self.stack[-1]
+            if not isinstance(target, set):
+                raise NotACheckpointError("ADDITEMS on something that is not a set")
+            target.update(_hashable(i) for i in items)
+        elif name == "FROZENSET":
+            items = self._pop_mark()
+            self.stack.append(frozenset(_hashable(i) for i in items))
+        elif name == "POP":
+            stack.pop()
+        elif name == "POP_MARK":
+            self._pop_mark()
+        elif name == "DUP":
+            stack.append(stack[-1])
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            self.memo[int(arg)] = stack[-1]  # type: ignore[arg-type]
+        elif name == "MEMOIZE":
+            self.memo[len(self.memo)] = stack[-1]
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(self.memo[int(arg)])  # type: ignore[arg-type]
+        elif name == "GLOBAL":
+            module, _, attr = str(arg).partition(" ")
+            stack.append(_allowed_global(module, attr))
+        elif name == "STACK_GLOBAL":
+            attr = stack.pop()
+            module = stack.pop()
+            if not isinstance(module, str) or not isinstance(attr, str):
+                raise NotACheckpointError("STACK_GLOBAL with non-string names")
+            stack.append(_allowed_global(module, attr))
+        elif name == "BINPERSID":
+            pid = stack.pop()
+            stack.append(self._persistent_load(pid))
+        elif name == "REDUCE":
+            args = stack.pop()
+            func = stack.pop()
+            stack.append(self._call(func, args))
+        elif name == "BUILD":
+            state = stack.pop()
+            target = stack[-1]
+            # torch state_dicts carry ``_metadata`` (the module versions) as instance state of
+            # their OrderedDict; that is not tensor data, so it is dropped. Any other object
+            # getting state would be arbitrary object construction.
+            if not isinstance(target, dict):
+                raise UnsafePickleError(f"BUILD on {type(target).__name__} is not allowed")
+            del state
+        else:
+            raise UnsafePickleError(f"pickle opcode {name} is not allowed in a checkpoint")
+        return False
+
+    def _persistent_load(self, pid: object) -> StorageRef:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise UnsafePickleError(f"unexpected persistent id {pid!r:.80}")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(storage_type, _Global) or not isinstance(key, str):
+            raise NotACheckpointError(f"malformed storage id {pid!r:.80}")
+        if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+            raise NotACheckpointError(f"storage {key!r}: bad element count {numel!r}")
+        type_name = storage_type.name
+        if type_name == "torch.storage.UntypedStorage":
+            dtype = "uint8"
+        else:
+            short = type_name.removeprefix("torch.")
+            if short not in _STORAGE_DTYPES:
+                raise UnsafePickleError(f"storage type {type_name!r} is not a storage")
+            dtype = _STORAGE_DTYPES[short]
+        existing = self.storages.get(key)
+        ref = StorageRef(key=key, dtype=dtype, numel=numel)
+        if existing is not None:
+            if existing.nbytes != ref.nbytes:
+                raise NotACheckpointError(f"storage {key!r} declared with two sizes")
+            return existing
+        self.storages[key] = ref
+        return ref
+
+    def _call(self, func: object, args: object) -> object:
+        if not isinstance(func, _Global):
+            raise UnsafePickleError(f"REDUCE on {type(func).__name__} is not allowed")
+        if not isinstance(args, tuple):
+            raise NotACheckpointError(f"REDUCE arguments for {func.name} are not a tuple")
+        name = func.name
+        if name in _TENSOR_REBUILDERS:
+            return _rebuild_tensor(name, args)
+        if name in _PARAMETER_REBUILDERS:
+            if not args or not isinstance(args[0], TensorRef):
+                raise NotACheckpointError(f"{name} without a tensor")
+            return args[0]
+        if name == "collections.OrderedDict":
+            if args:
+                return _pairs_to_dict([x for pair in _as_list(list(args[0])) for x in pair])
+            return {}
+        if name in ("builtins.set", "builtins.frozenset"):
+            items = [_hashable(i) for i in (args[0] if args else ())]  # type: ignore[union-attr]
+            return set(items) if name == "builtins.set" else frozenset(items)
+        if name == "builtins.complex":
+            return complex(*[a for a in args if isinstance(a, (int, float))])
+        if name in ("torch.Size", "builtins.slice"):
+            return tuple(args[0]) if args and isinstance(args[0], (tuple, list)) else tuple(args)
+        if name == "torch.device":
+            return ":".join(str(a) for a in args)
+        if name == "_codecs.encode":
+            # protocol 2 pickles bytes as _codecs.encode(str, 'latin1')
+            if len(args) == 2 and isinstance(args[0], str) and args[1] == "latin1":
+                return args[0].encode("latin1")
+            raise UnsafePickleError("_codecs.encode with unexpected arguments")
+        raise UnsafePickleError(f"calling {name} is not allowed")
+
+
+def _rebuild_tensor(name: str, args: tuple[object, ...]) -> TensorRef:
+    if name == "torch._utils._rebuild_tensor_v3":
+        if len(args) < 7:
+            raise NotACheckpointError("_rebuild_tensor_v3 with too few arguments")
+        storage, offset, shape, stride = args[:4]
+        dtype_global = args[6]
+        if not isinstance(dtype_global, _Global):
+            raise NotACheckpointError("_rebuild_tensor_v3 without a dtype")
+        short = dtype_global.name.removeprefix("torch.")
+        dtype = _DTYPE_ALIASES.get(short, short)
+        if dtype not in DTYPE_ITEMSIZE:
+            raise UnsafePickleError(f"unknown tensor dtype {dtype_global.name!r}")
+    else:
+        if len(args) < 4:
+            raise NotACheckpointError(f"{name} with too few arguments")
+        storage, offset, shape, stride = args[:4]
+        dtype = storage.dtype if isinstance(storage, StorageRef) else ""
+    if not isinstance(storage, StorageRef):
+        raise NotACheckpointError(f"{name} without a storage")
+    shape_t = _int_tuple(shape, "shape")
+    stride_t = _int_tuple(stride, "stride")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise NotACheckpointError(f"tensor storage offset {offset!r} is invalid")
+    if len(shape_t) != len(stride_t) or len(shape_t) > MAX_DIMS:
+        raise NotACheckpointError("tensor shape and stride disagree")
+    tensor = TensorRef(storage=storage, dtype=dtype, offset=offset, shape=shape_t, stride=stride_t)
+    _check_in_bounds(tensor)
+    return tensor
+
+
+def _check_in_bounds(t: TensorRef) -> None:
+    """A view must lie inside its storage: nothing outside the record is ever addressed."""
+    itemsize = DTYPE_ITEMSIZE[t.dtype]
+    if t.numel == 0:
+        return
+    if any(s < 0 for s in t.stride):
+        raise NotACheckpointError("negative tensor strides are not valid in a checkpoint")
+    last = t.offset + sum((d - 1) * s for d, s in zip(t.shape, t.stride, strict=True))
+    if (last + 1) * itemsize > t.storage.nbytes:
+        raise NotACheckpointError(
+            f"tensor view reaches element {last} beyond storage {t.storage.key!r} "
+            f"({t.storage.nbytes} bytes)"
+        )
+
+
+def _int_tuple(value: object, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise NotACheckpointError(f"tensor {what} {value!r:.80} is not a tuple of ints")
+    if what == "shape" and any(v < 0 for v in value):
+        raise NotACheckpointError(f"negative tensor {what} {value!r:.80}")
+    return tuple(value)
+
+
+def _as_list(obj: object) -> list[object]:
+    if not isinstance(obj, list):
+        raise NotACheckpointError(f"APPEND on {type(obj).__name__}")
+    return obj
+
+
+def _as_dict(obj: object) -> dict[object, object]:
+    if not isinstance(obj, dict):
+        raise NotACheckpointError(f"SETITEM on {type(obj).__name__}")
+    return obj
+
+
+def _hashable(key: object) -> object:
+    if isinstance(key, (list, dict, set)):
+        raise NotACheckpointError(f"unhashable {type(key).__name__} used as a key")
+    return key
+
+
+def _pairs_to_dict(items: list[object]) -> dict[object, object]:
+    if len(items) % 2:
+        raise NotACheckpointError("odd number of items for a dict")
+    return {_hashable(items[i]): items[i + 1] for i in range(0, len(items), 2)}
+
+
+# -- naming --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NamedStorage:
+    """A storage in checkpoint order, with the name of the first tensor that uses it."""
+
+    name: str
+    storage: StorageRef
+    dtype: str
+    #: the first tensor's shape when it covers its storage exactly, else ``(numel,)``
+    shape: tuple[int, ...]
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPE_ITEMSIZE[self.dtype]
+
+    @property
+    def numel(self) -> int:
+        return self.storage.nbytes // self.itemsize
+
+
+def walk_tensors(root: object) -> list[tuple[str, TensorRef]]:
+    """Every tensor in the tree with its path (``model.fc.weight``), depth first, in order."""
+    found: list[tuple[str, TensorRef]] = []
+    seen_containers: set[int] = set()
+
+    def visit(obj: object, path: str) -> None:
+        if isinstance(obj, TensorRef):
+            found.append((path, obj))
+            return
+        if isinstance(obj, (dict, list, tuple)):
+            if id(obj) in seen_containers:  # shared containers via memo: visit once
+                return
+            seen_containers.add(id(obj))
+            items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+            for key, value in items:
+                visit(value, f"{path}.{key}" if path else str(key))
+
+    visit(root, "")
+    return found
+
+
+def name_storages(scanned: ScannedPickle) -> list[NamedStorage]:
+    """The flat index's storage order: first use in checkpoint order, then any unnamed storage.
+
+    A storage shared by several tensors (tied weights, views) appears once, named after the
+    first tensor; its element type is that tensor's dtype (an untyped storage is bytes until a
+    tensor gives it one). Names are made unique so a chunk's ``parts`` never merges two storages.
+    """
+    result: list[NamedStorage] = []
+    by_key: dict[str, NamedStorage] = {}
+    used_names: set[str] = set()
+
+    def unique(name: str) -> str:
+        candidate = name or "tensor"
+        n = 1
+        while candidate in used_names:
+            candidate = f"{name or 'tensor'}~{n}"
+            n += 1
+        used_names.add(candidate)
+        return candidate
+
+    for path, tensor in walk_tensors(scanned.root):
+        key = tensor.storage.key
+        if key in by_key:
+            continue
+        dtype = tensor.dtype
+        itemsize = DTYPE_ITEMSIZE[dtype]
+        nbytes = tensor.storage.nbytes
+        if nbytes % itemsize:
+            dtype, itemsize = "uint8", 1
+        numel = nbytes // itemsize
+        covers = (
+            tensor.offset == 0
+            and tensor.numel == numel
+            and tensor.dtype == dtype
+            and _is_contiguous(tensor.shape, tensor.stride)
+        )
+        named = NamedStorage(
+            name=unique(path),
+            storage=tensor.storage,
+            dtype=dtype,
+            shape=tensor.shape if covers else (numel,),
+        )
+        by_key[key] = named
+        result.append(named)
+    for key, storage in scanned.storages.items():
+        if key not in by_key:
+            named = NamedStorage(
+                name=unique(f"_storage.{key}"),
+                storage=storage,
+                dtype=storage.dtype,
+                shape=(storage.numel,),
+            )
+            by_key[key] = named
+            result.append(named)
+    return result
+
+
+def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    expected = 1
+    for dim, st in zip(reversed(shape), reversed(stride), strict=True):
+        if dim != 1 and st != expected:
+            return False
+        expected *= dim
+    return True
+
