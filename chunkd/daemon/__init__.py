@@ -1,0 +1,1 @@
+"""The long-running service: lifecycle, watching, lanes, scheduling, the socket server."""
