@@ -111,17 +111,21 @@ def ingest_file(
             return IngestResult(OUTCOME_SEEN, source, seen.round_num, before.st_size, 0, 0, 0,
                                 seen.file_sha256 or "", _ms_since(started))
         parsed = parse_checkpoint(fd, before.st_size)
-        target = round_num if round_num is not None else rounds.choose_round(
-            rounds.round_from_name(Path(source).name, options.round_regex),
-            rounds.round_from_fields(parsed.scanned.root),
-            store.highest_round(),
-        )
+        named = round_num
+        if named is None:
+            named = rounds.round_from_name(Path(source).name, options.round_regex)
+        if named is None:
+            named = rounds.round_from_fields(parsed.scanned.root)
+        # With no number in the name or the file, the round is the next in sequence; then a
+        # file equal to a stored round (a touch of an overwritten checkpoint.pth) is that round.
+        target = named if named is not None else rounds.choose_round(None, None,
+                                                                     store.highest_round())
         specs = plan_chunks(parsed.storages, options.chunk_num, options.max_chunk_bytes)
         own_pool = pool is None
         workers = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunkd-hash")
         try:
-            result = _stream_round(fd, before, parsed, specs, target, store, options, workers,
-                                   source, started)
+            result = _stream_round(fd, before, parsed, specs, target, named is None, store,
+                                   options, workers, source, started)
         finally:
             if own_pool:
                 workers.shutdown(wait=True)
@@ -138,6 +142,7 @@ def _stream_round(
     parsed: ParsedCheckpoint,
     specs: list[ChunkSpec],
     round_num: int,
+    sequential: bool,
     store: ChunkStore,
     options: IngestOptions,
     pool: Executor,
@@ -193,13 +198,10 @@ def _stream_round(
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             raise FileChangedError(f"{source} changed while it was read")
 
-        try:
-            existing = store.get_round(round_num)
-        except LookupError:
-            existing = None
-        if existing is not None and existing.file_sha256 == file_sha256:
+        same_round = _round_with_same_file(store, round_num, sequential, file_sha256)
+        if same_round is not None:
             writer.abort()
-            return IngestResult(OUTCOME_DUPLICATE, source, round_num, parsed.file_size,
+            return IngestResult(OUTCOME_DUPLICATE, source, same_round, parsed.file_size,
                                 len(specs), 0, 0, file_sha256, _ms_since(started))
         layout = RoundLayout(
             file_size=parsed.file_size,
@@ -218,6 +220,19 @@ def _stream_round(
         OUTCOME_REPLACED if replaced else OUTCOME_INGESTED, source, round_num, parsed.file_size,
         len(specs), writer.new_chunks, writer.new_bytes, file_sha256, _ms_since(started),
     )
+
+
+def _round_with_same_file(
+    store: ChunkStore, round_num: int, sequential: bool, file_sha256: str
+) -> int | None:
+    """The stored round this file would merely repeat, if any (see SPEC.md "Rounds")."""
+    if sequential:
+        return store.round_with_sha(file_sha256)
+    try:
+        existing = store.get_round(round_num)
+    except LookupError:
+        return None
+    return round_num if existing.file_sha256 == file_sha256 else None
 
 
 def _sha256_hex(data: memoryview) -> str:

@@ -1,0 +1,39 @@
+# chunkd: `make run` (daemon + FedAvg demo), `make test`, `make bench`, `make torture`.
+# Everything runs from a local virtual environment that the first target creates.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is pinned for installs here: the CPU wheel of this version is what CI and the
+# benchmarks are measured with (the package itself accepts torch>=2.2).
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup run test lint bench torture clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(BIN)/python examples/fedavg_demo.py
+
+lint: setup
+	$(BIN)/ruff check chunkd tests benchmarks examples
+	PATH="$(abspath $(BIN)):$$PATH" bash systemd/verify.sh
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m benchmarks
+
+torture: setup
+	$(BIN)/python -m pytest -q tests/reliability --torture
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,408 @@
+"""ClientLane: one thread per client, the only writer of that client's database.
+
+Everything that changes a client's database runs here, one job at a time: ingests (after the
+settle delay), retention, explicit ``ingest``/``prune`` requests. One writer per database needs
+no locking between writers, and different clients still ingest in parallel (bounded by a global
+semaphore, so memory stays bounded however many clients there are).
+
+Threads that are not the lane only *offer* work (:meth:`ClientLane.offer`, :meth:`submit`): a
+bounded queue, never blocking. Pending paths, their settle deadlines and retry counts live in the
+lane thread alone, so they need no lock.
+
+Completion detection: an event (or a scan) for a path sets its deadline to ``now +
+settle_delay``; a later event pushes it back. When the deadline passes, the file's size and mtime
+must equal what they were at the last look, else the deadline moves again. A file that still
+fails validation in a way that may mean "still being written" (truncated, CRC mismatch, changed
+while read) is retried with backoff before it is rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from chunkd import log
+from chunkd.errors import BusyError, CheckpointError, ChunkdError
+from chunkd.ingest import (
+    OUTCOME_DUPLICATE,
+    OUTCOME_REPLACED,
+    OUTCOME_SEEN,
+    IngestOptions,
+    IngestResult,
+    ingest_file,
+)
+from chunkd.prune import PruneResult, prune_store
+from chunkd.restore import restore_round
+from chunkd.store import ChunkStore, SourceRecord
+
+QUEUE_LIMIT = 10_000
+#: Backoff before each retry of a file that may still be being written (seconds).
+RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+#: Writer open is retried this often when another process holds the database.
+REOPEN_DELAY_S = 5.0
+
+
+@dataclass(slots=True)
+class _Pending:
+    deadline: float
+    last_stat: tuple[int, int] | None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Offer:
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    run: Callable[[ChunkStore], object]
+    future: Future[object]
+
+
+@dataclass(slots=True)
+class LaneStats:
+    """Figures for ``chunkd status``; written by the lane thread, read by anyone (plain ints)."""
+
+    ingested: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    errors: int = 0
+    last_ingest: dict[str, object] | None = None
+    last_error: str | None = None
+    busy_since: float | None = None
+    last_progress: float = field(default_factory=time.monotonic)
+
+
+class ClientLane:
+    """The writer thread of one client's database."""
+
+    def __init__(
+        self,
+        client_id: str,
+        directory: Path,
+        db_path: Path,
+        *,
+        options: IngestOptions,
+        settle_delay_s: float,
+        keep_rounds: int,
+        delete_after_ingest: bool,
+        leased: Callable[[str], frozenset[int]],
+        ingest_slots: threading.Semaphore,
+        pool: Executor,
+    ) -> None:
+        self.client_id = client_id
+        self.directory = directory
+        self.db_path = db_path
+        self._options = options
+        self._settle_s = settle_delay_s
+        self._keep_rounds = keep_rounds
+        self._delete_after_ingest = delete_after_ingest
+        self._leased = leased
+        self._slots = ingest_slots
+        self._pool = pool
+        self._inbox: queue.Queue[_Offer | _Job | None] = queue.Queue(QUEUE_LIMIT)
+        self._pending: dict[Path, _Pending] = {}  # lane thread only
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lane-{client_id}", daemon=True)
+        self._store: ChunkStore | None = None
+        self.stats = LaneStats()
+        self._log = structlog.get_logger("chunkd.lane").bind(client=client_id)
+
+    # -- other threads ---------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the database as its writer (raises BusyError if another process holds it)."""
+        self._store = ChunkStore.open_writer(self.db_path)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def offer(self, path: Path) -> bool:
+        """A path may be a new or changed checkpoint; returns at once, False if the queue is full."""
+        try:
+            self._inbox.put_nowait(_Offer(path))
+            return True
+        except queue.Full:
+            return False
+
+    def submit(self, run: Callable[[ChunkStore], object]) -> Future[object]:
+        """Run ``run(store)`` on the lane; BusyError if stopping or the queue is full."""
+        if self._stopping.is_set():
+            raise BusyError(f"client {self.client_id}: the daemon is stopping")
+        future: Future[object] = Future()
+        try:
+            self._inbox.put_nowait(_Job(run, future))
+        except queue.Full:
+            raise BusyError(f"client {self.client_id}: the work queue is full") from None
+        return future
+
+    def submit_ingest(self, path: Path, round_num: int | None) -> Future[object]:
+        return self.submit(lambda store: self._ingest_now(store, path, round_num))
+
+    def submit_prune(self, dry_run: bool) -> Future[object]:
+        return self.submit(lambda store: self._prune(store, dry_run=dry_run))
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop taking work, let the job in progress finish, close the database."""
+        self._stopping.set()
+        try:
+            self._inbox.put_nowait(None)
+        except queue.Full:
+            pass
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        elif self._store is not None:
+            self._store.close()
+            self._store = None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._inbox.qsize() + len(self._pending)
+
+    def healthy(self, stall_s: float) -> bool:
+        """False if the lane has been inside one job for longer than ``stall_s``."""
+        busy = self.stats.busy_since
+        return busy is None or time.monotonic() - busy < stall_s
+
+    # -- the lane thread -------------------------------------------------------------------------
+    def _run(self) -> None:
+        structlog.contextvars.bind_contextvars(client=self.client_id)
+        try:
+            while not self._stopping.is_set():
+                self.stats.last_progress = time.monotonic()
+                try:
+                    item = self._next_item()
+                    if isinstance(item, _Offer):
+                        self._note_offer(item.path)
+                    elif item is not None:
+                        self._run_job(item)
+                except Exception as e:  # the lane's boundary: one bad file never stops a client
+                    self.stats.errors += 1
+                    self.stats.last_error = f"internal error: {e}"
+                    self._log.exception(log.INGEST_FAILED, error=str(e), error_code="internal")
+                    self._pending.clear()
+        finally:
+            self._drain_jobs()
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def _next_item(self) -> _Offer | _Job | None:
+        now = time.monotonic()
+        due = [p for p, pending in self._pending.items() if pending.deadline <= now]
+        for path in due:
+            if self._stopping.is_set():
+                return None
+            self._settle_or_ingest(path)
+        timeout = 1.0
+        if self._pending:
+            timeout = max(0.0, min(timeout, min(p.deadline for p in self._pending.values()) - now))
+        try:
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _note_offer(self, path: Path) -> None:
+        pending = self._pending.get(path)
+        deadline = time.monotonic() + self._settle_s
+        if pending is None:
+            self._pending[path] = _Pending(deadline, _stat_key(path))
+        else:
+            pending.deadline = max(pending.deadline, deadline)
+
+    def _settle_or_ingest(self, path: Path) -> None:
+        pending = self._pending[path]
+        now_stat = _stat_key(path)
+        if now_stat is None:  # gone (renamed away, deleted): nothing to take
+            del self._pending[path]
+            return
+        if now_stat != pending.last_stat:
+            pending.last_stat = now_stat
+            pending.deadline = time.monotonic() + self._settle_s
+            return
+        self._ingest_pending(path, pending)
+
+    def _ingest_pending(self, path: Path, pending: _Pending) -> None:
+        store = self._ensure_store()
+        if store is None:
+            pending.deadline = time.monotonic() + REOPEN_DELAY_S
+            return
+        try:
+            result = self._with_slot(lambda: ingest_file(path, store, self._options,
+                                                         pool=self._pool))
+        except CheckpointError as e:
+            if e.retryable and pending.attempts < len(RETRY_DELAYS_S):
+                delay = RETRY_DELAYS_S[pending.attempts]
+                pending.attempts += 1
+                pending.deadline = time.monotonic() + delay
+                pending.last_stat = _stat_key(path)
+                self._log.info(log.CHECKPOINT_RETRYING, path=str(path), error=str(e),
+                               error_code=e.code, attempt=pending.attempts, retry_in_s=delay)
+                return
+            del self._pending[path]
+            self._reject(store, path, e)
+            return
+        except FileNotFoundError:
+            del self._pending[path]
+            return
+        except (ChunkdError, OSError) as e:
+            del self._pending[path]
+            self.stats.errors += 1
+            self.stats.last_error = str(e)
+            self._log.error(log.INGEST_FAILED, path=str(path), error=str(e),
+                            error_code=getattr(e, "code", "internal"))
+            return
+        del self._pending[path]
+        self._report(result)
+        if self._delete_after_ingest and result.outcome != OUTCOME_SEEN:
+            self._delete_verified(store, path, result)
+
+    def _ingest_now(self, store: ChunkStore, path: Path, round_num: int | None) -> IngestResult:
+        """An explicit ``ingest`` request: no settle, no retry; errors go back to the caller."""
+        self._pending.pop(path, None)
+        try:
+            result = self._with_slot(lambda: ingest_file(path, store, self._options,
+                                                         round_num=round_num, pool=self._pool))
+        except CheckpointError as e:
+            self._reject(store, path, e)
+            raise
+        self._report(result)
+        return result
+
+    def _with_slot(self, work: Callable[[], IngestResult]) -> IngestResult:
+        with self._slots:
+            self.stats.busy_since = time.monotonic()
+            try:
+                return work()
+            finally:
+                self.stats.busy_since = None
+                self.stats.last_progress = time.monotonic()
+
+    def _report(self, result: IngestResult) -> None:
+        fields = result.log_fields()
+        if result.outcome == OUTCOME_SEEN:
+            self._log.debug("checkpoint.seen", path=result.path, round=result.round_num)
+            return
+        if result.outcome == OUTCOME_DUPLICATE:
+            self.stats.duplicates += 1
+            self._log.info(log.CHECKPOINT_DUPLICATE, path=result.path, round=result.round_num,
+                           sha256=result.file_sha256, bytes_in=result.bytes_in)
+            return
+        self.stats.ingested += 1
+        self.stats.last_ingest = {"round": result.round_num, "path": result.path,
+                                  "at": time.time(), "bytes_in": result.bytes_in}
+        if result.outcome == OUTCOME_REPLACED:
+            self._log.info(log.ROUND_REPLACED, round=result.round_num, path=result.path,
+                           sha256=result.file_sha256)
+        self._log.info(log.CHECKPOINT_INGESTED, **fields)
+
+    def _reject(self, store: ChunkStore, path: Path, error: CheckpointError) -> None:
+        self.stats.rejected += 1
+        self.stats.last_error = str(error)
+        self._log.warning(log.CHECKPOINT_REJECTED, path=str(path), error=str(error),
+                          error_code=error.code, reason=type(error).__name__)
+        key = _stat_key(path)
+        if key is not None:
+            try:
+                store.record_source(SourceRecord(str(path.absolute()), key[0], key[1], None, None,
+                                                 "rejected"))
+            except ChunkdError as e:
+                self._log.error(log.INGEST_FAILED, path=str(path), error=str(e))
+
+    def _delete_verified(self, store: ChunkStore, path: Path, result: IngestResult) -> None:
+        """Remove the client's file only once its round restores byte-identical to it."""
+        if result.round_num is None:
+            return
+        digest = hashlib.sha256()
+        try:
+            restored = restore_round(store, result.round_num, digest.update)
+            on_disk = _file_sha256(path)
+        except (ChunkdError, OSError) as e:
+            self._log.error(log.INGEST_FAILED, path=str(path), error=f"not deleted: {e}")
+            return
+        if restored.file_sha256 != result.file_sha256 or on_disk != result.file_sha256:
+            self._log.warning(log.INGEST_FAILED, path=str(path),
+                              error="not deleted: the file changed since it was ingested")
+            return
+        path.unlink(missing_ok=True)
+        self._log.info(log.CHECKPOINT_DELETED, path=str(path), round=result.round_num)
+
+    def _prune(self, store: ChunkStore, *, dry_run: bool) -> PruneResult:
+        leased = self._leased(self.client_id)
+        result = prune_store(store, self._keep_rounds, leased=leased, dry_run=dry_run)
+        if result.plan.remove or result.chunks_removed or dry_run:
+            self._log.info(log.RETENTION_PRUNED, **result.log_fields())
+        return result
+
+    def _run_job(self, job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        store = self._ensure_store()
+        if store is None:
+            job.future.set_exception(BusyError(f"database {self.db_path} is held by another writer"))
+            return
+        self.stats.busy_since = time.monotonic()
+        try:
+            job.future.set_result(job.run(store))
+        except BaseException as e:  # the job's caller gets the error; the lane lives on
+            job.future.set_exception(e)
+        finally:
+            self.stats.busy_since = None
+
+    def _drain_jobs(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Job) and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(BusyError("the daemon is stopping"))
+
+    def _ensure_store(self) -> ChunkStore | None:
+        if self._store is None:
+            try:
+                self._store = ChunkStore.open_writer(self.db_path)
+            except ChunkdError as e:
+                self.stats.last_error = str(e)
+                self._log.error(log.INGEST_FAILED, error=str(e), error_code=e.code)
+                return None
+        return self._store
+
+    def prune_scheduled(self) -> None:
+        """The retention schedule's entry point: queue a prune; never waits."""
+        try:
+            future = self.submit(lambda store: self._prune(store, dry_run=False))
+        except BusyError:
+            return
+        future.add_done_callback(self._log_prune_failure)
+
+    def _log_prune_failure(self, future: Future[object]) -> None:
+        error = future.exception()
+        if error is not None:
+            self._log.error(log.RETENTION_FAILED, error=str(error),
+                            error_code=getattr(error, "code", "internal"))
+
+
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()

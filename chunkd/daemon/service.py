@@ -1,0 +1,300 @@
+"""The daemon's wiring and lifecycle: start in order, serve, stop in reverse order.
+
+Start: logging -> directories -> socket (refuse if another daemon owns it) -> one lane per client
+(refuse if another process writes a database) -> observers -> start-up scan -> schedules ->
+``READY=1``. Stop (SIGTERM/SIGINT): ``STOPPING=1`` -> schedules -> observers -> socket -> lanes
+(each finishes the job in progress and closes its database) -> exit 0. Nothing is half-written at
+any point: a round becomes visible only when its final transaction commits, and the lanes are
+the only writers.
+
+The main thread runs :meth:`Daemon.run_forever`: it applies control messages from other threads
+(a new client directory, a rescan), and sends ``WATCHDOG=1`` only while every lane shows progress,
+so systemd restarts a daemon whose ingest is stuck rather than one that is merely idle.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from chunkd import __version__, log
+from chunkd.config import Settings
+from chunkd.daemon import sdnotify
+from chunkd.daemon.lanes import ClientLane
+from chunkd.daemon.leases import LeaseTable
+from chunkd.daemon.scheduler import build_scheduler
+from chunkd.daemon.state import ClientInfo
+from chunkd.daemon.watcher import Watcher
+from chunkd.errors import BusyError, ChunkdError, NotFoundError
+from chunkd.ingest import IngestOptions, IngestResult
+from chunkd.prune import PruneResult
+
+#: A lane inside one job for longer than this is considered stuck (no WATCHDOG=1 then).
+STALL_S = 900.0
+#: An idle lane must loop at least this often.
+IDLE_LOOP_S = 30.0
+
+
+class Daemon:
+    """The running daemon; implements :class:`chunkd.daemon.state.DaemonState`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.leases = LeaseTable()
+        self.started_at = time.time()
+        self._started_mono = time.monotonic()
+        self._lanes: dict[str, ClientLane] = {}
+        self._lanes_lock = threading.Lock()  # lanes are added by the main thread, read by all
+        self._control: queue.Queue[tuple[str, object]] = queue.Queue()
+        self._stop = threading.Event()
+        cores = os.cpu_count() or 2
+        self._pool = ThreadPoolExecutor(max_workers=cores, thread_name_prefix="chunkd-hash")
+        self._ingest_slots = threading.Semaphore(cores)
+        self._options = IngestOptions(
+            chunk_num=settings.chunk_num,
+            max_chunk_bytes=settings.max_chunk_bytes,
+            compression=settings.compression,
+            round_regex=settings.round_regex,
+        )
+        self._watcher = Watcher(settings, self._offer, self._request_client)
+        self._notifier = sdnotify.Notifier()
+        self._log = structlog.get_logger("chunkd.daemon")
+        self.ready = False
+
+    # -- DaemonState -----------------------------------------------------------------------------
+    def clients(self) -> Mapping[str, ClientInfo]:
+        with self._lanes_lock:
+            return {cid: ClientInfo(cid, lane.directory, lane.db_path)
+                    for cid, lane in self._lanes.items()}
+
+    def _lane(self, client_id: str) -> ClientLane:
+        with self._lanes_lock:
+            lane = self._lanes.get(client_id)
+        if lane is None:
+            raise NotFoundError(f"unknown client {client_id!r}")
+        return lane
+
+    def submit_ingest(self, client_id: str, path: Path, round_num: int | None
+                      ) -> Future[IngestResult]:
+        return self._lane(client_id).submit_ingest(path, round_num)  # type: ignore[return-value]
+
+    def submit_prune(self, client_id: str, dry_run: bool) -> Future[PruneResult]:
+        return self._lane(client_id).submit_prune(dry_run)  # type: ignore[return-value]
+
+    def status(self) -> dict[str, object]:
+        with self._lanes_lock:
+            lanes = dict(self._lanes)
+        per_client = {}
+        last_ingest: dict[str, object] | None = None
+        for cid, lane in sorted(lanes.items()):
+            st = lane.stats
+            per_client[cid] = {
+                "dir": str(lane.directory), "db": str(lane.db_path),
+                "queue_depth": lane.queue_depth, "ingested": st.ingested,
+                "duplicates": st.duplicates, "rejected": st.rejected, "errors": st.errors,
+                "last_ingest": st.last_ingest, "last_error": st.last_error,
+            }
+            if st.last_ingest and (last_ingest is None
+                                   or st.last_ingest["at"] > last_ingest["at"]):  # type: ignore[operator]
+                last_ingest = {"client": cid, **st.last_ingest}
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "ready": self.ready,
+            "uptime_s": round(time.monotonic() - self._started_mono, 1),
+            "started_at": self.started_at,
+            "watch_root": str(self.settings.watch_root),
+            "socket": str(self.settings.socket),
+            "clients_watched": len(lanes),
+            "queue_depth": sum(c["queue_depth"] for c in per_client.values()),  # type: ignore[misc]
+            "ingested": sum(c["ingested"] for c in per_client.values()),  # type: ignore[misc]
+            "rejected": sum(c["rejected"] for c in per_client.values()),  # type: ignore[misc]
+            "errors": sum(c["errors"] for c in per_client.values()),  # type: ignore[misc]
+            "dropped_offers": self._watcher.dropped_offers,
+            "last_ingest": last_ingest,
+            "clients": per_client,
+        }
+
+    # -- callbacks from other threads: enqueue only ----------------------------------------------
+    def _offer(self, client_id: str, path: Path) -> bool:
+        with self._lanes_lock:
+            lane = self._lanes.get(client_id)
+        return lane.offer(path) if lane is not None else False
+
+    def _request_client(self, client_id: str, directory: Path) -> None:
+        self._control.put(("client", (client_id, directory)))
+
+    def request_rescan(self) -> None:
+        self._control.put(("rescan", None))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._control.put(("stop", None))
+
+    def _run_retention(self) -> None:
+        with self._lanes_lock:
+            lanes = list(self._lanes.values())
+        for lane in lanes:
+            lane.prune_scheduled()
+
+    # -- main thread -----------------------------------------------------------------------------
+    def add_client(self, client_id: str, directory: Path, *, at_start: bool) -> None:
+        """Start a lane and a watch for a client, then scan its directory."""
+        with self._lanes_lock:
+            existing = self._lanes.get(client_id)
+        if existing is not None:
+            if existing.directory != directory:
+                self._log.warning(log.CLIENT_ADDED, client=client_id, dir=str(directory),
+                                  error=f"client id already used by {existing.directory}; ignored")
+            return
+        db_path = self.settings.db_path_for(client_id, directory)
+        lane = ClientLane(
+            client_id, directory, db_path, options=self._options,
+            settle_delay_s=self.settings.settle_delay_s,
+            keep_rounds=self.settings.chunk_keep_rounds,
+            delete_after_ingest=self.settings.delete_after_ingest,
+            leased=self.leases.leased, ingest_slots=self._ingest_slots, pool=self._pool,
+        )
+        try:
+            lane.open()
+        except BusyError:
+            if at_start:
+                raise
+            self._log.error(log.INGEST_FAILED, client=client_id,
+                            error=f"database {db_path} is held by another writer; retrying")
+        lane.start()
+        with self._lanes_lock:
+            self._lanes[client_id] = lane
+        directory.mkdir(parents=True, exist_ok=True)
+        self._watcher.watch_client(client_id, directory)
+        self._log.info(log.CLIENT_ADDED, client=client_id, dir=str(directory), db=str(db_path))
+        self._watcher.scan_client(client_id, directory)
+
+    def scan_all(self) -> int:
+        """Discover client directories and offer every candidate file (start-up, reconcile)."""
+        self._watcher.unwatch_missing()
+        for client_id, directory in self._watcher.discover_clients():
+            self.add_client(client_id, directory, at_start=False)
+        offered = 0
+        with self._lanes_lock:
+            lanes = list(self._lanes.values())
+        for lane in lanes:
+            if lane.directory.is_dir():
+                self._watcher.watch_client(lane.client_id, lane.directory)
+                offered += self._watcher.scan_client(lane.client_id, lane.directory)
+        self._log.info(log.SCAN_COMPLETED, clients=len(lanes), files_offered=offered)
+        return offered
+
+    def start(self) -> None:
+        settings = self.settings
+        settings.watch_root.mkdir(parents=True, exist_ok=True)
+        for client in settings.clients:
+            self.add_client(client.id, client.dir, at_start=True)
+        for client_id, directory in self._watcher.discover_clients():
+            self.add_client(client_id, directory, at_start=True)
+        self._watcher.start()
+        self.scan_all()  # files written between the first scan and the observers' start
+
+    def run_forever(self) -> None:
+        interval = sdnotify.watchdog_interval_s()
+        tick = min(1.0, interval / 3) if interval else 1.0
+        while not self._stop.is_set():
+            try:
+                kind, payload = self._control.get(timeout=tick)
+            except queue.Empty:
+                kind, payload = "tick", None
+            if kind == "client":
+                client_id, directory = payload  # type: ignore[misc]
+                self._guard(lambda: self.add_client(client_id, directory, at_start=False))
+            elif kind == "rescan":
+                self._guard(self.scan_all)
+            self._heartbeat()
+
+    def _guard(self, work: object) -> None:
+        try:
+            work()  # type: ignore[operator]
+        except ChunkdError as e:
+            self._log.error(log.SCAN_FAILED, error=str(e), error_code=e.code)
+        except OSError as e:
+            self._log.error(log.SCAN_FAILED, error=str(e))
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        with self._lanes_lock:
+            lanes = list(self._lanes.values())
+        alive = all(
+            lane._thread.is_alive()  # noqa: SLF001 - the service owns its lanes
+            and lane.healthy(STALL_S)
+            and (lane.stats.busy_since is not None
+                 or now - lane.stats.last_progress < IDLE_LOOP_S)
+            for lane in lanes
+        )
+        if alive:
+            self._notifier.notify("WATCHDOG=1")
+        status = self.status()
+        self._notifier.notify(
+            f"STATUS=watching {status['clients_watched']} clients, {status['ingested']} "
+            f"ingested, queue {status['queue_depth']}"
+        )
+
+    def notify_ready(self) -> None:
+        self.ready = True
+        self._notifier.notify("READY=1")
+
+    def shutdown(self) -> None:
+        self._notifier.notify("STOPPING=1")
+        self._watcher.stop()
+        with self._lanes_lock:
+            lanes = list(self._lanes.values())
+        for lane in lanes:
+            lane.stop()
+        self._pool.shutdown(wait=True)
+        self._notifier.close()
+
+
+def run(settings: Settings) -> int:
+    """``chunkd serve``: run until SIGTERM/SIGINT; the exit status for the CLI."""
+    from chunkd.daemon.server import Server  # noqa: PLC0415 - avoids an import cycle via handlers
+
+    logger = structlog.get_logger("chunkd.daemon")
+    logger.info(log.DAEMON_STARTED, version=__version__, pid=os.getpid(),
+                watch_root=str(settings.watch_root), socket=str(settings.socket))
+    daemon = Daemon(settings)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = Server(settings, daemon)
+    server.start()  # BusyError if a live daemon owns the socket: refuse before touching databases
+    scheduler = None
+    try:
+        daemon.start()
+        scheduler = build_scheduler(
+            retention_interval_s=settings.retention_interval_s,
+            rescan_interval_s=settings.rescan_interval_s,
+            run_retention=daemon._run_retention,  # noqa: SLF001
+            run_rescan=daemon.request_rescan,
+        )
+        scheduler.start()
+        daemon.notify_ready()
+        logger.info(log.DAEMON_READY, clients=len(daemon.clients()), socket=str(settings.socket))
+        daemon.run_forever()
+        logger.info(log.DAEMON_STOPPING)
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        server.stop()
+        daemon.shutdown()
+    logger.info(log.DAEMON_STOPPED)
+    return 0
