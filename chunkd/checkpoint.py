@@ -85,6 +85,12 @@ def parse_checkpoint(fd: int, file_size: int) -> ParsedCheckpoint:
         raise NotACheckpointError("not a zip file (no local header at offset 0)")
     tail_len = min(file_size, pthzip.TAIL_BYTES)
     tail = read_exact(fd, file_size - tail_len, tail_len)
+    if pthzip.find_end_record(tail) < 0:
+        # It starts like a zip but has no end record, which torch.save writes last.
+        raise TruncatedError(
+            f"zip checkpoint of {file_size} bytes has no end-of-central-directory record: "
+            "truncated or still being written"
+        )
     cd = pthzip.read_central_directory(file_size, tail, lambda off, n: read_exact(fd, off, n))
 
     records: dict[str, pthzip.ZipRecord] = {}
@@ -103,6 +109,7 @@ def parse_checkpoint(fd: int, file_size: int) -> ParsedCheckpoint:
     byteorder = records.get(f"{top}/byteorder")
     if byteorder is not None:
         order = read_exact(fd, byteorder.data_start, byteorder.size)
+        _check_crc(byteorder, order)
         if order != b"little":
             raise LegacyFormatError(f"checkpoint byte order is {order!r}; only little-endian")
 

@@ -65,11 +65,19 @@ class IngestResult:
     bytes_new: int
     file_sha256: str
     duration_ms: float
+    #: the round's tensor bytes (its chunks' raw size) and how many of them were new
+    tensor_bytes: int = 0
+    tensor_bytes_new: int = 0
 
     @property
     def dedup_ratio(self) -> float:
-        """Chunk bytes this round references over the bytes it added (>= 1; inf if none)."""
-        return round(self.bytes_in / self.bytes_new, 3) if self.bytes_new else float("inf")
+        """Share of this round's tensor bytes that were already stored: 0.0 = all new, 1.0 = none.
+
+        A share rather than "x:1" so that it stays finite for a round that adds nothing.
+        """
+        if not self.tensor_bytes:
+            return 1.0
+        return round(1 - self.tensor_bytes_new / self.tensor_bytes, 4)
 
     @property
     def mb_per_s(self) -> float:
@@ -83,7 +91,7 @@ class IngestResult:
             "chunks": self.chunks,
             "chunks_new": self.chunks_new,
             "bytes_new": self.bytes_new,
-            "dedup_ratio": self.dedup_ratio if self.bytes_new else None,
+            "dedup_ratio": self.dedup_ratio,
             "duration_ms": round(self.duration_ms, 1),
             "mb_per_s": self.mb_per_s,
             "sha256": self.file_sha256,
@@ -202,7 +210,8 @@ def _stream_round(
         if same_round is not None:
             writer.abort()
             return IngestResult(OUTCOME_DUPLICATE, source, same_round, parsed.file_size,
-                                len(specs), 0, 0, file_sha256, _ms_since(started))
+                                len(specs), 0, 0, file_sha256, _ms_since(started),
+                                layout_bytes(parsed), 0)
         layout = RoundLayout(
             file_size=parsed.file_size,
             file_sha256=file_sha256,
@@ -219,7 +228,12 @@ def _stream_round(
     return IngestResult(
         OUTCOME_REPLACED if replaced else OUTCOME_INGESTED, source, round_num, parsed.file_size,
         len(specs), writer.new_chunks, writer.new_bytes, file_sha256, _ms_since(started),
+        layout.flat_bytes, writer.new_raw_bytes,
     )
+
+
+def layout_bytes(parsed: ParsedCheckpoint) -> int:
+    return sum(s.nbytes for s in parsed.storages)
 
 
 def _round_with_same_file(

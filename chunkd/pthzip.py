@@ -91,6 +91,14 @@ def sniff_legacy(head: bytes) -> bool:
     return head[_LEGACY_TAR_OFFSET : _LEGACY_TAR_OFFSET + 5] == b"ustar"
 
 
+def find_end_record(tail: bytes) -> int:
+    """Offset in ``tail`` of the last whole end-of-central-directory record, or -1 if none."""
+    eocd_at = tail.rfind(_EOCD_SIG)
+    while eocd_at >= 0 and eocd_at + _EOCD_SIZE > len(tail):
+        eocd_at = tail.rfind(_EOCD_SIG, 0, eocd_at)
+    return eocd_at
+
+
 def read_central_directory(file_size: int, tail: bytes, read_at) -> CentralDirectory:
     """Parse the end-of-central-directory records and the central directory.
 
@@ -98,9 +106,7 @@ def read_central_directory(file_size: int, tail: bytes, read_at) -> CentralDirec
     size)`` returns exactly ``size`` bytes at ``offset`` (the caller's I/O, so this stays pure).
     """
     tail_start = file_size - len(tail)
-    eocd_at = tail.rfind(_EOCD_SIG)
-    while eocd_at >= 0 and eocd_at + _EOCD_SIZE > len(tail):
-        eocd_at = tail.rfind(_EOCD_SIG, 0, eocd_at)
+    eocd_at = find_end_record(tail)
     if eocd_at < 0:
         raise NotACheckpointError("no zip end-of-central-directory record: not a zip checkpoint")
     (_, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, comment_len) = struct.unpack_from(

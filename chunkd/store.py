@@ -496,7 +496,8 @@ class RoundWriter:
         self._added: list[str] = []
         self._batch_bytes = 0
         self.new_chunks = 0
-        self.new_bytes = 0
+        self.new_bytes = 0  # as stored (after the codec)
+        self.new_raw_bytes = 0
 
     def _ensure_txn(self) -> None:
         if not self._conn.in_transaction:
@@ -516,6 +517,7 @@ class RoundWriter:
         self._added.append(chunk_hash)
         self.new_chunks += 1
         self.new_bytes += len(stored)
+        self.new_raw_bytes += raw_size
         self._batch_bytes += len(stored)
         if self._batch_bytes >= BATCH_BYTES:
             self._store._execute("COMMIT")

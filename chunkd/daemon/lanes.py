@@ -214,10 +214,19 @@ class ClientLane:
     def _note_offer(self, path: Path) -> None:
         pending = self._pending.get(path)
         deadline = time.monotonic() + self._settle_s
-        if pending is None:
-            self._pending[path] = _Pending(deadline, _stat_key(path))
-        else:
+        if pending is not None:
             pending.deadline = max(pending.deadline, deadline)
+            return
+        key = _stat_key(path)
+        if key is None or self._already_taken(path, key):
+            return
+        self._pending[path] = _Pending(deadline, key)
+        self._log.info(log.CHECKPOINT_DETECTED, path=str(path), bytes=key[0])
+
+    def _already_taken(self, path: Path, key: tuple[int, int]) -> bool:
+        """This exact file (path, size, mtime) was ingested, found duplicate, or rejected."""
+        store = self._ensure_store()
+        return store is not None and store.find_source(str(path.absolute()), *key) is not None
 
     def _settle_or_ingest(self, path: Path) -> None:
         pending = self._pending[path]
@@ -237,16 +246,23 @@ class ClientLane:
             pending.deadline = time.monotonic() + REOPEN_DELAY_S
             return
         try:
-            result = self._with_slot(lambda: ingest_file(path, store, self._options,
-                                                         pool=self._pool))
+            result = self._with_slot(
+                lambda: ingest_file(path, store, self._options, pool=self._pool)
+            )
         except CheckpointError as e:
             if e.retryable and pending.attempts < len(RETRY_DELAYS_S):
                 delay = RETRY_DELAYS_S[pending.attempts]
                 pending.attempts += 1
                 pending.deadline = time.monotonic() + delay
                 pending.last_stat = _stat_key(path)
-                self._log.info(log.CHECKPOINT_RETRYING, path=str(path), error=str(e),
-                               error_code=e.code, attempt=pending.attempts, retry_in_s=delay)
+                self._log.info(
+                    log.CHECKPOINT_RETRYING,
+                    path=str(path),
+                    error=str(e),
+                    error_code=e.code,
+                    attempt=pending.attempts,
+                    retry_in_s=delay,
+                )
                 return
             del self._pending[path]
             self._reject(store, path, e)
@@ -258,8 +274,12 @@ class ClientLane:
             del self._pending[path]
             self.stats.errors += 1
             self.stats.last_error = str(e)
-            self._log.error(log.INGEST_FAILED, path=str(path), error=str(e),
-                            error_code=getattr(e, "code", "internal"))
+            self._log.error(
+                log.INGEST_FAILED,
+                path=str(path),
+                error=str(e),
+                error_code=getattr(e, "code", "internal"),
+            )
             return
         del self._pending[path]
         self._report(result)
@@ -270,8 +290,11 @@ class ClientLane:
         """An explicit ``ingest`` request: no settle, no retry; errors go back to the caller."""
         self._pending.pop(path, None)
         try:
-            result = self._with_slot(lambda: ingest_file(path, store, self._options,
-                                                         round_num=round_num, pool=self._pool))
+            result = self._with_slot(
+                lambda: ingest_file(
+                    path, store, self._options, round_num=round_num, pool=self._pool
+                )
+            )
         except CheckpointError as e:
             self._reject(store, path, e)
             raise
@@ -294,27 +317,46 @@ class ClientLane:
             return
         if result.outcome == OUTCOME_DUPLICATE:
             self.stats.duplicates += 1
-            self._log.info(log.CHECKPOINT_DUPLICATE, path=result.path, round=result.round_num,
-                           sha256=result.file_sha256, bytes_in=result.bytes_in)
+            self._log.info(
+                log.CHECKPOINT_DUPLICATE,
+                path=result.path,
+                round=result.round_num,
+                sha256=result.file_sha256,
+                bytes_in=result.bytes_in,
+            )
             return
         self.stats.ingested += 1
-        self.stats.last_ingest = {"round": result.round_num, "path": result.path,
-                                  "at": time.time(), "bytes_in": result.bytes_in}
+        self.stats.last_ingest = {
+            "round": result.round_num,
+            "path": result.path,
+            "at": time.time(),
+            "bytes_in": result.bytes_in,
+        }
         if result.outcome == OUTCOME_REPLACED:
-            self._log.info(log.ROUND_REPLACED, round=result.round_num, path=result.path,
-                           sha256=result.file_sha256)
+            self._log.info(
+                log.ROUND_REPLACED,
+                round=result.round_num,
+                path=result.path,
+                sha256=result.file_sha256,
+            )
         self._log.info(log.CHECKPOINT_INGESTED, **fields)
 
     def _reject(self, store: ChunkStore, path: Path, error: CheckpointError) -> None:
         self.stats.rejected += 1
         self.stats.last_error = str(error)
-        self._log.warning(log.CHECKPOINT_REJECTED, path=str(path), error=str(error),
-                          error_code=error.code, reason=type(error).__name__)
+        self._log.warning(
+            log.CHECKPOINT_REJECTED,
+            path=str(path),
+            error=str(error),
+            error_code=error.code,
+            reason=type(error).__name__,
+        )
         key = _stat_key(path)
         if key is not None:
             try:
-                store.record_source(SourceRecord(str(path.absolute()), key[0], key[1], None, None,
-                                                 "rejected"))
+                store.record_source(
+                    SourceRecord(str(path.absolute()), key[0], key[1], None, None, "rejected")
+                )
             except ChunkdError as e:
                 self._log.error(log.INGEST_FAILED, path=str(path), error=str(e))
 
@@ -330,8 +372,11 @@ class ClientLane:
             self._log.error(log.INGEST_FAILED, path=str(path), error=f"not deleted: {e}")
             return
         if restored.file_sha256 != result.file_sha256 or on_disk != result.file_sha256:
-            self._log.warning(log.INGEST_FAILED, path=str(path),
-                              error="not deleted: the file changed since it was ingested")
+            self._log.warning(
+                log.INGEST_FAILED,
+                path=str(path),
+                error="not deleted: the file changed since it was ingested",
+            )
             return
         path.unlink(missing_ok=True)
         self._log.info(log.CHECKPOINT_DELETED, path=str(path), round=result.round_num)
@@ -348,7 +393,9 @@ class ClientLane:
             return
         store = self._ensure_store()
         if store is None:
-            job.future.set_exception(BusyError(f"database {self.db_path} is held by another writer"))
+            job.future.set_exception(
+                BusyError(f"database {self.db_path} is held by another writer")
+            )
             return
         self.stats.busy_since = time.monotonic()
         try:
@@ -388,8 +435,11 @@ class ClientLane:
     def _log_prune_failure(self, future: Future[object]) -> None:
         error = future.exception()
         if error is not None:
-            self._log.error(log.RETENTION_FAILED, error=str(error),
-                            error_code=getattr(error, "code", "internal"))
+            self._log.error(
+                log.RETENTION_FAILED,
+                error=str(error),
+                error_code=getattr(error, "code", "internal"),
+            )
 
 
 def _stat_key(path: Path) -> tuple[int, int] | None:

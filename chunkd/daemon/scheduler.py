@@ -32,8 +32,10 @@ def build_scheduler(
         timezone="UTC",
         daemon=True,
     )
-    scheduler.add_job(run_retention, "interval", seconds=retention_interval_s, id="retention",
-                      name="retention")
-    scheduler.add_job(run_rescan, "interval", seconds=rescan_interval_s, id="rescan",
-                      name="reconciliation scan")
+    scheduler.add_job(
+        run_retention, "interval", seconds=retention_interval_s, id="retention", name="retention"
+    )
+    scheduler.add_job(
+        run_rescan, "interval", seconds=rescan_interval_s, id="rescan", name="reconciliation scan"
+    )
     return scheduler

@@ -73,8 +73,10 @@ class Daemon:
     # -- DaemonState -----------------------------------------------------------------------------
     def clients(self) -> Mapping[str, ClientInfo]:
         with self._lanes_lock:
-            return {cid: ClientInfo(cid, lane.directory, lane.db_path)
-                    for cid, lane in self._lanes.items()}
+            return {
+                cid: ClientInfo(cid, lane.directory, lane.db_path)
+                for cid, lane in self._lanes.items()
+            }
 
     def _lane(self, client_id: str) -> ClientLane:
         with self._lanes_lock:
@@ -83,8 +85,9 @@ class Daemon:
             raise NotFoundError(f"unknown client {client_id!r}")
         return lane
 
-    def submit_ingest(self, client_id: str, path: Path, round_num: int | None
-                      ) -> Future[IngestResult]:
+    def submit_ingest(
+        self, client_id: str, path: Path, round_num: int | None
+    ) -> Future[IngestResult]:
         return self._lane(client_id).submit_ingest(path, round_num)  # type: ignore[return-value]
 
     def submit_prune(self, client_id: str, dry_run: bool) -> Future[PruneResult]:
@@ -98,13 +101,17 @@ class Daemon:
         for cid, lane in sorted(lanes.items()):
             st = lane.stats
             per_client[cid] = {
-                "dir": str(lane.directory), "db": str(lane.db_path),
-                "queue_depth": lane.queue_depth, "ingested": st.ingested,
-                "duplicates": st.duplicates, "rejected": st.rejected, "errors": st.errors,
-                "last_ingest": st.last_ingest, "last_error": st.last_error,
+                "dir": str(lane.directory),
+                "db": str(lane.db_path),
+                "queue_depth": lane.queue_depth,
+                "ingested": st.ingested,
+                "duplicates": st.duplicates,
+                "rejected": st.rejected,
+                "errors": st.errors,
+                "last_ingest": st.last_ingest,
+                "last_error": st.last_error,
             }
-            if st.last_ingest and (last_ingest is None
-                                   or st.last_ingest["at"] > last_ingest["at"]):  # type: ignore[operator]
+            if st.last_ingest and (last_ingest is None or st.last_ingest["at"] > last_ingest["at"]):  # type: ignore[operator]
                 last_ingest = {"client": cid, **st.last_ingest}
         return {
             "version": __version__,
@@ -153,24 +160,36 @@ class Daemon:
             existing = self._lanes.get(client_id)
         if existing is not None:
             if existing.directory != directory:
-                self._log.warning(log.CLIENT_ADDED, client=client_id, dir=str(directory),
-                                  error=f"client id already used by {existing.directory}; ignored")
+                self._log.warning(
+                    log.CLIENT_ADDED,
+                    client=client_id,
+                    dir=str(directory),
+                    error=f"client id already used by {existing.directory}; ignored",
+                )
             return
         db_path = self.settings.db_path_for(client_id, directory)
         lane = ClientLane(
-            client_id, directory, db_path, options=self._options,
+            client_id,
+            directory,
+            db_path,
+            options=self._options,
             settle_delay_s=self.settings.settle_delay_s,
             keep_rounds=self.settings.chunk_keep_rounds,
             delete_after_ingest=self.settings.delete_after_ingest,
-            leased=self.leases.leased, ingest_slots=self._ingest_slots, pool=self._pool,
+            leased=self.leases.leased,
+            ingest_slots=self._ingest_slots,
+            pool=self._pool,
         )
         try:
             lane.open()
         except BusyError:
             if at_start:
                 raise
-            self._log.error(log.INGEST_FAILED, client=client_id,
-                            error=f"database {db_path} is held by another writer; retrying")
+            self._log.error(
+                log.INGEST_FAILED,
+                client=client_id,
+                error=f"database {db_path} is held by another writer; retrying",
+            )
         lane.start()
         with self._lanes_lock:
             self._lanes[client_id] = lane
@@ -234,8 +253,7 @@ class Daemon:
         alive = all(
             lane._thread.is_alive()  # noqa: SLF001 - the service owns its lanes
             and lane.healthy(STALL_S)
-            and (lane.stats.busy_since is not None
-                 or now - lane.stats.last_progress < IDLE_LOOP_S)
+            and (lane.stats.busy_since is not None or now - lane.stats.last_progress < IDLE_LOOP_S)
             for lane in lanes
         )
         if alive:
@@ -266,8 +284,13 @@ def run(settings: Settings) -> int:
     from chunkd.daemon.server import Server  # noqa: PLC0415 - avoids an import cycle via handlers
 
     logger = structlog.get_logger("chunkd.daemon")
-    logger.info(log.DAEMON_STARTED, version=__version__, pid=os.getpid(),
-                watch_root=str(settings.watch_root), socket=str(settings.socket))
+    logger.info(
+        log.DAEMON_STARTED,
+        version=__version__,
+        pid=os.getpid(),
+        watch_root=str(settings.watch_root),
+        socket=str(settings.socket),
+    )
     daemon = Daemon(settings)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

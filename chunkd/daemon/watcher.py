@@ -78,8 +78,13 @@ def iter_candidates(directory: Path, patterns: tuple[str, ...]) -> Iterator[Path
 
 
 class _ClientHandler(FileSystemEventHandler):
-    def __init__(self, client_id: str, patterns: tuple[str, ...], offer: Offer,
-                 on_drop: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        patterns: tuple[str, ...],
+        offer: Offer,
+        on_drop: Callable[[str], None],
+    ) -> None:
         self._client_id = client_id
         self._patterns = patterns
         self._offer = offer
@@ -146,8 +151,7 @@ class Watcher:
         root = self._settings.watch_root
         self._observer.start()
         if root.is_dir():
-            self._schedule(_RootHandler(self._settings, self._on_new_client), root,
-                           recursive=False)
+            self._schedule(_RootHandler(self._settings, self._on_new_client), root, recursive=False)
 
     def stop(self) -> None:
         for observer in (self._observer, self._polling):
@@ -175,8 +179,9 @@ class Watcher:
     def watch_client(self, client_id: str, directory: Path) -> None:
         if directory in self._watched:
             return
-        handler = _ClientHandler(client_id, self._settings.file_patterns, self._offer,
-                                 self._note_drop)
+        handler = _ClientHandler(
+            client_id, self._settings.file_patterns, self._offer, self._note_drop
+        )
         self._schedule(handler, directory, recursive=True)
         self._watched.add(directory)
 
@@ -211,7 +216,9 @@ class Watcher:
                 self._log.error(log.WATCHER_FALLBACK_POLLING, path=str(path), error=str(e))
             else:
                 self._log.error(
-                    log.WATCHER_FALLBACK_POLLING, path=str(path), error=str(e),
+                    log.WATCHER_FALLBACK_POLLING,
+                    path=str(path),
+                    error=str(e),
                     hint="inotify watch limit reached: raise fs.inotify.max_user_watches; "
                     "polling this directory meanwhile",
                 )
@@ -224,6 +231,9 @@ class Watcher:
     def _note_drop(self, client_id: str) -> None:
         self.dropped_offers += 1
         if self.dropped_offers % 1000 == 1:
-            self._log.warning(log.WATCHER_OVERFLOW, client=client_id,
-                              dropped=self.dropped_offers,
-                              hint="queue full; the reconciliation scan will pick these up")
+            self._log.warning(
+                log.WATCHER_OVERFLOW,
+                client=client_id,
+                dropped=self.dropped_offers,
+                hint="queue full; the reconciliation scan will pick these up",
+            )
