@@ -119,7 +119,9 @@ def parse_checkpoint(fd: int, file_size: int) -> ParsedCheckpoint:
     for named in name_storages(scanned):
         record = records.get(f"{top}/data/{named.storage.key}")
         if record is None:
-            raise NotACheckpointError(f"data.pkl names storage {named.storage.key!r}, not in the zip")
+            raise NotACheckpointError(
+                f"data.pkl names storage {named.storage.key!r}, not in the zip"
+            )
         if record.size != named.storage.nbytes:
             raise NotACheckpointError(
                 f"storage {named.storage.key!r} record holds {record.size} bytes, data.pkl says "

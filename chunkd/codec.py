@@ -9,6 +9,12 @@ CPU spent on decompression must buy something.
 The SHA-256 that names a chunk is always of the raw bytes, so deduplication and verification never
 depend on the codec. The codec of each stored chunk is recorded next to it (``chunk_data.codec``).
 
+With ``delta = true`` a chunk may instead be stored as the XOR of its bytes with the chunk that
+covered the same flat range in an earlier round (its *base*, always a non-delta chunk, so a chain
+is one link long). Federated rounds move each weight a little; the XOR of two close floats is
+mostly zero bits in the sign, exponent and high mantissa bytes, which grouping then makes long
+runs for zstd. Codec ``xbgz<w>``; the base's hash is stored with the chunk.
+
 Pure functions; zstandard releases the GIL, so callers may run them on a thread pool.
 """
 
@@ -25,6 +31,7 @@ CODEC_RAW = "raw"
 #: ``bgz<w>``: bytes grouped by significance within ``w``-byte words, then zstd. The word width is
 #: part of the codec name so a chunk decodes on its own, whichever round first stored it.
 _GROUPED_PREFIX = "bgz"
+_DELTA_PREFIX = "xbgz"  # XOR with the base chunk, then as ``bgz``
 GROUP_WIDTHS = (1, 2, 4, 8)
 
 #: Store compressed only when it saves at least this fraction.
@@ -38,30 +45,60 @@ def group_width(itemsizes: Sequence[int]) -> int:
     return min(widest, 8)
 
 
-def encode(raw: bytes | memoryview, width: int, compression: str) -> tuple[str, bytes | memoryview]:
-    """``(codec, stored bytes)`` for a chunk of ``width``-byte words (see :func:`group_width`)."""
-    if compression == "none" or len(raw) == 0:
+def encode(
+    raw: bytes | memoryview, width: int, compression: str, base: bytes | None = None
+) -> tuple[str, bytes | memoryview]:
+    """``(codec, stored bytes)`` for a chunk of ``width``-byte words (see :func:`group_width`).
+
+    With a ``base`` (same size), the XOR delta is tried too, and the smallest form wins.
+    """
+    if len(raw) == 0 or (compression == "none" and base is None):
         return CODEC_RAW, raw
     if width not in GROUP_WIDTHS:
         raise ValueError(f"unsupported group width {width}")
-    packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(group_bytes(raw, width))
-    if len(packed) > len(raw) * (1 - MIN_SAVING):
-        return CODEC_RAW, raw
-    return f"{_GROUPED_PREFIX}{width}", packed
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    best: tuple[str, bytes | memoryview] = (CODEC_RAW, raw)
+    limit = len(raw) * (1 - MIN_SAVING)
+    if compression != "none":
+        packed = compressor.compress(group_bytes(raw, width))
+        if len(packed) <= limit:
+            best = (f"{_GROUPED_PREFIX}{width}", packed)
+    if base is not None and len(base) == len(raw):
+        delta = compressor.compress(group_bytes(xor_bytes(raw, base), width))
+        if len(delta) <= min(limit, len(best[1])):
+            best = (f"{_DELTA_PREFIX}{width}", delta)
+    return best
 
 
-def decode(codec: str, stored: bytes, raw_size: int) -> bytes:
-    """The chunk's raw bytes; raises :class:`IntegrityError` if the stored form is damaged."""
+def is_delta(codec: str) -> bool:
+    return codec.startswith(_DELTA_PREFIX)
+
+
+def decode(codec: str, stored: bytes, raw_size: int, base: bytes | None = None) -> bytes:
+    """The chunk's raw bytes; raises :class:`IntegrityError` if the stored form is damaged.
+
+    A delta chunk needs its ``base``'s raw bytes.
+    """
     if codec == CODEC_RAW:
         return stored
-    width = _width_of(codec)
+    delta = is_delta(codec)
+    width = _width_of(codec[1:] if delta else codec)
+    if delta and (base is None or len(base) != raw_size):
+        raise IntegrityError("delta chunk without its base")
     try:
         grouped = zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_size)
     except zstandard.ZstdError as e:
         raise IntegrityError(f"compressed chunk is damaged: {e}") from None
     if len(grouped) != raw_size:
         raise IntegrityError("compressed chunk decodes to the wrong size")
-    return ungroup_bytes(grouped, width)
+    raw = ungroup_bytes(grouped, width)
+    return xor_bytes(raw, base) if delta and base is not None else raw
+
+
+def xor_bytes(a: bytes | memoryview, b: bytes | memoryview) -> bytes:
+    return np.bitwise_xor(
+        np.frombuffer(a, dtype=np.uint8), np.frombuffer(b, dtype=np.uint8)
+    ).tobytes()
 
 
 def _width_of(codec: str) -> int:

@@ -29,12 +29,27 @@ from chunkd.store import ChunkStore
 
 #: torch dtype name -> numpy dtype with the same element width and, where possible, meaning.
 _NUMPY_DTYPES = {
-    "float64": np.float64, "float32": np.float32, "float16": np.float16,
-    "bfloat16": np.uint16, "complex128": np.complex128, "complex64": np.complex64,
-    "complex32": np.uint32, "int64": np.int64, "int32": np.int32, "int16": np.int16,
-    "int8": np.int8, "uint64": np.uint64, "uint32": np.uint32, "uint16": np.uint16,
-    "uint8": np.uint8, "bool": np.bool_, "float8_e4m3fn": np.uint8, "float8_e5m2": np.uint8,
-    "float8_e4m3fnuz": np.uint8, "float8_e5m2fnuz": np.uint8, "float8_e8m0fnu": np.uint8,
+    "float64": np.float64,
+    "float32": np.float32,
+    "float16": np.float16,
+    "bfloat16": np.uint16,
+    "complex128": np.complex128,
+    "complex64": np.complex64,
+    "complex32": np.uint32,
+    "int64": np.int64,
+    "int32": np.int32,
+    "int16": np.int16,
+    "int8": np.int8,
+    "uint64": np.uint64,
+    "uint32": np.uint32,
+    "uint16": np.uint16,
+    "uint8": np.uint8,
+    "bool": np.bool_,
+    "float8_e4m3fn": np.uint8,
+    "float8_e5m2": np.uint8,
+    "float8_e4m3fnuz": np.uint8,
+    "float8_e5m2fnuz": np.uint8,
+    "float8_e8m0fnu": np.uint8,
 }
 
 
@@ -83,7 +98,7 @@ def read_round_tensors(store: ChunkStore, round_num: int) -> dict[str, TensorDat
 
 def to_torch(tensor: TensorData) -> Any:
     """The tensor as a ``torch.Tensor`` of its original dtype (imports torch)."""
-    import torch  # noqa: PLC0415 - torch stays off the daemon's ingest and restore paths
+    import torch
 
     base = torch.from_numpy(np.array(tensor.array, order="C", copy=True))
     dtype = getattr(torch, tensor.dtype)
@@ -92,7 +107,7 @@ def to_torch(tensor: TensorData) -> Any:
 
 def export_safetensors(store: ChunkStore, round_num: int, out: str | os.PathLike[str]) -> int:
     """Write a round's named tensors as a safetensors file; returns the number of tensors."""
-    from safetensors.torch import save_file  # noqa: PLC0415 - imports torch
+    from safetensors.torch import save_file
 
     tensors = read_round_tensors(store, round_num)
     if not tensors:

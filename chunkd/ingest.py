@@ -30,7 +30,7 @@ from pathlib import Path
 
 from chunkd import codec, rounds
 from chunkd.checkpoint import ParsedCheckpoint, parse_checkpoint, read_exact, read_into
-from chunkd.errors import CrcMismatchError, FileChangedError, NotACheckpointError
+from chunkd.errors import ChunkdError, CrcMismatchError, FileChangedError, NotACheckpointError
 from chunkd.flatindex import plan_chunks
 from chunkd.manifest import ChunkSpec, RoundLayout
 from chunkd.store import ChunkStore, SourceRecord
@@ -49,6 +49,7 @@ class IngestOptions:
     chunk_num: int = 10
     max_chunk_bytes: int = 1 << 20
     compression: str = "none"
+    delta: bool = False
     round_regex: re.Pattern[str] = re.compile(rounds.DEFAULT_ROUND_REGEX)
 
 
@@ -116,8 +117,17 @@ def ingest_file(
             raise NotACheckpointError(f"{source} is not a regular file")
         seen = store.find_source(source, before.st_size, before.st_mtime_ns)
         if seen is not None and round_num is None:
-            return IngestResult(OUTCOME_SEEN, source, seen.round_num, before.st_size, 0, 0, 0,
-                                seen.file_sha256 or "", _ms_since(started))
+            return IngestResult(
+                OUTCOME_SEEN,
+                source,
+                seen.round_num,
+                before.st_size,
+                0,
+                0,
+                0,
+                seen.file_sha256 or "",
+                _ms_since(started),
+            )
         parsed = parse_checkpoint(fd, before.st_size)
         named = round_num
         if named is None:
@@ -126,19 +136,39 @@ def ingest_file(
             named = rounds.round_from_fields(parsed.scanned.root)
         # With no number in the name or the file, the round is the next in sequence; then a
         # file equal to a stored round (a touch of an overwritten checkpoint.pth) is that round.
-        target = named if named is not None else rounds.choose_round(None, None,
-                                                                     store.highest_round())
+        target = (
+            named if named is not None else rounds.choose_round(None, None, store.highest_round())
+        )
         specs = plan_chunks(parsed.storages, options.chunk_num, options.max_chunk_bytes)
         own_pool = pool is None
         workers = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunkd-hash")
         try:
-            result = _stream_round(fd, before, parsed, specs, target, named is None, store,
-                                   options, workers, source, started)
+            result = _stream_round(
+                fd,
+                before,
+                parsed,
+                specs,
+                target,
+                named is None,
+                store,
+                options,
+                workers,
+                source,
+                started,
+            )
         finally:
             if own_pool:
                 workers.shutdown(wait=True)
-        store.record_source(SourceRecord(source, before.st_size, before.st_mtime_ns,
-                                         result.file_sha256, result.round_num, result.outcome))
+        store.record_source(
+            SourceRecord(
+                source,
+                before.st_size,
+                before.st_mtime_ns,
+                result.file_sha256,
+                result.round_num,
+                result.outcome,
+            )
+        )
         return result
     finally:
         os.close(fd)
@@ -165,6 +195,7 @@ def _stream_round(
     metadata: list[tuple[int, str, str, int]] = []
     pending: deque[tuple[ChunkSpec, bytearray, Future[str], Future[None]]] = deque()
     seen_hashes: set[str] = set()
+    delta_bases = _DeltaBases(store, round_num) if options.delta else None
 
     def store_chunk(
         spec: ChunkSpec, buf: bytearray, digest: Future[str], fed: Future[None]
@@ -176,8 +207,11 @@ def _stream_round(
             return
         seen_hashes.add(chunk_hash)
         width = codec.group_width([p.itemsize for p in spec.parts])
-        codec_name, stored = codec.encode(buf, width, options.compression)
-        writer.add_chunk(chunk_hash, codec_name, stored, len(buf))
+        base_hash, base = delta_bases.base_for(spec) if delta_bases else (None, None)
+        codec_name, stored = codec.encode(buf, width, options.compression, base)
+        if not codec.is_delta(codec_name):
+            base_hash = None
+        writer.add_chunk(chunk_hash, codec_name, stored, len(buf), base_hash)
 
     try:
         for spec in specs:
@@ -209,26 +243,49 @@ def _stream_round(
         same_round = _round_with_same_file(store, round_num, sequential, file_sha256)
         if same_round is not None:
             writer.abort()
-            return IngestResult(OUTCOME_DUPLICATE, source, same_round, parsed.file_size,
-                                len(specs), 0, 0, file_sha256, _ms_since(started),
-                                layout_bytes(parsed), 0)
+            return IngestResult(
+                OUTCOME_DUPLICATE,
+                source,
+                same_round,
+                parsed.file_size,
+                len(specs),
+                0,
+                0,
+                file_sha256,
+                _ms_since(started),
+                layout_bytes(parsed),
+                0,
+            )
         layout = RoundLayout(
             file_size=parsed.file_size,
             file_sha256=file_sha256,
             storages=parsed.storages,
             segments=parsed.segments,
         )
-        replaced = writer.commit(round_num=round_num, layout=layout, residue=parsed.residue,
-                                 chunks=metadata, source_path=source)
+        replaced = writer.commit(
+            round_num=round_num,
+            layout=layout,
+            residue=parsed.residue,
+            chunks=metadata,
+            source_path=source,
+        )
     except BaseException:
         writer.abort()
         raise
     finally:
         hash_worker.shutdown(wait=True)
     return IngestResult(
-        OUTCOME_REPLACED if replaced else OUTCOME_INGESTED, source, round_num, parsed.file_size,
-        len(specs), writer.new_chunks, writer.new_bytes, file_sha256, _ms_since(started),
-        layout.flat_bytes, writer.new_raw_bytes,
+        OUTCOME_REPLACED if replaced else OUTCOME_INGESTED,
+        source,
+        round_num,
+        parsed.file_size,
+        len(specs),
+        writer.new_chunks,
+        writer.new_bytes,
+        file_sha256,
+        _ms_since(started),
+        layout.flat_bytes,
+        writer.new_raw_bytes,
     )
 
 
@@ -264,6 +321,40 @@ def _check_storage_crcs(parsed: ParsedCheckpoint, crcs: list[int]) -> None:
                 f"storage {slot.key!r} ({slot.name}) fails its CRC-32 check: the file is "
                 "damaged or still being written"
             )
+
+
+class _DeltaBases:
+    """For ``delta = true``: the chunk that covered the same flat range in the previous round.
+
+    The base must describe exactly the same parts (same tensors, same ranges), so the XOR lines up
+    element for element; it is always a self-contained chunk (a delta's own base is used), which
+    keeps every chain one link long. A base whose bytes fail their hash is not used.
+    """
+
+    def __init__(self, store: ChunkStore, round_num: int) -> None:
+        self._store = store
+        earlier = [r for r in store.round_numbers() if r != round_num]
+        previous = max((r for r in earlier if r < round_num), default=None)
+        if previous is None and earlier:
+            previous = max(earlier)
+        self._previous = {}
+        if previous is not None:
+            self._previous = {ref.chunk_id: ref for ref in store.round_chunks(previous)}
+
+    def base_for(self, spec: ChunkSpec) -> tuple[str | None, bytes | None]:
+        ref = self._previous.get(spec.chunk_id)
+        if ref is None or ref.parts_info != spec.parts_json():
+            return None, None
+        base_hash = self._store.chunk_base(ref.chunk_hash)
+        if base_hash is None:
+            return None, None
+        try:
+            base = self._store.read_raw_chunk(base_hash)
+        except ChunkdError:
+            return None, None
+        if len(base) != spec.nbytes or hashlib.sha256(base).hexdigest() != base_hash:
+            return None, None
+        return base_hash, base
 
 
 class _FileHasher:

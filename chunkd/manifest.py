@@ -37,14 +37,28 @@ class StorageSlot:
         return self.numel * self.itemsize
 
     def to_json(self) -> list[object]:
-        return [self.name, self.key, self.dtype, self.itemsize, self.numel, list(self.shape),
-                self.file_offset]
+        return [
+            self.name,
+            self.key,
+            self.dtype,
+            self.itemsize,
+            self.numel,
+            list(self.shape),
+            self.file_offset,
+        ]
 
     @classmethod
     def from_json(cls, raw: list[object]) -> StorageSlot:
         name, key, dtype, itemsize, numel, shape, offset = raw
-        return cls(str(name), str(key), str(dtype), int(itemsize), int(numel),  # type: ignore[arg-type]
-                   tuple(int(d) for d in shape), int(offset))  # type: ignore[union-attr, arg-type]
+        return cls(
+            str(name),
+            str(key),
+            str(dtype),
+            int(itemsize),
+            int(numel),  # type: ignore[arg-type]
+            tuple(int(d) for d in shape),
+            int(offset),
+        )  # type: ignore[union-attr, arg-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +78,7 @@ class Part:
 
 @dataclass(frozen=True, slots=True)
 class ChunkSpec:
-    """Chunk ``chunk_id`` of a round: the seed's descriptor plus its byte range in the flat bytes."""
+    """Chunk ``chunk_id`` of a round: the seed's descriptor plus its range in the flat bytes."""
 
     chunk_id: int
     parts: tuple[Part, ...]
@@ -135,11 +149,18 @@ class RoundLayout:
     @classmethod
     def from_json(cls, text: str) -> RoundLayout:
         raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError(f"round layout is a JSON {type(raw).__name__}, not an object")
         if raw.get("v") != LAYOUT_VERSION:
             raise ValueError(f"unknown round layout version {raw.get('v')!r}")
-        return cls(
+        layout = cls(
             file_size=int(raw["file_size"]),
             file_sha256=str(raw["file_sha256"]),
             storages=tuple(StorageSlot.from_json(s) for s in raw["storages"]),
             segments=tuple((str(k), int(v)) for k, v in raw["segments"]),
         )
+        for kind, value in layout.segments:
+            in_residue = kind == "r" and value >= 0
+            if not in_residue and not (kind == "s" and 0 <= value < len(layout.storages)):
+                raise ValueError(f"round layout segment {[kind, value]!r} is invalid")
+        return layout

@@ -68,9 +68,18 @@ _STORAGE_DTYPES: dict[str, str] = {
 }
 
 #: dtype aliases torch uses as global names (``torch.float`` pickles as ``torch float32``).
-_DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64",
-                  "int": "int32", "short": "int16", "cfloat": "complex64",
-                  "cdouble": "complex128", "chalf": "complex32"}
+_DTYPE_ALIASES = {
+    "float": "float32",
+    "double": "float64",
+    "half": "float16",
+    "long": "int64",
+    "int": "int32",
+    "short": "int16",
+    "cfloat": "complex64",
+    "cdouble": "complex128",
+    "chalf": "complex32",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class StorageRef:
@@ -217,7 +226,7 @@ class _Machine:
         self.stack = self.metastack.pop()
         return items
 
-    def step(self, name: str, arg: object) -> bool:  # noqa: C901 - one branch per opcode
+    def step(self, name: str, arg: object) -> bool:
         stack = self.stack
         if name in ("PROTO", "FRAME"):
             return False
@@ -229,9 +238,25 @@ class _Machine:
             self.stack = []
             return False
         if name in (
-            "BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "BINFLOAT", "FLOAT",
-            "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
-            "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8",
+            "BININT",
+            "BININT1",
+            "BININT2",
+            "LONG1",
+            "LONG4",
+            "INT",
+            "LONG",
+            "BINFLOAT",
+            "FLOAT",
+            "BINUNICODE",
+            "SHORT_BINUNICODE",
+            "BINUNICODE8",
+            "UNICODE",
+            "STRING",
+            "BINSTRING",
+            "SHORT_BINSTRING",
+            "BINBYTES",
+            "SHORT_BINBYTES",
+            "BINBYTES8",
         ):
             stack.append(arg)
             return False
@@ -571,4 +596,3 @@ def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
             return False
         expected *= dim
     return True
-

@@ -37,7 +37,11 @@ class PruneResult:
 
 
 def prune_store(
-    store: ChunkStore, keep_rounds: int, *, leased: Collection[int] = (), dry_run: bool = False,
+    store: ChunkStore,
+    keep_rounds: int,
+    *,
+    leased: Collection[int] = (),
+    dry_run: bool = False,
     any_lease: bool = False,
 ) -> PruneResult:
     """Apply ``keep_rounds`` to ``store``; with ``dry_run`` only say what would go."""

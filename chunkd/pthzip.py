@@ -291,9 +291,7 @@ def check_no_overlap(records: list[ZipRecord], cd_offset: int) -> None:
     previous_name = "<start>"
     for record in ordered:
         if record.header_offset < previous_end:
-            raise NotACheckpointError(
-                f"zip members {previous_name!r} and {record.name!r} overlap"
-            )
+            raise NotACheckpointError(f"zip members {previous_name!r} and {record.name!r} overlap")
         previous_end = record.data_end
         previous_name = record.name
     if previous_end > cd_offset:

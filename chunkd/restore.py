@@ -20,7 +20,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chunkd import codec
 from chunkd.errors import IntegrityError
 from chunkd.manifest import RoundLayout
 from chunkd.store import ChunkRef, ChunkStore
@@ -41,8 +40,9 @@ class RestoreResult:
 class _ChunkReader:
     """Reads, verifies and decodes a round's chunks by index in the flat byte stream."""
 
-    def __init__(self, store: ChunkStore, round_num: int, layout: RoundLayout,
-                 chunks: list[ChunkRef]) -> None:
+    def __init__(
+        self, store: ChunkStore, round_num: int, layout: RoundLayout, chunks: list[ChunkRef]
+    ) -> None:
         self.store = store
         self.round_num = round_num
         self.chunks = chunks
@@ -55,10 +55,9 @@ class _ChunkReader:
             self._cache.move_to_end(index)
             return cached
         ref = self.chunks[index]
-        stored = self.store.read_chunk(ref.chunk_hash)
         expected_size = self.starts[index + 1] - self.starts[index]
         try:
-            raw = codec.decode(stored.codec, stored.data, expected_size)
+            raw = self.store.read_raw_chunk(ref.chunk_hash)
         except IntegrityError as e:
             raise IntegrityError(f"round {self.round_num} chunk {ref.chunk_id}: {e}") from None
         if len(raw) != expected_size or hashlib.sha256(raw).hexdigest() != ref.chunk_hash:
@@ -93,8 +92,11 @@ def _chunk_byte_starts(round_num: int, layout: RoundLayout, chunks: list[ChunkRe
             raise IntegrityError(f"round {round_num}: chunk {expected_id} is missing")
         try:
             parts = json.loads(ref.parts_info)
-            size = sum((end - start) * itemsize[name]
-                       for name, ranges in parts.items() for start, end, _shape in ranges)
+            size = sum(
+                (end - start) * itemsize[name]
+                for name, ranges in parts.items()
+                for start, end, _shape in ranges
+            )
         except (ValueError, KeyError, TypeError) as e:
             raise IntegrityError(
                 f"round {round_num} chunk {ref.chunk_id}: damaged parts_info ({e})"

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import zstandard
 
+from chunkd import codec
 from chunkd.errors import BusyError, IntegrityError, NotFoundError, StoreError
 from chunkd.manifest import RoundLayout
 
@@ -72,8 +73,11 @@ CREATE TABLE IF NOT EXISTS chunk_data (
     data BLOB NOT NULL,
     created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
     codec TEXT NOT NULL DEFAULT 'raw',
-    raw_size INTEGER NOT NULL DEFAULT -1
+    raw_size INTEGER NOT NULL DEFAULT -1,
+    base_hash TEXT
 );
+CREATE INDEX IF NOT EXISTS idx_chunk_data_base ON chunk_data(base_hash)
+    WHERE base_hash IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_chunk_metadata_round ON chunk_metadata(round_num);
 CREATE INDEX IF NOT EXISTS idx_chunk_metadata_hash ON chunk_metadata(chunk_hash);
 CREATE TABLE IF NOT EXISTS rounds (
@@ -132,6 +136,8 @@ class StoredChunk:
     codec: str
     data: bytes
     raw_size: int
+    #: the chunk a delta is XORed with (``codec.is_delta``); None for a self-contained chunk
+    base_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +223,9 @@ class ChunkStore:
             raise NotFoundError(f"no database at {db}")
         try:
             conn = sqlite3.connect(
-                f"{db.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                f"{db.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
                 check_same_thread=False,
             )
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -336,33 +344,60 @@ class ChunkStore:
 
     def read_chunk(self, chunk_hash: str) -> StoredChunk:
         rows = self._query(
-            "SELECT codec, data, raw_size FROM chunk_data WHERE chunk_hash = ?", (chunk_hash,)
+            "SELECT codec, data, raw_size, base_hash FROM chunk_data WHERE chunk_hash = ?",
+            (chunk_hash,),
         )
         if not rows:
             raise IntegrityError(f"chunk {chunk_hash} is referenced but not stored")
-        codec, data, raw_size = rows[0]
-        return StoredChunk(chunk_hash, codec, data, raw_size)
+        codec_name, data, raw_size, base_hash = rows[0]
+        return StoredChunk(chunk_hash, codec_name, data, raw_size, base_hash)
+
+    def read_raw_chunk(self, chunk_hash: str) -> bytes:
+        """A chunk's raw bytes, decoded (and its base applied, for a delta); not hash-checked."""
+        stored = self.read_chunk(chunk_hash)
+        return self.decode_chunk(stored)
+
+    def decode_chunk(self, stored: StoredChunk) -> bytes:
+        base = None
+        if stored.base_hash is not None:
+            base_chunk = self.read_chunk(stored.base_hash)
+            if base_chunk.base_hash is not None:
+                raise IntegrityError(f"chunk {stored.chunk_hash}: its base is itself a delta")
+            base = codec.decode(base_chunk.codec, base_chunk.data, base_chunk.raw_size)
+        try:
+            return codec.decode(stored.codec, stored.data, stored.raw_size, base)
+        except IntegrityError as e:
+            raise IntegrityError(f"chunk {stored.chunk_hash}: {e}") from None
+
+    def chunk_base(self, chunk_hash: str) -> str | None:
+        """For delta encoding: the self-contained chunk to XOR against for this flat range."""
+        rows = self._query("SELECT base_hash FROM chunk_data WHERE chunk_hash = ?", (chunk_hash,))
+        if not rows:
+            return None
+        return rows[0][0] or chunk_hash
 
     def iter_chunks(self) -> Iterator[StoredChunk]:
         """Every stored chunk, one at a time (bounded memory), in rowid order."""
         last = 0
         while True:
             rows = self._query(
-                "SELECT id, chunk_hash, codec, data, raw_size FROM chunk_data WHERE id > ?"
-                " ORDER BY id LIMIT 16",
+                "SELECT id, chunk_hash, codec, data, raw_size, base_hash FROM chunk_data"
+                " WHERE id > ? ORDER BY id LIMIT 16",
                 (last,),
             )
             if not rows:
                 return
-            for row_id, chunk_hash, codec, data, raw_size in rows:
+            for row_id, chunk_hash, codec_name, data, raw_size, base_hash in rows:
                 last = row_id
-                yield StoredChunk(chunk_hash, codec, data, raw_size)
+                yield StoredChunk(chunk_hash, codec_name, data, raw_size, base_hash)
 
     def has_chunk(self, chunk_hash: str) -> bool:
         return bool(self._query("SELECT 1 FROM chunk_data WHERE chunk_hash = ?", (chunk_hash,)))
 
     def stats(self) -> StoreStats:
-        rounds, file_bytes = self._query("SELECT COUNT(*), COALESCE(SUM(file_size), 0) FROM rounds")[0]
+        rounds, file_bytes = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(file_size), 0) FROM rounds"
+        )[0]
         chunks, stored, raw = self._query(
             "SELECT COUNT(*), COALESCE(SUM(length(data)), 0),"
             " COALESCE(SUM(CASE WHEN raw_size >= 0 THEN raw_size ELSE length(data) END), 0)"
@@ -413,8 +448,14 @@ class ChunkStore:
                 (
                     "INSERT OR REPLACE INTO sources (path, size, mtime_ns, file_sha256, round_num,"
                     " outcome, seen_at) VALUES (?, ?, ?, ?, ?, ?, CURRENT_TIMESTAMP)",
-                    (source.path, source.size, source.mtime_ns, source.file_sha256,
-                     source.round_num, source.outcome),
+                    (
+                        source.path,
+                        source.size,
+                        source.mtime_ns,
+                        source.file_sha256,
+                        source.round_num,
+                        source.outcome,
+                    ),
                 )
             ]
         )
@@ -443,21 +484,29 @@ class ChunkStore:
             self._transaction(statements)
         return len(nums)
 
+    #: Chunks that nothing needs: no round references them, and no delta that a round references
+    #: uses them as its base. (Deltas are one link deep: a base is never a delta itself.)
+    _DEAD_CHUNKS = (
+        "FROM chunk_data WHERE NOT EXISTS"
+        " (SELECT 1 FROM chunk_metadata m WHERE m.chunk_hash = chunk_data.chunk_hash)"
+        " AND NOT EXISTS (SELECT 1 FROM chunk_data d JOIN chunk_metadata m"
+        " ON m.chunk_hash = d.chunk_hash WHERE d.base_hash = chunk_data.chunk_hash)"
+    )
+
     def remove_orphan_chunks(self) -> tuple[int, int]:
-        """Delete chunk bytes that no round references; returns ``(chunks, stored bytes)``."""
+        """Delete chunk bytes nothing needs (see ``_DEAD_CHUNKS``); returns ``(chunks, bytes)``.
+
+        A delta is never left without its base: a base stays while a referenced delta uses it.
+        """
         self._require_writer()
-        orphan_sql = (
-            "FROM chunk_data WHERE NOT EXISTS"
-            " (SELECT 1 FROM chunk_metadata m WHERE m.chunk_hash = chunk_data.chunk_hash)"
-        )
         c = self._conn
         try:
             c.execute("BEGIN IMMEDIATE")
             count, nbytes = c.execute(
-                f"SELECT COUNT(*), COALESCE(SUM(length(data)), 0) {orphan_sql}"  # noqa: S608
+                f"SELECT COUNT(*), COALESCE(SUM(length(data)), 0) {self._DEAD_CHUNKS}"
             ).fetchone()
             if count:
-                c.execute(f"DELETE {orphan_sql}")  # noqa: S608
+                c.execute(f"DELETE {self._DEAD_CHUNKS}")
             c.execute("COMMIT")
         except sqlite3.Error as e:
             if c.in_transaction:
@@ -466,17 +515,18 @@ class ChunkStore:
         return int(count), int(nbytes)
 
     def orphan_chunk_count(self) -> int:
-        return self._query(
-            "SELECT COUNT(*) FROM chunk_data WHERE NOT EXISTS"
-            " (SELECT 1 FROM chunk_metadata m WHERE m.chunk_hash = chunk_data.chunk_hash)"
-        )[0][0]
+        return self._query(f"SELECT COUNT(*) {self._DEAD_CHUNKS}")[0][0]
 
     def vacuum_free_pages(self) -> int:
-        """Give free pages back to the filesystem; returns the bytes the file shrank by."""
+        """Give free pages back to the filesystem; returns the bytes the file shrank by.
+
+        ``executescript`` because the pragma frees one page per step and ``execute`` steps a
+        statement that returns no rows only once.
+        """
         self._require_writer()
         before = self.path.stat().st_size
         try:
-            self._conn.execute("PRAGMA incremental_vacuum")
+            self._conn.executescript("PRAGMA incremental_vacuum;")
         except sqlite3.Error as e:
             raise _wrap(e, self.path, "incremental vacuum") from None
         return before - self.path.stat().st_size
@@ -503,14 +553,20 @@ class RoundWriter:
         if not self._conn.in_transaction:
             self._store._execute("BEGIN IMMEDIATE")
 
-    def add_chunk(self, chunk_hash: str, codec: str, stored: bytes | memoryview, raw_size: int
-                  ) -> bool:
+    def add_chunk(
+        self,
+        chunk_hash: str,
+        codec_name: str,
+        stored: bytes | memoryview,
+        raw_size: int,
+        base_hash: str | None = None,
+    ) -> bool:
         """Store a chunk's bytes unless they are already there; True if they were new."""
         self._ensure_txn()
         cur = self._store._execute(
-            "INSERT OR IGNORE INTO chunk_data (chunk_hash, data, codec, raw_size)"
-            " VALUES (?, ?, ?, ?)",
-            (chunk_hash, stored, codec, raw_size),
+            "INSERT OR IGNORE INTO chunk_data (chunk_hash, data, codec, raw_size, base_hash)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (chunk_hash, stored, codec_name, raw_size, base_hash),
         )
         if cur.rowcount != 1:
             return False
@@ -541,9 +597,10 @@ class RoundWriter:
         packed_residue = zstandard.ZstdCompressor(level=3).compress(residue)
         try:
             self._ensure_txn()
-            replaced = c.execute(
-                "SELECT 1 FROM rounds WHERE round_num = ?", (round_num,)
-            ).fetchone() is not None
+            replaced = (
+                c.execute("SELECT 1 FROM rounds WHERE round_num = ?", (round_num,)).fetchone()
+                is not None
+            )
             if replaced:
                 c.execute("DELETE FROM chunk_metadata WHERE round_num = ?", (round_num,))
                 c.execute("DELETE FROM rounds WHERE round_num = ?", (round_num,))
@@ -556,8 +613,18 @@ class RoundWriter:
                 "INSERT INTO rounds (round_num, file_sha256, file_size, flat_bytes, chunk_count,"
                 " new_chunks, new_bytes, layout, residue, source_path)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (round_num, layout.file_sha256, layout.file_size, layout.flat_bytes, len(chunks),
-                 self.new_chunks, self.new_bytes, layout.to_json(), packed_residue, source_path),
+                (
+                    round_num,
+                    layout.file_sha256,
+                    layout.file_size,
+                    layout.flat_bytes,
+                    len(chunks),
+                    self.new_chunks,
+                    self.new_bytes,
+                    layout.to_json(),
+                    packed_residue,
+                    source_path,
+                ),
             )
             c.execute("COMMIT")
         except sqlite3.Error as e:
@@ -587,8 +654,7 @@ class RoundWriter:
                     batch,
                 )
             c.execute("COMMIT")
-            c.execute("PRAGMA incremental_vacuum")
+            c.executescript("PRAGMA incremental_vacuum;")
         except sqlite3.Error:
             if c.in_transaction:
                 c.execute("ROLLBACK")
-

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from chunkd import codec
 from chunkd.errors import ChunkdError
 from chunkd.restore import restore_round
 from chunkd.store import ChunkStore
@@ -24,8 +23,12 @@ class Problem:
     what: str
 
     def to_dict(self) -> dict[str, object]:
-        return {"round": self.round_num, "chunk_id": self.chunk_id, "chunk_hash": self.chunk_hash,
-                "problem": self.what}
+        return {
+            "round": self.round_num,
+            "chunk_id": self.chunk_id,
+            "chunk_hash": self.chunk_hash,
+            "problem": self.what,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,7 @@ def verify_store(store: ChunkStore) -> VerifyReport:
     for stored in store.iter_chunks():
         chunks_checked += 1
         try:
-            raw = codec.decode(stored.codec, stored.data, stored.raw_size)
+            raw = store.decode_chunk(stored)
             ok = hashlib.sha256(raw).hexdigest() == stored.chunk_hash
         except ChunkdError:
             ok = False
@@ -56,11 +59,23 @@ def verify_store(store: ChunkStore) -> VerifyReport:
     for round_num in rounds:
         for ref in store.round_chunks(round_num):
             if ref.chunk_hash in bad_hashes:
-                problems.append(Problem(round_num, ref.chunk_id, ref.chunk_hash,
-                                        "stored bytes do not match their SHA-256"))
+                problems.append(
+                    Problem(
+                        round_num,
+                        ref.chunk_id,
+                        ref.chunk_hash,
+                        "stored bytes do not match their SHA-256",
+                    )
+                )
             elif not store.has_chunk(ref.chunk_hash):
-                problems.append(Problem(round_num, ref.chunk_id, ref.chunk_hash,
-                                        "chunk is referenced but not stored"))
+                problems.append(
+                    Problem(
+                        round_num,
+                        ref.chunk_id,
+                        ref.chunk_hash,
+                        "chunk is referenced but not stored",
+                    )
+                )
         if any(p.round_num == round_num for p in problems):
             continue
         try:
@@ -69,8 +84,9 @@ def verify_store(store: ChunkStore) -> VerifyReport:
             problems.append(Problem(round_num, None, None, str(e)))
     referenced = {ref.chunk_hash for r in rounds for ref in store.round_chunks(r)}
     for chunk_hash in sorted(bad_hashes - referenced):
-        problems.append(Problem(None, None, chunk_hash,
-                                "unreferenced chunk's bytes do not match their SHA-256"))
+        problems.append(
+            Problem(None, None, chunk_hash, "unreferenced chunk's bytes do not match their SHA-256")
+        )
     return VerifyReport(len(rounds), chunks_checked, tuple(problems))
 
 

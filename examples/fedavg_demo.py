@@ -37,11 +37,18 @@ class SmallCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(),
-                                        nn.Linear(128, 10))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -63,8 +70,9 @@ def client_process(client_id: int, out_dir: Path, inbox: mp.Queue, outbox: mp.Qu
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
         for start in range(0, len(data), 32):
             optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model(data[start:start + 32]),
-                                               labels[start:start + 32])
+            loss = nn.functional.cross_entropy(
+                model(data[start : start + 32]), labels[start : start + 32]
+            )
             loss.backward()
             optimizer.step()
         state = model.state_dict()
@@ -85,8 +93,12 @@ def fedavg(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 
 def chunkd_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chunkd.cli.main", *args], check=False,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "chunkd.cli.main", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
 
 
 def wait_for_daemon(daemon: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
@@ -106,8 +118,10 @@ def wait_for_rounds(clients: int, last_round: int, timeout_s: float = 60.0) -> N
         listing = chunkd_cli("list", "--json")
         if listing.returncode == 0:
             stored = json.loads(listing.stdout)
-            per_client = {c["client"]: max((r["round"] for r in c["rounds"]), default=0)
-                          for c in stored["clients"]}
+            per_client = {
+                c["client"]: max((r["round"] for r in c["rounds"]), default=0)
+                for c in stored["clients"]
+            }
             if all(per_client.get(str(i), 0) >= last_round for i in range(1, clients + 1)):
                 return
         time.sleep(0.5)
@@ -118,8 +132,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--keep-daemon", action="store_true",
-                        help="leave chunkd running after the demo (stop it with Ctrl-C)")
+    parser.add_argument(
+        "--keep-daemon",
+        action="store_true",
+        help="leave chunkd running after the demo (stop it with Ctrl-C)",
+    )
     args = parser.parse_args()
 
     settings = load_settings(None)
@@ -131,8 +148,10 @@ def main() -> int:
         inboxes = [ctx.Queue() for _ in range(args.clients)]
         outbox = ctx.Queue()
         workers = [
-            ctx.Process(target=client_process,
-                        args=(i + 1, settings.watch_root / f"client_{i + 1}", inboxes[i], outbox))
+            ctx.Process(
+                target=client_process,
+                args=(i + 1, settings.watch_root / f"client_{i + 1}", inboxes[i], outbox),
+            )
             for i in range(args.clients)
         ]
         for w in workers:
@@ -157,15 +176,20 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             restored = Path(tmp) / "restored.pth"
             print(f"$ chunkd restore --client 1 --round latest -o {restored}")
-            result = chunkd_cli("restore", "--client", "1", "--round", "latest", "-o",
-                                str(restored))
+            result = chunkd_cli(
+                "restore", "--client", "1", "--round", "latest", "-o", str(restored)
+            )
             sys.stdout.write(result.stdout + result.stderr)
             if result.returncode != 0:
                 return result.returncode
-            same = (hashlib.sha256(restored.read_bytes()).hexdigest()
-                    == hashlib.sha256(original.read_bytes()).hexdigest())
-            print(f"restored round {args.rounds} of client 1 is byte-identical to {original}: "
-                  f"{'yes' if same else 'NO'}")
+            same = (
+                hashlib.sha256(restored.read_bytes()).hexdigest()
+                == hashlib.sha256(original.read_bytes()).hexdigest()
+            )
+            print(
+                f"restored round {args.rounds} of client 1 is byte-identical to {original}: "
+                f"{'yes' if same else 'NO'}"
+            )
             restored_model = torch.load(restored, weights_only=True)["model"]
             SmallCNN().load_state_dict(restored_model)
             print("the restored checkpoint loads into the model: yes")

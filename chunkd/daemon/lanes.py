@@ -18,6 +18,7 @@ while read) is retried with backoff before it is rejected.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -127,7 +128,7 @@ class ClientLane:
         self._thread.start()
 
     def offer(self, path: Path) -> bool:
-        """A path may be a new or changed checkpoint; returns at once, False if the queue is full."""
+        """A path may be a new or changed checkpoint; returns at once, False if queue is full."""
         try:
             self._inbox.put_nowait(_Offer(path))
             return True
@@ -154,10 +155,8 @@ class ClientLane:
     def stop(self, timeout_s: float = 60.0) -> None:
         """Stop taking work, let the job in progress finish, close the database."""
         self._stopping.set()
-        try:
+        with contextlib.suppress(queue.Full):  # a full queue is drained by the stop flag
             self._inbox.put_nowait(None)
-        except queue.Full:
-            pass
         if self._thread.is_alive():
             self._thread.join(timeout_s)
         elif self._store is not None:

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -63,6 +64,7 @@ class Daemon:
             chunk_num=settings.chunk_num,
             max_chunk_bytes=settings.max_chunk_bytes,
             compression=settings.compression,
+            delta=settings.delta,
             round_regex=settings.round_regex,
         )
         self._watcher = Watcher(settings, self._offer, self._request_client)
@@ -233,7 +235,7 @@ class Daemon:
                 kind, payload = "tick", None
             if kind == "client":
                 client_id, directory = payload  # type: ignore[misc]
-                self._guard(lambda: self.add_client(client_id, directory, at_start=False))
+                self._guard(partial(self.add_client, client_id, directory, at_start=False))
             elif kind == "rescan":
                 self._guard(self.scan_all)
             self._heartbeat()
@@ -251,7 +253,7 @@ class Daemon:
         with self._lanes_lock:
             lanes = list(self._lanes.values())
         alive = all(
-            lane._thread.is_alive()  # noqa: SLF001 - the service owns its lanes
+            lane._thread.is_alive()
             and lane.healthy(STALL_S)
             and (lane.stats.busy_since is not None or now - lane.stats.last_progress < IDLE_LOOP_S)
             for lane in lanes
@@ -281,7 +283,7 @@ class Daemon:
 
 def run(settings: Settings) -> int:
     """``chunkd serve``: run until SIGTERM/SIGINT; the exit status for the CLI."""
-    from chunkd.daemon.server import Server  # noqa: PLC0415 - avoids an import cycle via handlers
+    from chunkd.daemon.server import Server
 
     logger = structlog.get_logger("chunkd.daemon")
     logger.info(
@@ -306,7 +308,7 @@ def run(settings: Settings) -> int:
         scheduler = build_scheduler(
             retention_interval_s=settings.retention_interval_s,
             rescan_interval_s=settings.rescan_interval_s,
-            run_retention=daemon._run_retention,  # noqa: SLF001
+            run_retention=daemon._run_retention,
             run_rescan=daemon.request_rescan,
         )
         scheduler.start()

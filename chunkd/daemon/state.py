@@ -39,8 +39,10 @@ class DaemonState(Protocol):
         """Health: uptime_s, clients, queue_depth, last_ingest, errors, version, pid, ..."""
         ...
 
-    def submit_ingest(self, client_id: str, path: Path, round_num: int | None) -> Future[IngestResult]:
-        """Queue ``path`` on the client's lane now (no settle delay); BusyError if the queue is full."""
+    def submit_ingest(
+        self, client_id: str, path: Path, round_num: int | None
+    ) -> Future[IngestResult]:
+        """Queue ``path`` on the client's lane now (no settle delay); BusyError if queue is full."""
         ...
 
     def submit_prune(self, client_id: str, dry_run: bool) -> Future[PruneResult]:
