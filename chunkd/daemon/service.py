@@ -37,6 +37,7 @@ from chunkd.daemon.state import ClientInfo
 from chunkd.daemon.watcher import Watcher
 from chunkd.errors import BusyError, ChunkdError, NotFoundError
 from chunkd.ingest import IngestOptions, IngestResult
+from chunkd.log import configure_logging
 from chunkd.prune import PruneResult
 
 #: A lane inside one job for longer than this is considered stuck (no WATCHDOG=1 then).
@@ -285,6 +286,7 @@ def run(settings: Settings) -> int:
     """``chunkd serve``: run until SIGTERM/SIGINT; the exit status for the CLI."""
     from chunkd.daemon.server import Server
 
+    configure_logging(settings.log_format, settings.log_level)
     logger = structlog.get_logger("chunkd.daemon")
     logger.info(
         log.DAEMON_STARTED,
@@ -300,7 +302,7 @@ def run(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = Server(settings, daemon)
+    server = Server(daemon)
     server.start()  # BusyError if a live daemon owns the socket: refuse before touching databases
     scheduler = None
     try:

@@ -23,6 +23,7 @@ import structlog
 from watchdog.events import (
     DirCreatedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileModifiedEvent,
@@ -94,15 +95,19 @@ class _ClientHandler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileMovedEvent):
             path = os.fsdecode(event.dest_path)
-        elif isinstance(event, (FileCreatedEvent, FileClosedEvent, FileModifiedEvent)):
+        elif isinstance(
+            event, (FileCreatedEvent, FileClosedEvent, FileModifiedEvent, FileAttribEvent)
+        ):
             path = os.fsdecode(event.src_path)
         else:
             return
         if not is_candidate(os.path.basename(path), self._patterns):
             return
         now = time.monotonic()
-        if isinstance(event, FileModifiedEvent) and now - self._last_offer.get(path, 0.0) < (
-            OFFER_THROTTLE_S
+        # A touch (attrib) is offered too: the lane then finds the content unchanged.
+        if (
+            isinstance(event, (FileModifiedEvent, FileAttribEvent))
+            and now - self._last_offer.get(path, 0.0) < OFFER_THROTTLE_S
         ):
             return
         self._last_offer[path] = now

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -43,20 +42,26 @@ class DaemonProcess:
         self.socket = root / "run" / "chunkd.sock"
         self.config = root / "chunkd.toml"
         self.log_path = root / "daemon.log"
-        settings = {**SMALL_SETTINGS, "watch_root": str(self.watch_root),
-                    "socket": str(self.socket), **overrides}
+        settings = {
+            **SMALL_SETTINGS,
+            "watch_root": str(self.watch_root),
+            "socket": str(self.socket),
+            **overrides,
+        }
         self.config.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in settings.items()))
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file = None
 
     def start(self, *, wait_ready: bool = True) -> DaemonProcess:
+        readies = sum(1 for e in self.events() if e["event"] == "daemon.ready")
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chunkd.cli.main", "serve", "--config", str(self.config)],
-            stdout=self._log_file, stderr=subprocess.STDOUT,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
         )
         if wait_ready:
-            self.wait_event(lambda e: e["event"] == "daemon.ready", timeout_s=30)
+            self.wait_event(lambda e: e["event"] == "daemon.ready", timeout_s=30, count=readies + 1)
         return self
 
     def events(self) -> list[dict[str, object]]:
@@ -70,8 +75,13 @@ class DaemonProcess:
                 out.append({"event": "<not json>", "line": line})
         return out
 
-    def wait_event(self, predicate: Callable[[dict[str, object]], bool], *, timeout_s: float = 30,
-                   count: int = 1) -> list[dict[str, object]]:
+    def wait_event(
+        self,
+        predicate: Callable[[dict[str, object]], bool],
+        *,
+        timeout_s: float = 30,
+        count: int = 1,
+    ) -> list[dict[str, object]]:
         deadline = time.monotonic() + timeout_s
         while True:
             matched = [e for e in self.events() if predicate(e)]
@@ -89,8 +99,11 @@ class DaemonProcess:
             time.sleep(0.1)
 
     def ingested(self, client: str | None = None) -> list[dict[str, object]]:
-        return [e for e in self.events() if e["event"] == "checkpoint.ingested"
-                and (client is None or e.get("client") == client)]
+        return [
+            e
+            for e in self.events()
+            if e["event"] == "checkpoint.ingested" and (client is None or e.get("client") == client)
+        ]
 
     def db(self, client: str) -> Path:
         return self.watch_root / f"client_{client}" / f"client_{client}_chunks.db"
@@ -102,7 +115,10 @@ class DaemonProcess:
     def cli(self, *args: str, input_bytes: bytes | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "chunkd.cli.main", *args, "--socket", str(self.socket)],
-            capture_output=True, input=input_bytes, timeout=120, check=False,
+            capture_output=True,
+            input=input_bytes,
+            timeout=120,
+            check=False,
         )
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
@@ -136,7 +152,3 @@ def sha256_file(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def env_without_notify() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}

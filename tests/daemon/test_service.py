@@ -19,16 +19,29 @@ from chunkd.verify import verify_store
 
 pytestmark = pytest.mark.slow
 
-INGEST_FIELDS = {"client", "round", "path", "bytes_in", "chunks", "chunks_new", "bytes_new",
-                 "dedup_ratio", "duration_ms", "mb_per_s"}
+INGEST_FIELDS = {
+    "client",
+    "round",
+    "path",
+    "bytes_in",
+    "chunks",
+    "chunks_new",
+    "bytes_new",
+    "dedup_ratio",
+    "duration_ms",
+    "mb_per_s",
+}
 
 
-def save_model(path: Path, seed: int, *, elements: int = 4096, round_num: int | None = None
-               ) -> bytes:
+def save_model(
+    path: Path, seed: int, *, elements: int = 4096, round_num: int | None = None
+) -> bytes:
     """torch.save a small model at ``path``; returns the file's bytes."""
     generator = torch.Generator().manual_seed(seed)
-    state = {"fc.weight": torch.randn(elements, generator=generator),
-             "fc.bias": torch.randn(16, generator=generator)}
+    state = {
+        "fc.weight": torch.randn(elements, generator=generator),
+        "fc.bias": torch.randn(16, generator=generator),
+    }
     obj: object = state if round_num is None else {"cur_round": round_num, "model": state}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(obj, path)
@@ -82,14 +95,21 @@ def test_overwritten_checkpoint_each_round_and_new_client_dir(make_daemon):
     contents = []
     for r in range(1, 4):
         contents.append(save_model(path, 100 + r, round_num=r))
-        daemon.wait_event(lambda e, r=r: e["event"] == "checkpoint.ingested"
-                          and e.get("client") == "a" and e.get("round") == r)
+        daemon.wait_event(
+            lambda e, r=r: (
+                e["event"] == "checkpoint.ingested"
+                and e.get("client") == "a"
+                and e.get("round") == r
+            )
+        )
     # No number in the name and none in the file: the next sequence number.
     plain = daemon.watch_root / "client_b" / "checkpoint.pth"
     for _ in range(2):
         contents.append(save_model(plain, int.from_bytes(os.urandom(2), "little")))
-        daemon.wait_event(lambda e: e["event"] == "checkpoint.ingested" and e.get("client") == "b",
-                          count=len(contents) - 3)
+        daemon.wait_event(
+            lambda e: e["event"] == "checkpoint.ingested" and e.get("client") == "b",
+            count=len(contents) - 3,
+        )
     assert daemon.rounds("a") == [1, 2, 3]
     assert daemon.rounds("b") == [1, 2]
     for r in range(1, 4):
@@ -108,8 +128,11 @@ def test_many_clients_concurrently_each_round_exactly_once(make_daemon):
 
     def client(i: int) -> None:
         for r in range(1, rounds + 1):
-            content = save_model(daemon.watch_root / f"client_{i}" / f"model_round_{r}.pth",
-                                 i * 100 + r, elements=2048)
+            content = save_model(
+                daemon.watch_root / f"client_{i}" / f"model_round_{r}.pth",
+                i * 100 + r,
+                elements=2048,
+            )
             with lock:
                 expected[(str(i), r)] = content
 
@@ -118,8 +141,9 @@ def test_many_clients_concurrently_each_round_exactly_once(make_daemon):
         t.start()
     for t in threads:
         t.join()
-    daemon.wait_event(lambda e: e["event"] == "checkpoint.ingested", count=clients * rounds,
-                      timeout_s=120)
+    daemon.wait_event(
+        lambda e: e["event"] == "checkpoint.ingested", count=clients * rounds, timeout_s=120
+    )
     time.sleep(1.0)  # nothing more may arrive: exactly once
     seen = [(e["client"], e["round"]) for e in daemon.ingested()]
     assert sorted(seen) == sorted(expected)
@@ -132,8 +156,9 @@ def test_retention_runs_on_schedule(make_daemon):
     for r in range(1, 6):
         save_model(daemon.watch_root / "client_1" / f"model_round_{r}.pth", r)
     daemon.wait_event(lambda e: e["event"] == "checkpoint.ingested", count=5)
-    daemon.wait_event(lambda e: e["event"] == "retention.pruned"
-                      and e.get("rounds_removed"), timeout_s=10)
+    daemon.wait_event(
+        lambda e: e["event"] == "retention.pruned" and e.get("rounds_removed"), timeout_s=10
+    )
     deadline = time.monotonic() + 10
     while daemon.rounds("1") != [4, 5] and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -154,12 +179,18 @@ def test_every_line_is_json_with_the_fields(make_daemon):
         assert {"timestamp", "level", "event"} <= set(e)
         assert str(e["timestamp"]).endswith("Z")
     ingested = daemon.ingested()[0]
-    assert INGEST_FIELDS <= set(ingested)
-    assert ingested["bytes_in"] == os.path.getsize(daemon.watch_root / "client_1" /
-                                                   "model_round_1.pth")
+    assert set(ingested) >= INGEST_FIELDS
+    assert ingested["bytes_in"] == os.path.getsize(
+        daemon.watch_root / "client_1" / "model_round_1.pth"
+    )
     names = [e["event"] for e in events]
-    for name in ("daemon.started", "daemon.ready", "client.added", "daemon.stopping",
-                 "daemon.stopped"):
+    for name in (
+        "daemon.started",
+        "daemon.ready",
+        "client.added",
+        "daemon.stopping",
+        "daemon.stopped",
+    ):
         assert name in names
     rejected = next(e for e in events if e["event"] == "checkpoint.rejected")
     assert rejected["error"] and rejected["path"].endswith("broken_round_2.pth")
@@ -178,9 +209,8 @@ def test_signal_during_ingest_leaves_a_consistent_database(make_daemon, sig):
     target = daemon.watch_root / "client_1" / "model_round_1.pth"
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, target)
-    daemon.wait_event(lambda e: e["event"] == "checkpoint.detected" or (
-        e["event"] == "scan.completed") , timeout_s=10)
-    time.sleep(0.3 + 0.2)  # settle delay, then the ingest is under way
+    daemon.wait_event(lambda e: e["event"] == "checkpoint.detected", timeout_s=10)
+    time.sleep(0.3 + 0.08)  # the settle delay, then a 96 MiB ingest is under way
     code = daemon.stop(sig)
     if sig == signal.SIGTERM:
         assert code == 0
@@ -206,13 +236,21 @@ def test_bad_config_exits_naming_the_key(tmp_path):
 
     config = tmp_path / "bad.toml"
     config.write_text('chunk_num = 0\nwatch_root = "fl"\n')
-    result = subprocess.run([sys.executable, "-m", "chunkd.cli.main", "serve", "--config",
-                             str(config)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "chunkd.cli.main", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 78
     assert "chunk_num" in result.stderr
-    config.write_text('chunk_nmu = 3\n')
-    result = subprocess.run([sys.executable, "-m", "chunkd.cli.main", "serve", "--config",
-                             str(config)], capture_output=True, text=True, timeout=60)
+    config.write_text("chunk_nmu = 3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "chunkd.cli.main", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 78
     assert "chunk_nmu" in result.stderr
 
@@ -224,10 +262,13 @@ def test_second_daemon_refuses_to_start(make_daemon, tmp_path):
 
     result = subprocess.run(
         [sys.executable, "-m", "chunkd.cli.main", "serve", "--config", str(first.config)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
-    assert "another chunkd" in (result.stderr + result.stdout).lower() or "busy" in (
-        result.stderr + result.stdout
-    ).lower()
+    assert (
+        "another chunkd" in (result.stderr + result.stdout).lower()
+        or "busy" in (result.stderr + result.stdout).lower()
+    )
     assert first.proc.poll() is None  # the first one is unharmed
