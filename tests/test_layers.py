@@ -1,0 +1,136 @@
+"""The architecture as a test: imports point down the layers, pure modules do no I/O.
+
+Reads every module's imports with :mod:`ast` (nothing is imported), so a new upward edge or an
+``import sqlite3`` in a parser fails here rather than in review.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "chunkd"
+
+#: Lower number = lower layer. A module may import only modules of its own layer or below.
+LAYERS: dict[str, int] = {
+    "errors": 0,
+    "manifest": 1,
+    "pthzip": 2,
+    "pickle_scan": 2,
+    "flatindex": 2,
+    "codec": 2,
+    "rounds": 2,
+    "retention": 2,
+    "protocol": 2,
+    "config": 3,
+    "log": 3,
+    "store": 4,
+    "checkpoint": 5,
+    "ingest": 6,
+    "restore": 6,
+    "verify": 7,
+    "prune": 6,
+    "export": 7,
+    "summary": 7,
+    "daemon": 9,
+    "cli": 9,
+}
+
+#: Pure modules: no filesystem, database, sockets, threads or clocks.
+PURE = {
+    "pthzip",
+    "pickle_scan",
+    "flatindex",
+    "codec",
+    "rounds",
+    "retention",
+    "protocol",
+    "manifest",
+    "errors",
+}
+FORBIDDEN_IN_PURE = {
+    "sqlite3",
+    "socket",
+    "threading",
+    "os",
+    "time",
+    "subprocess",
+    "mmap",
+    "shutil",
+    "tempfile",
+    "pathlib",
+    "io",
+}
+#: torch costs ~140 MiB and seconds to import: never on the ingest and restore paths.
+TORCH_ALLOWED = {"export"}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    return ".".join(rel.parts)
+
+
+def layer_of(name: str) -> int | None:
+    top = name.split(".")[0]
+    return LAYERS.get(top)
+
+
+def imports_of(path: Path) -> list[tuple[str, bool]]:
+    """(imported module, at module level?) for every import in the file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    top_level = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, id(node) in top_level) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, id(node) in top_level))
+    return found
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py")
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_imports_point_down(path: Path) -> None:
+    name = module_name(path)
+    own = layer_of(name)
+    assert own is not None, f"{name} has no layer in tests/test_layers.py"
+    for imported, _ in imports_of(path):
+        if not imported.startswith("chunkd."):
+            continue
+        target = imported.removeprefix("chunkd.")
+        target_layer = layer_of(target)
+        assert target_layer is not None, f"{name} imports unknown chunkd module {imported}"
+        if target.split(".")[0] == name.split(".")[0]:
+            continue
+        assert target_layer <= own, f"{name} (layer {own}) imports {imported} ({target_layer})"
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in MODULES if module_name(p) in PURE], ids=lambda p: module_name(p)
+)
+def test_pure_modules_do_no_io(path: Path) -> None:
+    for imported, _ in imports_of(path):
+        assert imported.split(".")[0] not in FORBIDDEN_IN_PURE, (
+            f"pure module {module_name(path)} imports {imported}"
+        )
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_torch_stays_off_the_daemon_paths(path: Path) -> None:
+    name = module_name(path)
+    for imported, at_module_level in imports_of(path):
+        if imported.split(".")[0] in ("torch", "safetensors"):
+            assert name in TORCH_ALLOWED and not at_module_level, (
+                f"{name} imports {imported}; only lazily, and only in {sorted(TORCH_ALLOWED)}"
+            )
+
+
+def test_no_module_unpickles_user_files() -> None:
+    for path in MODULES:
+        source = path.read_text()
+        assert "pickle.load" not in source and "pickle.Unpickler" not in source, path
+        assert "weights_only=False" not in source, path
