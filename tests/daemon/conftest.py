@@ -52,13 +52,14 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file = None
 
-    def start(self, *, wait_ready: bool = True) -> DaemonProcess:
+    def start(self, *, wait_ready: bool = True, env: dict[str, str] | None = None) -> DaemonProcess:
         readies = sum(1 for e in self.events() if e["event"] == "daemon.ready")
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chunkd.cli.main", "serve", "--config", str(self.config)],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
+            env=env,
         )
         if wait_ready:
             self.wait_event(lambda e: e["event"] == "daemon.ready", timeout_s=30, count=readies + 1)
