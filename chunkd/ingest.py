@@ -17,6 +17,7 @@ Any failure before the commit undoes the chunk rows this ingest added
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -110,7 +111,7 @@ def ingest_file(
     """Ingest ``path`` into ``store`` (opened as the writer). See the module docstring."""
     started = time.perf_counter()
     source = str(Path(path).absolute())
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    fd = _open_checkpoint(path)
     try:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
@@ -291,6 +292,18 @@ def _stream_round(
 
 def layout_bytes(parsed: ParsedCheckpoint) -> int:
     return sum(s.nbytes for s in parsed.storages)
+
+
+def _open_checkpoint(path: str | os.PathLike[str]) -> int:
+    """Open without following a final symlink: a link could point anywhere, outside every root."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotACheckpointError(
+                f"{path} is a symbolic link; checkpoints are taken only as regular files"
+            ) from None
+        raise
 
 
 def _round_with_same_file(

@@ -257,6 +257,19 @@ class ChunkStore:
     def writable(self) -> bool:
         return self._lock_fd is not None
 
+    def is_current(self) -> bool:
+        """False once the database file was deleted or replaced under this open handle.
+
+        A writer must then reopen: writing on would put rounds into an unlinked inode.
+        """
+        if self._lock_fd is None:
+            return self.path.exists()
+        try:
+            now, held = self.path.stat(), os.fstat(self._lock_fd)
+        except OSError:
+            return False
+        return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
     def _init_schema(self) -> None:
         c = self._conn
         try:

@@ -414,6 +414,13 @@ class ClientLane:
                 item.future.set_exception(BusyError("the daemon is stopping"))
 
     def _ensure_store(self) -> ChunkStore | None:
+        if self._store is not None and not self._store.is_current():
+            # the client directory (and the database in it) was deleted or replaced
+            self._log.warning(
+                log.INGEST_FAILED, error="database file vanished; reopening", db=str(self.db_path)
+            )
+            self._store.close()
+            self._store = None
         if self._store is None:
             try:
                 self._store = ChunkStore.open_writer(self.db_path)

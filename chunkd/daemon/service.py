@@ -169,6 +169,10 @@ class Daemon:
                     dir=str(directory),
                     error=f"client id already used by {existing.directory}; ignored",
                 )
+                return
+            # The directory was deleted and created again: its old watch died with it.
+            self._watcher.rewatch_client(client_id, directory)
+            self._watcher.scan_client(client_id, directory)
             return
         db_path = self.settings.db_path_for(client_id, directory)
         lane = ClientLane(

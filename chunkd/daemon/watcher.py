@@ -194,13 +194,21 @@ class Watcher:
         """Forget directories that were deleted, so that a re-created one is watched again."""
         for directory in list(self._watched):
             if not directory.is_dir():
-                self._watched.discard(directory)
-                for observer in (self._observer, self._polling):
-                    if observer is None:
-                        continue
-                    for watch in list(getattr(observer, "_watches", ())):
-                        if Path(watch.path) == directory:
-                            observer.unschedule(watch)
+                self._unwatch(directory)
+
+    def rewatch_client(self, client_id: str, directory: Path) -> None:
+        """Watch a directory that was deleted and created again (its old watch died with it)."""
+        self._unwatch(directory)
+        self.watch_client(client_id, directory)
+
+    def _unwatch(self, directory: Path) -> None:
+        self._watched.discard(directory)
+        for observer in (self._observer, self._polling):
+            if observer is None:
+                continue
+            for watch in list(observer.emitters):
+                if Path(watch.watch.path) == directory:
+                    observer.unschedule(watch.watch)
 
     def scan_client(self, client_id: str, directory: Path) -> int:
         """Offer every candidate in ``directory``; returns how many were offered."""
