@@ -1,0 +1,106 @@
+"""``chunkd export``: the named tensors of a stored round as a safetensors file.
+
+Through the daemon, exactly like ``restore`` (the daemon writes into the descriptor passed here,
+or streams frames); offline (``--db``), :func:`chunkd.export.export_safetensors` runs here. The
+output replaces its target only when complete (:mod:`chunkd.cli.output`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import tempfile
+from pathlib import Path
+
+from chunkd.cli import options
+from chunkd.cli.output import STDOUT, Output
+from chunkd.cli.render import Progress, format_bytes, print_json
+from chunkd.cli.restore import Transfer, restore_through_daemon
+from chunkd.errors import RequestError
+from chunkd.protocol import EXPORT_FORMATS, TRANSFER_FD, TRANSFERS
+from chunkd.store import ChunkStore
+
+_COPY_BLOCK_BYTES = 1 << 20
+
+
+def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> None:
+    p = commands.add_parser(
+        "export",
+        parents=[common],
+        help="write the named tensors of a round (safetensors)",
+        description="Write the named tensors of a stored round in another format.",
+    )
+    p.add_argument("--client", required=True, type=options.client_id, metavar="ID")
+    p.add_argument(
+        "--round",
+        type=options.round_or_latest,
+        default=None,
+        metavar="N|latest",
+        help="round number (default: latest)",
+    )
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, dest="export_format")
+    p.add_argument("-o", "--output", required=True, metavar="FILE|-")
+    p.add_argument(
+        "--db",
+        type=Path,
+        metavar="PATH",
+        help="export straight from this database, without the daemon",
+    )
+    p.add_argument(
+        "--transfer",
+        choices=TRANSFERS,
+        default=TRANSFER_FD,
+        help="how the daemon sends the bytes: fd (default) or frames",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.json and args.output == STDOUT:
+        raise RequestError("--json prints on stdout: use it with -o FILE, not -o -")
+    with Output.open(args.output) as out, Progress("export") as progress:
+        if args.db is not None:
+            done = _export_offline(args, out)
+        else:
+            done = restore_through_daemon(args, "export", out, progress, format=args.export_format)
+        out.commit(done.sha256)
+    if args.json:
+        print_json({**done.result, "output": str(out.target) if out.target else STDOUT})
+    elif out.target is not None:
+        print(
+            f"exported {done.result['tensors']} tensors of client {done.result['client']} round "
+            f"{done.result['round']} to {out.target} ({format_bytes(done.bytes_written)})"
+        )
+    return 0
+
+
+def _export_offline(args: argparse.Namespace, out: Output) -> Transfer:
+    """safetensors writes by path (a new file, mode 0600): export to a private temporary file,
+    then copy it into ``out``, which is the caller's file with the caller's mode, or stdout."""
+    from chunkd.export import export_safetensors  # numpy, then torch: imported only here
+
+    with (
+        ChunkStore.open_reader(args.db) as store,
+        tempfile.TemporaryDirectory(prefix="chunkd-export-") as tmp,
+    ):
+        round_num = args.round if args.round is not None else store.latest_round()
+        path = Path(tmp) / "export.safetensors"
+        tensors = export_safetensors(store, round_num, path)
+        digest = hashlib.sha256()
+        size = 0
+        with open(path, "rb") as f:
+            while block := f.read(_COPY_BLOCK_BYTES):
+                digest.update(block)
+                out.write(block)
+                size += len(block)
+    return Transfer.of(
+        {
+            "client": args.client,
+            "round": round_num,
+            "format": args.export_format,
+            "tensors": tensors,
+            "bytes": size,
+            "sha256": digest.hexdigest(),
+            "transfer": "offline",
+        }
+    )

@@ -1,0 +1,104 @@
+"""``chunkd list``: clients, their rounds, sizes, chunk counts, dedup and compression ratios.
+
+Without ``--client``: one line per client. With it: that client's summary and one line per
+round. ``--db PATH`` reads one database directly (no daemon); the document is the same
+(:mod:`chunkd.summary`), so ``--json`` output does not depend on where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from chunkd.cli import options
+from chunkd.cli.client import DaemonClient
+from chunkd.cli.render import format_bytes, format_ratio, format_table, print_json
+from chunkd.store import ChunkStore
+from chunkd.summary import summarize_store
+
+
+def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> None:
+    p = commands.add_parser(
+        "list",
+        parents=[common],
+        help="clients, rounds, sizes and ratios",
+        description="List clients and their stored rounds.",
+    )
+    p.add_argument(
+        "--client", type=options.client_id, metavar="ID", help="show this client's rounds"
+    )
+    p.add_argument("--db", type=Path, metavar="PATH", help="read this database, without the daemon")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.db is not None:
+        with ChunkStore.open_reader(args.db) as store:
+            document = {"clients": [summarize_store(args.client or args.db.name, store)]}
+    else:
+        with DaemonClient.connect(options.socket_path(args)) as client:
+            document = client.call("list", client=args.client)
+    if args.json:
+        print_json(document)
+        return 0
+    clients = document["clients"]
+    assert isinstance(clients, list)
+    if args.client is None and args.db is None:
+        print(render_clients(clients))
+    else:
+        print("\n\n".join(render_client(entry) for entry in clients))
+    return 0
+
+
+def render_clients(clients: list[dict[str, object]]) -> str:
+    if not clients:
+        return "no clients"
+    rows = [
+        [
+            str(c["client"]),
+            str(c["round_count"]),
+            "-" if c["latest_round"] is None else str(c["latest_round"]),
+            format_bytes(_int(c["file_bytes"])),
+            format_bytes(_int(c["stored_bytes"])),
+            format_ratio(_float(c["dedup_ratio"])),
+            format_ratio(_float(c["compression_ratio"])),
+        ]
+        for c in clients
+    ]
+    headers = ["CLIENT", "ROUNDS", "LATEST", "CHECKPOINTS", "STORED", "DEDUP", "COMPRESSION"]
+    return format_table(headers, rows, right={1, 2, 3, 4, 5, 6})
+
+
+def render_client(entry: dict[str, object]) -> str:
+    rounds = entry["rounds"]
+    assert isinstance(rounds, list)
+    summary = (
+        f"client {entry['client']}: {len(rounds)} rounds, "
+        f"{format_bytes(_int(entry['file_bytes']))} of checkpoints stored in "
+        f"{format_bytes(_int(entry['stored_bytes']))} ({entry['chunks']} chunks), "
+        f"dedup {format_ratio(_float(entry['dedup_ratio']))}, "
+        f"compression {format_ratio(_float(entry['compression_ratio']))}"
+    )
+    if not rounds:
+        return summary
+    rows = [
+        [
+            str(r["round"]),
+            format_bytes(_int(r["file_size"])),
+            str(r["chunks"]),
+            format_bytes(_int(r["new_bytes"])),
+            str(r["created_at"]),
+            str(r["sha256"])[:16],
+        ]
+        for r in rounds
+    ]
+    headers = ["ROUND", "SIZE", "CHUNKS", "NEW", "CREATED", "SHA256"]
+    return summary + "\n" + format_table(headers, rows, right={0, 1, 2, 3})
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, (int, float)) else 0
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None

@@ -1,0 +1,84 @@
+"""What every command shares: the common options, argument types, socket and config discovery.
+
+Each command parser inherits :func:`common_options` (``--config``, ``--socket``, ``--json``), so
+they are accepted after the command name, where SPEC.md's examples put them. Argument types
+reject a bad client id or round at parse time, which makes it a usage error (exit 2) with
+argparse's one-line message rather than a daemon round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from chunkd.config import Settings, check_client_id, load_settings, resolve_config_path
+from chunkd.errors import RequestError
+from chunkd.protocol import LATEST, MAX_ROUND
+
+if TYPE_CHECKING:
+    #: What ``add_subparsers`` returns; each command module adds its parser to it.
+    Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The parent parser of every command."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $CHUNKD_CONFIG, then /etc/chunkd/chunkd.toml, then built-in)",
+    )
+    parent.add_argument(
+        "--socket", metavar="PATH", help="the daemon's socket (default: the config's `socket`)"
+    )
+    parent.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    return parent
+
+
+def client_id(text: str) -> str:
+    """argparse type for ``--client``: the same rule as the config and the protocol."""
+    try:
+        check_client_id(text)
+    except RequestError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def round_or_latest(text: str) -> int | None:
+    """argparse type for ``--round``: a round number, or ``latest`` (None)."""
+    if text == LATEST:
+        return None
+    return round_number(text)
+
+
+def round_number(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a round number: {text!r}") from None
+    if not 0 <= value <= MAX_ROUND:
+        raise argparse.ArgumentTypeError(f"round must be from 0 to 2**63-1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def load_cli_settings(args: argparse.Namespace) -> Settings:
+    """The Settings ``--config`` (or its default chain) names; ConfigError if invalid."""
+    return load_settings(resolve_config_path(args.config))
+
+
+def socket_path(args: argparse.Namespace) -> Path:
+    """``--socket``, else the config's ``socket``: where the daemon should be answering."""
+    if args.socket:
+        return Path(args.socket)
+    return load_cli_settings(args).socket

@@ -1,0 +1,145 @@
+"""Where restored and exported bytes land: a file replaced atomically, or stdout.
+
+A file output is written to a temporary name next to the target (same directory, so the final
+``rename`` is atomic and never crosses filesystems), created ``O_EXCL``, read-write (so it can be
+hashed again), with mode 0644 minus the umask and the caller's own permissions: when the daemon
+writes, it writes through this descriptor, never by path. On success the bytes are flushed to
+disk, hashed again as they landed and compared with the SHA-256 the writer reported, and only
+then renamed over the target. On any failure, interrupts included, the temporary file is
+removed: the target is either the complete, verified file or untouched (Litestream's "write
+``.tmp``, then rename"; restic's restorer, which leaves partial files behind, is what this
+avoids).
+
+Stdout (``-o -``) cannot be re-read; there the writer's SHA-256 (the daemon's, or the frame
+trailer the client checked) is the proof.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import stat
+import sys
+from pathlib import Path
+from typing import Final
+
+from chunkd.errors import ChunkdError, IntegrityError, RequestError
+
+STDOUT: Final = "-"
+_READ_BLOCK_BYTES: Final = 1 << 20
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """``os.write`` until everything is written (a pipe takes partial writes)."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class Output:
+    """An output target; ``fd`` is what gets written to (or passed to the daemon)."""
+
+    def __init__(self, fd: int, target: Path | None, tmp: Path | None) -> None:
+        self.fd = fd
+        self.target = target
+        self._tmp = tmp
+
+    @classmethod
+    def open(cls, spec: str) -> Output:
+        """``-`` for stdout, else a temporary file next to the path ``spec``."""
+        if spec == STDOUT:
+            return cls.stdout()
+        target = Path(spec)
+        if target.is_dir():
+            raise RequestError(f"{target} is a directory; give a file name with -o")
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise ChunkdError(f"cannot create {target}: {e.strerror}") from None
+        return cls(fd, target, tmp)
+
+    @classmethod
+    def stdout(cls) -> Output:
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+        if os.isatty(fd):
+            raise RequestError(
+                "refusing to write a checkpoint to a terminal; use -o FILE or a pipe"
+            )
+        return cls(fd, None, None)
+
+    @property
+    def is_file(self) -> bool:
+        return self._tmp is not None
+
+    def bytes_so_far(self) -> int:
+        """How much has landed (for a progress bar); 0 when that cannot be seen (a pipe)."""
+        if not self.is_file:
+            return 0
+        with contextlib.suppress(OSError):
+            st = os.fstat(self.fd)
+            if stat.S_ISREG(st.st_mode):
+                return st.st_size
+        return 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        write_all(self.fd, data)
+
+    def commit(self, sha256: str) -> None:
+        """Make the output final if what landed hashes to ``sha256``.
+
+        IntegrityError if it does not; the caller's ``with`` block then removes the file.
+        """
+        if self._tmp is None or self.target is None:
+            return
+        os.fsync(self.fd)
+        landed = _hash_fd(self.fd)
+        if landed != sha256:
+            raise IntegrityError(
+                f"the bytes written to {self.target} hash to {landed[:16]}…, not "
+                f"{sha256[:16]}…; nothing was kept"
+            )
+        os.close(self.fd)
+        self.fd = -1
+        self._tmp.replace(self.target)
+        self._tmp = None
+        _fsync_dir(self.target.parent)
+
+    def discard(self) -> None:
+        """Remove the temporary file (after a failure); stdout is left alone."""
+        if self._tmp is None:
+            return
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self._tmp.unlink(missing_ok=True)
+        self._tmp = None
+
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None or self._tmp is not None:
+            self.discard()  # failed, or never committed: nothing half-written survives
+
+
+def _hash_fd(fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while block := os.pread(fd, _READ_BLOCK_BYTES, offset):
+        digest.update(block)
+        offset += len(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable; some filesystems refuse fsync on a directory, which is fine."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,151 @@
+"""Human output: sizes, ratios, durations, aligned tables, ``--json``, and a progress bar.
+
+Output for people goes to stdout, the progress bar to stderr and only when stderr is a terminal:
+a pipe or a log file never receives carriage returns, and ``chunkd restore -o - | ...`` keeps
+stdout for the checkpoint bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+_BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+#: The bar is redrawn at most this often; more would only cost the terminal.
+_REDRAW_S = 0.1
+_BAR_CELLS = 24
+
+
+def format_bytes(n: int | float) -> str:
+    """``512 B``, ``1.50 KiB``, ``40.3 MiB``: binary units, three significant digits."""
+    if n < 1024:
+        return f"{int(n)} B"
+    value = float(n)
+    for unit in _BYTE_UNITS:
+        value /= 1024
+        if value < 1024 or unit == _BYTE_UNITS[-1]:
+            return f"{value:.2f} {unit}" if value < 10 else f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def format_ratio(ratio: float | None) -> str:
+    """``3.42x``; ``-`` when there is no ratio (nothing stored)."""
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def format_duration(seconds: float) -> str:
+    """``850 ms``, ``12.3 s``, ``5m 12s``, ``3h 4m``, ``2d 5h``: two units at most."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    """An aligned table; columns whose index is in ``right`` (numbers) are right-aligned."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in rows)])
+
+
+def format_pairs(pairs: Sequence[tuple[str, str]], indent: int = 0) -> str:
+    """``key  value`` lines with the values aligned."""
+    width = max((len(key) for key, _ in pairs), default=0)
+    return "\n".join(f"{' ' * indent}{key.ljust(width)}  {value}" for key, value in pairs)
+
+
+def print_json(document: object, stream: TextIO | None = None) -> None:
+    """``--json`` output: one JSON document on stdout, stable key order, ending with a newline."""
+    out = stream or sys.stdout
+    out.write(json.dumps(document, indent=2) + "\n")
+    out.flush()
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal.
+
+    ``total`` None draws a counter without a bar (the size is not known yet). ``fmt`` renders
+    an amount (bytes by default). Use as a context manager: the line is cleared at the end.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        total: int | None = None,
+        *,
+        fmt: Callable[[int], str] = format_bytes,
+        stream: TextIO | None = None,
+        enabled: bool | None = None,
+    ) -> None:
+        self.label = label
+        self.total = total
+        self._fmt = fmt
+        self._stream = stream or sys.stderr
+        self.enabled = _is_tty(self._stream) if enabled is None else enabled
+        self._started = time.monotonic()
+        self._drawn_at = 0.0
+        self._drawn = False
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update(self, done: int, *, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._drawn_at < _REDRAW_S:
+            return
+        self._drawn_at = now
+        self._stream.write("\r\x1b[K" + self._line(done, now - self._started))
+        self._stream.flush()
+        self._drawn = True
+
+    def _line(self, done: int, elapsed_s: float) -> str:
+        parts = [self.label]
+        if self.total:
+            fraction = min(1.0, done / self.total)
+            filled = int(fraction * _BAR_CELLS)
+            parts.append("[" + "#" * filled + "-" * (_BAR_CELLS - filled) + "]")
+            parts.append(f"{fraction * 100:3.0f}%")
+            parts.append(f"{self._fmt(done)} / {self._fmt(self.total)}")
+        else:
+            parts.append(self._fmt(done))
+        if self._fmt is format_bytes and elapsed_s > 0.5:
+            parts.append(f"{format_bytes(done / elapsed_s)}/s")
+        return "  ".join(parts)
+
+    def close(self) -> None:
+        if self._drawn:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+            self._drawn = False
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False

@@ -1,0 +1,167 @@
+"""``chunkd restore``: a stored round, byte-identical, to a file or stdout.
+
+Through the daemon (default): the output is opened here, with the caller's own permissions, and
+its descriptor passed to the daemon, which writes the checkpoint into it (``--transfer fd``); or
+the daemon streams frames that are written here (``--transfer frames``, for a socket that cannot
+carry descriptors). Offline (``--db PATH``): the same :func:`chunkd.restore.restore_round`, run
+here on the database. Either way a file output only replaces its target once the bytes on disk
+hash to the round's SHA-256 (:mod:`chunkd.cli.output`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import select
+from dataclasses import dataclass
+from pathlib import Path
+
+from chunkd.cli import options
+from chunkd.cli.client import DaemonClient
+from chunkd.cli.output import STDOUT, Output
+from chunkd.cli.render import Progress, format_bytes, print_json
+from chunkd.errors import ChunkdError, RequestError
+from chunkd.protocol import TRANSFER_FD, TRANSFERS
+from chunkd.restore import restore_round
+from chunkd.store import ChunkStore
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """What a restore or export wrote: its result document and the two figures checked."""
+
+    result: dict[str, object]
+    bytes_written: int
+    sha256: str
+
+    @classmethod
+    def of(cls, result: dict[str, object]) -> Transfer:
+        """From a result with ``bytes`` and ``sha256``; ChunkdError if the daemon left them out."""
+        size, digest = result.get("bytes"), result.get("sha256")
+        if not isinstance(size, int) or not isinstance(digest, str):
+            raise ChunkdError("the daemon's answer has no byte count or SHA-256")
+        return cls(result, size, digest)
+
+
+def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> None:
+    p = commands.add_parser(
+        "restore",
+        parents=[common],
+        help="write a stored round, byte-identical",
+        description="Write a stored round of a client as the original .pth, byte for byte.",
+    )
+    p.add_argument("--client", required=True, type=options.client_id, metavar="ID")
+    p.add_argument(
+        "--round",
+        type=options.round_or_latest,
+        default=None,
+        metavar="N|latest",
+        help="round number (default: latest)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default=STDOUT,
+        metavar="FILE|-",
+        help="where to write (default: - for stdout, which must not be a terminal)",
+    )
+    p.add_argument(
+        "--db",
+        type=Path,
+        metavar="PATH",
+        help="restore straight from this database, without the daemon",
+    )
+    p.add_argument(
+        "--transfer",
+        choices=TRANSFERS,
+        default=TRANSFER_FD,
+        help="how the daemon sends the bytes: fd (default) or frames",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.json and args.output == STDOUT:
+        raise RequestError("--json prints on stdout: use it with -o FILE, not -o -")
+    with Output.open(args.output) as out, Progress("restore") as progress:
+        if args.db is not None:
+            done = _restore_offline(args, out, progress)
+        else:
+            done = restore_through_daemon(args, "restore", out, progress)
+        progress.update(done.bytes_written, force=True)
+        out.commit(done.sha256)
+    _report(args, done, out)
+    return 0
+
+
+def _restore_offline(args: argparse.Namespace, out: Output, progress: Progress) -> Transfer:
+    with ChunkStore.open_reader(args.db) as store:
+        round_num = args.round if args.round is not None else store.latest_round()
+        progress.total = store.get_round(round_num).file_size
+        written = 0
+
+        def write(data: bytes | memoryview) -> None:
+            nonlocal written
+            out.write(data)
+            written += len(data)
+            progress.update(written)
+
+        restored = restore_round(store, round_num, write)
+    result = {"client": args.client, "round": round_num, "transfer": "offline"}
+    return Transfer.of({**result, "bytes": restored.bytes_written, "sha256": restored.file_sha256})
+
+
+def restore_through_daemon(
+    args: argparse.Namespace, cmd: str, out: Output, progress: Progress, **fields: object
+) -> Transfer:
+    """Run ``restore`` or ``export`` on the daemon into ``out``; what the daemon reported."""
+    request = {"client": args.client, "round": args.round, **fields}
+    with DaemonClient.connect(options.socket_path(args)) as client:
+        if args.transfer == TRANSFER_FD:
+
+            def on_wait() -> None:
+                progress.update(out.bytes_so_far())
+                _stop_if_output_closed(out)
+
+            try:
+                return Transfer.of(client.restore_to_fd(cmd, out.fd, on_wait=on_wait, **request))
+            except ChunkdError:
+                _stop_if_output_closed(out)  # the daemon met EPIPE on our stdout: say so
+                raise
+        received = 0
+
+        def sink(payload: memoryview) -> None:
+            nonlocal received
+            out.write(payload)
+            received += len(payload)
+            progress.update(received)
+
+        def on_header(header: dict[str, object]) -> None:
+            size = header.get("bytes")
+            progress.total = size if isinstance(size, int) else None
+
+        stream = client.restore_frames(cmd, sink, on_header=on_header, **request)
+        return Transfer.of(
+            {**stream.header, "bytes": stream.bytes_received, "sha256": stream.sha256}
+        )
+
+
+def _stop_if_output_closed(out: Output) -> None:
+    """With ``-o -`` into a pipe whose reader has gone, stop like any writer would (EPIPE)."""
+    if out.is_file:
+        return
+    poller = select.poll()
+    poller.register(out.fd, 0)  # POLLERR and POLLHUP are always reported
+    if any(event & select.POLLERR for _, event in poller.poll(0)):
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+def _report(args: argparse.Namespace, done: Transfer, out: Output) -> None:
+    if args.json:
+        print_json({**done.result, "output": str(out.target) if out.target else STDOUT})
+    elif out.target is not None:
+        print(
+            f"restored client {done.result['client']} round {done.result['round']} to "
+            f"{out.target} ({format_bytes(done.bytes_written)}, sha256 {done.sha256[:16]}…)"
+        )

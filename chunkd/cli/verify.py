@@ -1,0 +1,106 @@
+"""``chunkd verify``: re-hash every stored chunk and rebuild every round, then report problems.
+
+Exit status 0 when everything checks out, 5 (``integrity``) when any problem is found; each
+problem is printed with the client, round and chunk it concerns. Through the daemon, clients are
+verified one request at a time, which is what moves the progress bar; ``--db`` checks one
+database directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from chunkd.cli import options
+from chunkd.cli.client import DaemonClient
+from chunkd.cli.render import Progress, print_json
+from chunkd.errors import IntegrityError
+from chunkd.store import ChunkStore
+from chunkd.summary import summarize_verify
+from chunkd.verify import verify_store
+
+
+def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> None:
+    p = commands.add_parser(
+        "verify",
+        parents=[common],
+        help="re-hash every chunk and rebuild every round",
+        description="Check stored chunks against their SHA-256 and that every round rebuilds.",
+    )
+    p.add_argument("--client", type=options.client_id, metavar="ID", help="only this client")
+    p.add_argument(
+        "--db", type=Path, metavar="PATH", help="check this database, without the daemon"
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    entries = _verify_offline(args) if args.db is not None else _verify_through_daemon(args)
+    problems = sum(len(_problems(entry)) for entry in entries)
+    if args.json:
+        print_json({"ok": problems == 0, "clients": entries})
+    else:
+        print(render_report(entries))
+    if problems:
+        clients = sum(1 for entry in entries if _problems(entry))
+        raise IntegrityError(f"verify found {problems} problem(s) in {clients} client(s)")
+    return 0
+
+
+def _verify_offline(args: argparse.Namespace) -> list[dict[str, object]]:
+    with ChunkStore.open_reader(args.db) as store, Progress("verify", 1, fmt=_clients) as bar:
+        bar.update(0, force=True)
+        report = verify_store(store)
+    return [summarize_verify(args.client or args.db.name, report)]
+
+
+def _verify_through_daemon(args: argparse.Namespace) -> list[dict[str, object]]:
+    with DaemonClient.connect(options.socket_path(args)) as client:
+        if args.client is not None:
+            ids = [args.client]
+        else:
+            listed = client.call("list")["clients"]
+            assert isinstance(listed, list)
+            ids = [str(entry["client"]) for entry in listed]
+        entries: list[dict[str, object]] = []
+        with Progress("verify", len(ids), fmt=_clients) as bar:
+            for done, client_id in enumerate(ids):
+                bar.update(done, force=True)
+                result = client.call("verify", client=client_id)
+                found = result["clients"]
+                assert isinstance(found, list)
+                entries.extend(found)
+    return entries
+
+
+def _clients(count: int) -> str:
+    return f"{count} client{'s' if count != 1 else ''}"
+
+
+def _problems(entry: dict[str, object]) -> list[dict[str, object]]:
+    problems = entry.get("problems")
+    return problems if isinstance(problems, list) else []
+
+
+def render_report(entries: list[dict[str, object]]) -> str:
+    if not entries:
+        return "no clients"
+    lines = []
+    for entry in entries:
+        checked = f"{entry['rounds_checked']} rounds, {entry['chunks_checked']} chunks"
+        problems = _problems(entry)
+        verdict = "OK" if not problems else f"{len(problems)} problem(s)"
+        lines.append(f"client {entry['client']}: {verdict} ({checked})")
+        lines.extend(f"  {_describe(problem)}" for problem in problems)
+    return "\n".join(lines)
+
+
+def _describe(problem: dict[str, object]) -> str:
+    where = []
+    if problem.get("round") is not None:
+        where.append(f"round {problem['round']}")
+    if problem.get("chunk_id") is not None:
+        where.append(f"chunk {problem['chunk_id']}")
+    if problem.get("chunk_hash"):
+        where.append(f"({str(problem['chunk_hash'])[:16]}…)")
+    return f"{' '.join(where) or 'store'}: {problem['problem']}"

@@ -1,0 +1,463 @@
+"""The control socket: safe bind, a reactor for idle connections, bounded request threads.
+
+Shape. One reactor thread owns the listener and every *idle* connection (waiting for its next
+request line) in a ``selectors`` loop; an idle connection costs a file descriptor and at most one
+line of buffer, never a thread. When a complete line arrives, the connection is handed to a worker
+thread from a bounded pool for exactly that request, then handed back. So a hundred silent or
+trickling clients cannot starve a ``ping``, and a request never waits behind another client's
+line. Past ``max_connections`` a new connection is answered ``busy`` and closed; past
+``max_active_requests`` a request is answered ``busy`` and the connection stays open.
+
+Timeouts. A connection must complete a request line within ``idle_timeout_s`` of becoming idle
+(this also ends slow-loris trickles); any single write to a client, on the socket or into a
+passed descriptor, must finish within ``write_timeout_s``. A line over 64 KiB gets ``bad_request``
+and the connection is closed after its input is drained for a moment, so the client reads the
+answer instead of a reset.
+
+Who may do what. Every request runs with the peer's SO_PEERCRED ``peer_uid``/``peer_gid``/
+``peer_pid`` bound into its log context; ``prune`` and ``ingest`` are refused (``forbidden``)
+unless the peer's uid is in ``allowed_uids`` or one of its groups in ``allowed_gids`` (both
+empty: anyone who can open the socket, which mode 0660 already limits).
+
+The socket file itself (safe bind, stale and live sockets) is :mod:`chunkd.daemon.socketfile`;
+one connection and one request's channel are :mod:`chunkd.daemon.connection`.
+
+Ownership: ``_idle`` and the selector belong to the reactor thread; a connection belongs to the
+reactor while idle and to one worker while busy; ``_lock`` guards only the hand-over state
+(``_active``, ``_returned``, ``_busy``, ``_reactor_done``, ``_futures``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+from chunkd import log
+from chunkd.daemon import handlers
+from chunkd.daemon.connection import (
+    ClientConnection,
+    Peer,
+    RequestChannel,
+    close_fds,
+    send_nowait,
+)
+from chunkd.daemon.handlers import Connection, PeerGoneError, Result, Streamed
+from chunkd.daemon.socketfile import SOCKET_MODE, SocketFile
+from chunkd.daemon.state import DaemonState
+from chunkd.errors import BusyError, ChunkdError, ForbiddenError, RequestError
+from chunkd.protocol import (
+    MAX_LINE_BYTES,
+    MUTATING_COMMANDS,
+    TRANSFER_FD,
+    Request,
+    describe_error,
+    encode_error,
+    encode_ok,
+    parse_request,
+)
+
+_LISTENER: Final = "listener"
+_WAKE: Final = "wake"
+
+Dispatch = Callable[[DaemonState, Request, Connection], Result]
+
+_log = log.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Bounds that keep one client from costing the others anything; tests shrink them."""
+
+    max_connections: int = 256
+    max_active_requests: int = 64
+    idle_timeout_s: float = 30.0
+    write_timeout_s: float = 30.0
+    #: After a final error answer, input is drained this long so the client reads the answer.
+    linger_s: float = 1.0
+    #: How long stop() lets requests in flight finish before cutting their connections.
+    stop_timeout_s: float = 10.0
+    #: Descriptors that may wait for their request line on one connection.
+    max_pending_fds: int = 4
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+class Server:
+    """The daemon's socket server; ``start()`` binds and serves, ``stop()`` ends it cleanly."""
+
+    def __init__(
+        self,
+        state: DaemonState,
+        *,
+        dispatch: Dispatch = handlers.handle,
+        limits: ServerLimits | None = None,
+        path: Path | None = None,
+    ) -> None:
+        self._state = state
+        self._dispatch = dispatch
+        self.limits = limits or ServerLimits()
+        self.path = path or state.settings.socket
+        self._socket_file: SocketFile | None = None
+        self._selector = selectors.DefaultSelector()
+        #: reactor thread only: fileno -> idle connection
+        self._idle: dict[int, ClientConnection] = {}
+        self._wake_r = self._wake_w = -1
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._active = 0
+        self._returned: list[ClientConnection] = []
+        self._busy: set[ClientConnection] = set()
+        self._futures: set[Future[None]] = set()
+        self._reactor_done = False
+        self._workers: ThreadPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind the socket (BusyError if another daemon serves it) and start serving."""
+        group = self._state.settings.socket_group
+        self._socket_file = SocketFile.bind(self.path, group)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._workers = ThreadPoolExecutor(
+            max_workers=self.limits.max_active_requests, thread_name_prefix="chunkd-request"
+        )
+        self._selector.register(self._socket_file.listener, selectors.EVENT_READ, _LISTENER)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._thread = threading.Thread(target=self._run, name="chunkd-server", daemon=True)
+        self._thread.start()
+        _log.info(log.SOCKET_BOUND, path=self.path, mode=oct(SOCKET_MODE), group=group or None)
+
+    def stop(self) -> None:
+        """Stop accepting, close idle connections, let requests in flight finish, clean up.
+
+        Requests still running after ``stop_timeout_s`` have their connections shut down, which
+        ends them at their next write. The socket file is removed if it is still ours.
+        """
+        if self._thread is None:
+            return
+        self._stopping.set()
+        self._wake()
+        self._thread.join()
+        with self._lock:
+            pending = set(self._futures)
+        _, late = wait(pending, timeout=self.limits.stop_timeout_s)
+        if late:
+            with self._lock:
+                for conn in self._busy:
+                    with contextlib.suppress(OSError):
+                        conn.sock.shutdown(socket.SHUT_RDWR)
+            wait(late, timeout=self.limits.write_timeout_s)
+        assert self._workers is not None
+        self._workers.shutdown(wait=False, cancel_futures=True)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._thread = None
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    # -- the reactor thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                for key, _ in self._selector.select(self._next_timeout()):
+                    if key.data is _LISTENER:
+                        self._accept()
+                    elif key.data is _WAKE:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self._wake_r, 4096)
+                    else:
+                        self._on_readable(key.data)
+                self._take_returned()
+                self._expire(time.monotonic())
+        finally:
+            self._shut_reactor()
+
+    def _shut_reactor(self) -> None:
+        assert self._socket_file is not None
+        self._selector.close()
+        self._socket_file.close()  # new clients now get "no daemon" at once
+        for conn in self._idle.values():
+            conn.close()
+        self._idle.clear()
+        with self._lock:
+            self._reactor_done = True
+            returned, self._returned = self._returned, []
+        for conn in returned:
+            conn.close()
+
+    def _next_timeout(self) -> float | None:
+        if not self._idle:
+            return None
+        soonest = min(conn.deadline for conn in self._idle.values())
+        return max(0.0, soonest - time.monotonic())
+
+    def _accept(self) -> None:
+        assert self._socket_file is not None
+        while True:
+            try:
+                sock, _ = self._socket_file.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:  # EMFILE and friends: refuse this round, keep the loop alive
+                _log.warning(log.REQUEST_REJECTED, error_code="busy", error=str(e))
+                time.sleep(0.05)
+                return
+            sock.setblocking(False)
+            conn = ClientConnection(
+                sock, Peer.of(sock), time.monotonic() + self.limits.idle_timeout_s
+            )
+            if len(self._idle) + self._active >= self.limits.max_connections:
+                self._refuse(conn, BusyError("too many connections to chunkd; try again later"))
+                continue
+            self._register(conn)
+
+    def _register(self, conn: ClientConnection) -> None:
+        self._idle[conn.sock.fileno()] = conn
+        self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+
+    def _unregister(self, conn: ClientConnection) -> None:
+        self._selector.unregister(conn.sock)
+        del self._idle[conn.sock.fileno()]
+
+    def _drop(self, conn: ClientConnection) -> None:
+        self._unregister(conn)
+        conn.close()
+
+    def _refuse(self, conn: ClientConnection, exc: ChunkdError) -> None:
+        """Answer an error from the reactor and close (a never-registered connection too)."""
+        with structlog.contextvars.bound_contextvars(**conn.peer.log_context()):
+            _log.warning(log.REQUEST_REJECTED, error_code=exc.code, error=str(exc))
+        send_nowait(conn.sock, encode_error(exc))
+        conn.close()
+
+    def _linger(self, conn: ClientConnection, exc: ChunkdError) -> None:
+        """Answer a fatal error, then drain input until EOF or ``linger_s``, then close."""
+        with structlog.contextvars.bound_contextvars(**conn.peer.log_context()):
+            _log.warning(log.REQUEST_REJECTED, error_code=exc.code, error=str(exc))
+        sent = send_nowait(conn.sock, encode_error(exc))
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_WR)
+        if not sent:
+            self._drop(conn)
+            return
+        conn.closing = True
+        conn.discard_input()
+        conn.deadline = time.monotonic() + self.limits.linger_s
+
+    def _on_readable(self, conn: ClientConnection) -> None:
+        try:
+            data = conn.receive()
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if conn.closing:
+            conn.discard_input()
+            if not data:
+                self._drop(conn)
+            return
+        if not data:
+            if conn.buf:
+                with structlog.contextvars.bound_contextvars(**conn.peer.log_context()):
+                    _log.info(
+                        log.REQUEST_REJECTED,
+                        error_code="disconnected",
+                        error="the client hung up in the middle of a request line",
+                    )
+            self._drop(conn)
+            return
+        if conn.pending_fd_count() > self.limits.max_pending_fds:
+            self._linger(conn, RequestError("too many file descriptors sent with one request"))
+            return
+        self._start_lines(conn)
+
+    def _start_lines(self, conn: ClientConnection) -> None:
+        """Start the next complete request of an idle connection, if it has one."""
+        while (taken := conn.take_line()) is not None:
+            line, fds = taken
+            with self._lock:
+                room = self._active < self.limits.max_active_requests
+                if room:
+                    self._active += 1
+            if room:
+                self._unregister(conn)
+                self._start_worker(conn, line, fds)
+                return
+            close_fds(fds)
+            busy = BusyError("chunkd is serving too many requests; try again later")
+            with structlog.contextvars.bound_contextvars(**conn.peer.log_context()):
+                _log.warning(log.REQUEST_REJECTED, error_code=busy.code, error=str(busy))
+            if not send_nowait(conn.sock, encode_error(busy)):
+                self._drop(conn)
+                return
+        if len(conn.buf) > MAX_LINE_BYTES:
+            self._linger(conn, RequestError(f"request line is longer than {MAX_LINE_BYTES} bytes"))
+
+    def _start_worker(self, conn: ClientConnection, line: bytes, fds: list[int]) -> None:
+        assert self._workers is not None
+        with self._lock:
+            self._busy.add(conn)
+            future = self._workers.submit(self._serve, conn, line, fds)
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+
+    def _forget(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def _take_returned(self) -> None:
+        with self._lock:
+            returned, self._returned = self._returned, []
+        for conn in returned:
+            conn.deadline = time.monotonic() + self.limits.idle_timeout_s
+            self._register(conn)
+            self._start_lines(conn)  # a pipelined request may already be buffered
+
+    def _expire(self, now: float) -> None:
+        for conn in [c for c in self._idle.values() if c.deadline <= now]:
+            if conn.buf and not conn.closing:
+                self._unregister(conn)
+                timeout_s = self.limits.idle_timeout_s
+                self._refuse(conn, RequestError(f"no complete request line within {timeout_s} s"))
+            else:
+                self._drop(conn)
+
+    # -- worker threads: one request each --------------------------------------------------------
+    def _serve(self, conn: ClientConnection, line: bytes, fds: list[int]) -> None:
+        channel = RequestChannel(conn.sock, fds, self.limits.write_timeout_s)
+        keep_open = False
+        try:
+            conn.sock.settimeout(self.limits.write_timeout_s)
+            with structlog.contextvars.bound_contextvars(**conn.peer.log_context()):
+                keep_open = self._answer(conn.peer, channel, line)
+        finally:
+            channel.close_fds()
+            self._hand_back(conn, keep_open)
+
+    def _hand_back(self, conn: ClientConnection, keep_open: bool) -> None:
+        with self._lock:
+            self._active -= 1
+            self._busy.discard(conn)
+            keep_open = keep_open and not self._reactor_done
+            if keep_open:
+                conn.sock.setblocking(False)
+                self._returned.append(conn)
+        if keep_open:
+            self._wake()
+        else:
+            conn.close()
+
+    def _answer(self, peer: Peer, channel: RequestChannel, line: bytes) -> bool:
+        """Serve one request line: exactly one answer, one log line. False: close the connection.
+
+        The boundary of a request: every exception ends here, as an answer and a log line.
+        """
+        started = time.monotonic()
+        fields: dict[str, object] = {}
+        try:
+            request = parse_request(line)
+            fields = _request_fields(request)
+            _check_fds(request, channel.fd_count)
+            self._authorize(request, peer)
+            result = self._dispatch(self._state, request, channel)
+            if not isinstance(result, Streamed):
+                channel.send(encode_ok(result))
+        except PeerGoneError as e:
+            _log.info(
+                log.REQUEST_REJECTED,
+                **fields,
+                duration_ms=_ms_since(started),
+                error_code="disconnected",
+                error=str(e),
+            )
+            return False
+        except ChunkdError as e:
+            code, _ = describe_error(e)
+            event = log.REQUEST_FAILED if code == "internal" else log.REQUEST_REJECTED
+            _log.warning(
+                event, **fields, duration_ms=_ms_since(started), error_code=code, error=str(e)
+            )
+            return _send_error(channel, e)
+        except Exception as e:  # the connection handler is a boundary (STYLE.md, Part 3)
+            _log.exception(
+                log.REQUEST_FAILED,
+                **fields,
+                duration_ms=_ms_since(started),
+                error_code="internal",
+                error=f"{type(e).__name__}: {e}",
+            )
+            return _send_error(channel, e)
+        _log.info(log.REQUEST_SERVED, **fields, duration_ms=_ms_since(started))
+        return True
+
+    def _authorize(self, request: Request, peer: Peer) -> None:
+        if request.cmd not in MUTATING_COMMANDS:
+            return
+        settings = self._state.settings
+        if not settings.allowed_uids and not settings.allowed_gids:
+            return
+        if peer.uid in settings.allowed_uids:
+            return
+        if not _groups_of(peer).isdisjoint(settings.allowed_gids):
+            return
+        raise ForbiddenError(
+            f"{request.cmd}: uid {peer.uid} may not change databases (not in allowed_uids or "
+            "allowed_gids)"
+        )
+
+
+def _groups_of(peer: Peer) -> frozenset[int]:
+    """The peer's primary gid and, if its uid has a passwd entry, its supplementary groups."""
+    try:
+        name = pwd.getpwuid(peer.uid).pw_name
+    except KeyError:
+        return frozenset({peer.gid})
+    return frozenset({peer.gid, *os.getgrouplist(name, peer.gid)})
+
+
+def _check_fds(request: Request, fd_count: int) -> None:
+    wants_fd = request.cmd in {"restore", "export"} and request.transfer == TRANSFER_FD
+    if wants_fd and fd_count != 1:
+        raise RequestError(
+            f'{request.cmd}: "transfer": "fd" needs exactly one file descriptor sent with the '
+            f"request line (SCM_RIGHTS), got {fd_count}"
+        )
+    if not wants_fd and fd_count:
+        raise RequestError(f"{request.cmd}: this request takes no file descriptor")
+
+
+def _request_fields(request: Request) -> dict[str, object]:
+    fields: dict[str, object] = {"cmd": request.cmd}
+    if request.client_id is not None:
+        fields["client"] = request.client_id
+    if request.round_num is not None:
+        fields["round"] = request.round_num
+    return fields
+
+
+def _send_error(channel: RequestChannel, exc: BaseException) -> bool:
+    try:
+        channel.send_error(exc)
+    except PeerGoneError:
+        return False
+    return True
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1e3, 1)
