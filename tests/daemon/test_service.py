@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import signal
 import threading
@@ -13,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from chunkd.restore import restore_round
 from chunkd.store import ChunkStore
 from chunkd.verify import verify_store
+from tests.daemon.checkpoints import restored_bytes, save_model
 
 pytestmark = pytest.mark.slow
 
@@ -31,28 +30,6 @@ INGEST_FIELDS = {
     "duration_ms",
     "mb_per_s",
 }
-
-
-def save_model(
-    path: Path, seed: int, *, elements: int = 4096, round_num: int | None = None
-) -> bytes:
-    """torch.save a small model at ``path``; returns the file's bytes."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {
-        "fc.weight": torch.randn(elements, generator=generator),
-        "fc.bias": torch.randn(16, generator=generator),
-    }
-    obj: object = state if round_num is None else {"cur_round": round_num, "model": state}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(obj, path)
-    return path.read_bytes()
-
-
-def restored_bytes(db: Path, round_num: int) -> bytes:
-    out = io.BytesIO()
-    with ChunkStore.open_reader(db) as store:
-        restore_round(store, round_num, out.write)
-    return out.getvalue()
 
 
 def test_files_present_before_start_and_written_after(make_daemon):
