@@ -16,8 +16,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from chunkd.errors import IntegrityError
@@ -26,6 +27,8 @@ from chunkd.store import ChunkRef, ChunkStore
 
 #: Decoded chunks kept for reuse; checkpoint order equals file order in practice, so 2 suffice.
 CACHE_CHUNKS = 2
+#: Chunks read ahead of the one being written.
+PREFETCH_CHUNKS = 3
 
 Write = Callable[[bytes | memoryview], object]
 
@@ -38,22 +41,46 @@ class RestoreResult:
 
 
 class _ChunkReader:
-    """Reads, verifies and decodes a round's chunks by index in the flat byte stream."""
+    """Reads, verifies and decodes a round's chunks by index in the flat byte stream.
+
+    Chunks are read ahead on one worker thread, in the order the file will need them, so that
+    reading, decoding and hashing a chunk overlaps with writing and hashing the previous one
+    (hashlib, zstd and sqlite3 release the GIL). At most ``PREFETCH_CHUNKS`` are in flight.
+    """
 
     def __init__(
-        self, store: ChunkStore, round_num: int, layout: RoundLayout, chunks: list[ChunkRef]
+        self,
+        store: ChunkStore,
+        round_num: int,
+        layout: RoundLayout,
+        chunks: list[ChunkRef],
+        worker: Executor,
     ) -> None:
         self.store = store
         self.round_num = round_num
         self.chunks = chunks
         self.starts = _chunk_byte_starts(round_num, layout, chunks)
         self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._worker = worker
+        self._upcoming = deque(self._needed_order(layout))
+        self._in_flight: deque[tuple[int, Future[bytes]]] = deque()
 
-    def chunk(self, index: int) -> bytes:
-        cached = self._cache.get(index)
-        if cached is not None:
-            self._cache.move_to_end(index)
-            return cached
+    def _needed_order(self, layout: RoundLayout) -> list[int]:
+        order: list[int] = []
+        storage_starts = layout.storage_byte_starts()
+        for kind, value in layout.segments:
+            if kind != "s" or not layout.storages[value].nbytes:
+                continue
+            start = storage_starts[value]
+            end = start + layout.storages[value].nbytes
+            index = bisect.bisect_right(self.starts, start) - 1
+            while index < len(self.chunks) and self.starts[index] < end:
+                if not order or order[-1] != index:
+                    order.append(index)
+                index += 1
+        return order
+
+    def _load(self, index: int) -> bytes:
         ref = self.chunks[index]
         expected_size = self.starts[index + 1] - self.starts[index]
         try:
@@ -65,6 +92,20 @@ class _ChunkReader:
                 f"round {self.round_num} chunk {ref.chunk_id} ({ref.chunk_hash[:16]}…): stored "
                 "bytes do not match their SHA-256"
             )
+        return raw
+
+    def chunk(self, index: int) -> bytes:
+        cached = self._cache.get(index)
+        if cached is not None:
+            self._cache.move_to_end(index)
+            return cached
+        while len(self._in_flight) < PREFETCH_CHUNKS and self._upcoming:
+            upcoming = self._upcoming.popleft()
+            self._in_flight.append((upcoming, self._worker.submit(self._load, upcoming)))
+        if self._in_flight and self._in_flight[0][0] == index:
+            raw = self._in_flight.popleft()[1].result()
+        else:  # not the predicted order: read it directly (correct, just not overlapped)
+            raw = self._load(index)
         self._cache[index] = raw
         if len(self._cache) > CACHE_CHUNKS:
             self._cache.popitem(last=False)
@@ -113,7 +154,14 @@ def _chunk_byte_starts(round_num: int, layout: RoundLayout, chunks: list[ChunkRe
 def restore_round(store: ChunkStore, round_num: int, write: Write) -> RestoreResult:
     """Write round ``round_num`` of ``store`` through ``write``; see the module docstring."""
     layout, residue = store.read_layout(round_num)
-    reader = _ChunkReader(store, round_num, layout, store.round_chunks(round_num))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-restore") as worker:
+        reader = _ChunkReader(store, round_num, layout, store.round_chunks(round_num), worker)
+        return _write_file(reader, round_num, layout, residue, write)
+
+
+def _write_file(
+    reader: _ChunkReader, round_num: int, layout: RoundLayout, residue: bytes, write: Write
+) -> RestoreResult:
     storage_starts = layout.storage_byte_starts()
     file_hash = hashlib.sha256()
     written = 0
