@@ -56,7 +56,7 @@ def encode(
         return CODEC_RAW, raw
     if width not in GROUP_WIDTHS:
         raise ValueError(f"unsupported group width {width}")
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
     best: tuple[str, bytes | memoryview] = (CODEC_RAW, raw)
     limit = len(raw) * (1 - MIN_SAVING)
     if compression != "none":
@@ -86,6 +86,9 @@ def decode(codec: str, stored: bytes, raw_size: int, base: bytes | None = None) 
     if delta and (base is None or len(base) != raw_size):
         raise IntegrityError("delta chunk without its base")
     try:
+        # max_output_size is ignored when the frame states its size; a damaged one may state GiBs
+        if zstandard.frame_content_size(stored) not in (-1, raw_size):
+            raise IntegrityError("compressed chunk declares the wrong size")
         grouped = zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_size)
     except zstandard.ZstdError as e:
         raise IntegrityError(f"compressed chunk is damaged: {e}") from None

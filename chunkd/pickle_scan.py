@@ -25,6 +25,8 @@ from chunkd.errors import NotACheckpointError, UnsafePickleError
 MAX_OPS = 20_000_000
 MAX_PICKLE_BYTES = 256 << 20
 MAX_DIMS = 64
+#: Containers nested deeper than this are refused: walking them would exhaust Python's stack.
+MAX_DEPTH = 256
 
 #: dtype name -> element size in bytes, for every dtype torch can save.
 DTYPE_ITEMSIZE: dict[str, int] = {
@@ -166,6 +168,8 @@ _CONTAINER_GLOBALS = {
 
 
 def _allowed_global(module: str, name: str) -> _Global:
+    if module == "__builtin__":  # protocol 2 (torch.save's default) names builtins the Py2 way
+        module = "builtins"
     full = f"{module}.{name}"
     if full in _TENSOR_REBUILDERS or full in _PARAMETER_REBUILDERS or full in _CONTAINER_GLOBALS:
         return _Global(full)
@@ -511,24 +515,41 @@ class NamedStorage:
         return self.storage.nbytes // self.itemsize
 
 
+def unique_name(name: str, used: set[str]) -> str:
+    """``name``, or ``name~1``, ``name~2``, ... if taken; records the result in ``used``."""
+    candidate, n = name, 1
+    while candidate in used:
+        candidate = f"{name}~{n}"
+        n += 1
+    used.add(candidate)
+    return candidate
+
+
 def walk_tensors(root: object) -> list[tuple[str, TensorRef]]:
-    """Every tensor in the tree with its path (``model.fc.weight``), depth first, in order."""
+    """Every tensor in the tree with its path (``model.fc.weight``), depth first, in order.
+
+    Paths are unique: ``{"a.b": t1, "a": {"b": t2}}`` names the second ``a.b~1``, so that no
+    tensor is silently merged with another under one name.
+    """
     found: list[tuple[str, TensorRef]] = []
     seen_containers: set[int] = set()
+    used: set[str] = set()
 
-    def visit(obj: object, path: str) -> None:
+    def visit(obj: object, path: str, depth: int) -> None:
         if isinstance(obj, TensorRef):
-            found.append((path, obj))
+            found.append((unique_name(path, used), obj))
             return
         if isinstance(obj, (dict, list, tuple)):
             if id(obj) in seen_containers:  # shared containers via memo: visit once
                 return
+            if depth >= MAX_DEPTH:
+                raise NotACheckpointError(f"data.pkl nests containers more than {MAX_DEPTH} deep")
             seen_containers.add(id(obj))
             items = obj.items() if isinstance(obj, dict) else enumerate(obj)
             for key, value in items:
-                visit(value, f"{path}.{key}" if path else str(key))
+                visit(value, f"{path}.{key}" if path else str(key), depth + 1)
 
-    visit(root, "")
+    visit(root, "", 0)
     return found
 
 
@@ -542,15 +563,6 @@ def name_storages(scanned: ScannedPickle) -> list[NamedStorage]:
     result: list[NamedStorage] = []
     by_key: dict[str, NamedStorage] = {}
     used_names: set[str] = set()
-
-    def unique(name: str) -> str:
-        candidate = name or "tensor"
-        n = 1
-        while candidate in used_names:
-            candidate = f"{name or 'tensor'}~{n}"
-            n += 1
-        used_names.add(candidate)
-        return candidate
 
     for path, tensor in walk_tensors(scanned.root):
         key = tensor.storage.key
@@ -569,7 +581,7 @@ def name_storages(scanned: ScannedPickle) -> list[NamedStorage]:
             and _is_contiguous(tensor.shape, tensor.stride)
         )
         named = NamedStorage(
-            name=unique(path),
+            name=unique_name(path or "tensor", used_names),
             storage=tensor.storage,
             dtype=dtype,
             shape=tensor.shape if covers else (numel,),
@@ -579,7 +591,7 @@ def name_storages(scanned: ScannedPickle) -> list[NamedStorage]:
     for key, storage in scanned.storages.items():
         if key not in by_key:
             named = NamedStorage(
-                name=unique(f"_storage.{key}"),
+                name=unique_name(f"_storage.{key}", used_names),
                 storage=storage,
                 dtype=storage.dtype,
                 shape=(storage.numel,),

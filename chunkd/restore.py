@@ -133,6 +133,8 @@ def _chunk_byte_starts(round_num: int, layout: RoundLayout, chunks: list[ChunkRe
             raise IntegrityError(f"round {round_num}: chunk {expected_id} is missing")
         try:
             parts = json.loads(ref.parts_info)
+            if not isinstance(parts, dict):
+                raise TypeError("not a JSON object")
             size = sum(
                 (end - start) * itemsize[name]
                 for name, ranges in parts.items()

@@ -217,23 +217,40 @@ class ChunkStore:
 
     @classmethod
     def open_reader(cls, path: str | os.PathLike[str]) -> ChunkStore:
-        """Open an existing database read-only; never creates or changes it."""
+        """Open an existing database for reading; never creates it, never writes a round.
+
+        Opened read-write with ``query_only`` where the file permits: a writer killed mid-batch
+        leaves a hot journal, and only a connection that may write can roll it back (SQLite
+        does so on first read, restoring the last committed state). Without write permission
+        it falls back to ``mode=ro``, which works whenever no hot journal is present.
+        """
         db = Path(path)
         if not db.is_file():
             raise NotFoundError(f"no database at {db}")
-        try:
-            conn = sqlite3.connect(
-                f"{db.resolve().as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot open database {db}: {e}") from None
+        uri = db.resolve().as_uri()
+        conn = None
+        version = 0
+        for mode in ("rw", "ro"):
+            try:
+                conn = sqlite3.connect(
+                    f"{uri}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False
+                )
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+                conn.execute("PRAGMA query_only=1")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                break
+            except sqlite3.Error as e:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                if mode == "ro":
+                    raise StoreError(f"cannot open database {db}: {e}") from None
+        assert conn is not None
         store = cls(db, conn, None)
+        if version == 0:
+            store.close()
+            raise NotFoundError(f"database {db} holds no rounds yet")
         if version != SCHEMA_VERSION:
             store.close()
             raise StoreError(f"database {db} has schema version {version}, not {SCHEMA_VERSION}")

@@ -1,0 +1,139 @@
+"""Fixtures shared by the engine tests: a writer store in ``tmp_path`` and the engine's calls.
+
+Kept free of torch so that collecting the pure unit tests stays fast; the checkpoint builders
+live in ``tests/strategies.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from chunkd.ingest import IngestOptions, IngestResult, ingest_file
+from chunkd.restore import restore_round
+from chunkd.store import ChunkStore
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Everything a rejected file must leave unchanged in a database."""
+
+    rounds: tuple[int, ...]
+    chunk_rows: int
+    metadata_rows: int
+    file_sha256: str
+
+
+class Engine:
+    """The engine calls the tests repeat, with small defaults; no state."""
+
+    @staticmethod
+    def options(
+        chunk_num: int = 10, max_chunk_bytes: int = 1 << 20, compression: str = "none"
+    ) -> IngestOptions:
+        return IngestOptions(
+            chunk_num=chunk_num, max_chunk_bytes=max_chunk_bytes, compression=compression
+        )
+
+    @classmethod
+    def ingest(
+        cls, path: os.PathLike[str] | str, store: ChunkStore, **options: object
+    ) -> IngestResult:
+        return ingest_file(path, store, cls.options(**options))  # type: ignore[arg-type]
+
+    @staticmethod
+    def restore(store: ChunkStore, round_num: int) -> bytes:
+        buf = io.BytesIO()
+        result = restore_round(store, round_num, buf.write)
+        data = buf.getvalue()
+        assert result.bytes_written == len(data)
+        assert result.file_sha256 == hashlib.sha256(data).hexdigest()
+        return data
+
+    @staticmethod
+    def sha256(data: bytes | os.PathLike[str]) -> str:
+        if not isinstance(data, bytes):
+            data = Path(data).read_bytes()
+        return hashlib.sha256(data).hexdigest()
+
+    @staticmethod
+    def query(db: os.PathLike[str], sql: str, params: tuple[object, ...] = ()) -> list[tuple]:
+        """Run ``sql`` on its own read-only connection (what any other reader would see)."""
+        conn = sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    @classmethod
+    def orphan_chunks(cls, db: os.PathLike[str]) -> int:
+        """``chunk_data`` rows that no ``chunk_metadata`` row references."""
+        return cls.query(
+            db,
+            "SELECT COUNT(*) FROM chunk_data WHERE chunk_hash NOT IN"
+            " (SELECT chunk_hash FROM chunk_metadata)",
+        )[0][0]
+
+    @classmethod
+    def fingerprint(cls, db: os.PathLike[str]) -> Fingerprint:
+        rounds = tuple(r for (r,) in cls.query(db, "SELECT round_num FROM rounds ORDER BY 1"))
+        chunks = cls.query(db, "SELECT COUNT(*) FROM chunk_data")[0][0]
+        metadata = cls.query(db, "SELECT COUNT(*) FROM chunk_metadata")[0][0]
+        return Fingerprint(rounds, chunks, metadata, cls.sha256(db))
+
+
+@pytest.fixture(scope="session")
+def engine() -> type[Engine]:
+    return Engine
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "client_1_chunks.db"
+
+
+class HookedPool(ThreadPoolExecutor):
+    """A real hashing pool for ``ingest_file(pool=...)`` that calls ``hook(n)`` at its n-th
+    submission. ``ingest_file`` submits each chunk's hash while the round is being written, so
+    a hook runs in the middle of an ingest: to look at the database, or to change the file."""
+
+    def __init__(self, hook: Callable[[int], None]) -> None:
+        super().__init__(max_workers=2, thread_name_prefix="test-hash")
+        self.hook, self.calls = hook, 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.calls += 1
+        self.hook(self.calls)
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.fixture
+def hooked_pool() -> Iterator[Callable[[Callable[[int], None]], HookedPool]]:
+    """Make :class:`HookedPool` instances, shut down after the test."""
+    pools: list[HookedPool] = []
+
+    def make(hook: Callable[[int], None]) -> HookedPool:
+        pools.append(HookedPool(hook))
+        return pools[-1]
+
+    yield make
+    for pool in pools:
+        pool.shutdown()
+
+
+@pytest.fixture
+def writer_store(db_path: Path) -> Iterator[ChunkStore]:
+    """A fresh writer store (``client_1_chunks.db`` in ``tmp_path``), closed after the test."""
+    store = ChunkStore.open_writer(db_path)
+    try:
+        yield store
+    finally:
+        store.close()
