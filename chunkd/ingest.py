@@ -34,7 +34,7 @@ from chunkd.checkpoint import ParsedCheckpoint, parse_checkpoint, read_exact, re
 from chunkd.errors import ChunkdError, CrcMismatchError, FileChangedError, NotACheckpointError
 from chunkd.flatindex import plan_chunks
 from chunkd.manifest import ChunkSpec, RoundLayout
-from chunkd.store import ChunkStore, SourceRecord
+from chunkd.store import ChunkStore, FileIdentity, SourceRecord
 
 #: Chunks read ahead of the one being stored; memory is about this many chunks.
 WINDOW = 4
@@ -116,7 +116,8 @@ def ingest_file(
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
             raise NotACheckpointError(f"{source} is not a regular file")
-        seen = store.find_source(source, before.st_size, before.st_mtime_ns)
+        identity = FileIdentity.of(before)
+        seen = store.find_source(source, identity)
         if seen is not None and round_num is None:
             return IngestResult(
                 OUTCOME_SEEN,
@@ -163,8 +164,7 @@ def ingest_file(
         store.record_source(
             SourceRecord(
                 source,
-                before.st_size,
-                before.st_mtime_ns,
+                identity,
                 result.file_sha256,
                 result.round_num,
                 result.outcome,
@@ -238,7 +238,7 @@ def _stream_round(
         file_sha256 = hash_worker.submit(file_hash.finish, fd).result()
         _check_storage_crcs(parsed, crcs)
         after = os.fstat(fd)
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        if FileIdentity.of(after) != FileIdentity.of(before):
             raise FileChangedError(f"{source} changed while it was read")
 
         same_round = _round_with_same_file(store, round_num, sequential, file_sha256)

@@ -100,7 +100,8 @@ CREATE TABLE IF NOT EXISTS sources (
     file_sha256 TEXT,
     round_num INTEGER,
     outcome TEXT NOT NULL,
-    seen_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+    seen_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    ctime_ns INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -161,10 +162,28 @@ class StoreStats:
 
 
 @dataclass(frozen=True, slots=True)
-class SourceRecord:
-    path: str
+class FileIdentity:
+    """What tells one version of a file from another without reading it.
+
+    ``ctime`` is in it because it cannot be set by a user: a copy that preserves size and mtime
+    (``cp -p``, ``rsync -t``) still gets a new ctime, so it is read, never mistaken as seen.
+    """
+
     size: int
     mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """A file the daemon has taken, and what became of it (ingested, duplicate, rejected)."""
+
+    path: str
+    identity: FileIdentity
     file_sha256: str | None
     round_num: int | None
     outcome: str
@@ -440,13 +459,13 @@ class ChunkStore:
             db_bytes = 0
         return StoreStats(rounds, chunks, stored, raw, referenced, file_bytes, db_bytes)
 
-    def find_source(self, path: str, size: int, mtime_ns: int) -> SourceRecord | None:
+    def find_source(self, path: str, identity: FileIdentity) -> SourceRecord | None:
         rows = self._query(
-            "SELECT path, size, mtime_ns, file_sha256, round_num, outcome FROM sources"
-            " WHERE path = ? AND size = ? AND mtime_ns = ?",
-            (path, size, mtime_ns),
+            "SELECT file_sha256, round_num, outcome FROM sources"
+            " WHERE path = ? AND size = ? AND mtime_ns = ? AND ctime_ns = ?",
+            (path, identity.size, identity.mtime_ns, identity.ctime_ns),
         )
-        return SourceRecord(*rows[0]) if rows else None
+        return SourceRecord(path, identity, *rows[0]) if rows else None
 
     def round_with_sha(self, file_sha256: str) -> int | None:
         rows = self._query(
@@ -476,12 +495,13 @@ class ChunkStore:
         self._transaction(
             [
                 (
-                    "INSERT OR REPLACE INTO sources (path, size, mtime_ns, file_sha256, round_num,"
-                    " outcome, seen_at) VALUES (?, ?, ?, ?, ?, ?, CURRENT_TIMESTAMP)",
+                    "INSERT OR REPLACE INTO sources (path, size, mtime_ns, ctime_ns, file_sha256,"
+                    " round_num, outcome, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, CURRENT_TIMESTAMP)",
                     (
                         source.path,
-                        source.size,
-                        source.mtime_ns,
+                        source.identity.size,
+                        source.identity.mtime_ns,
+                        source.identity.ctime_ns,
                         source.file_sha256,
                         source.round_num,
                         source.outcome,

@@ -43,7 +43,7 @@ from chunkd.ingest import (
 )
 from chunkd.prune import PruneResult, prune_store
 from chunkd.restore import restore_round
-from chunkd.store import ChunkStore, SourceRecord
+from chunkd.store import ChunkStore, FileIdentity, SourceRecord
 
 QUEUE_LIMIT = 10_000
 #: Backoff before each retry of a file that may still be being written (seconds).
@@ -55,7 +55,7 @@ REOPEN_DELAY_S = 5.0
 @dataclass(slots=True)
 class _Pending:
     deadline: float
-    last_stat: tuple[int, int] | None
+    last_stat: FileIdentity | None
     attempts: int = 0
 
 
@@ -220,12 +220,12 @@ class ClientLane:
         if key is None or self._already_taken(path, key):
             return
         self._pending[path] = _Pending(deadline, key)
-        self._log.info(log.CHECKPOINT_DETECTED, path=str(path), bytes=key[0])
+        self._log.info(log.CHECKPOINT_DETECTED, path=str(path), bytes=key.size)
 
-    def _already_taken(self, path: Path, key: tuple[int, int]) -> bool:
+    def _already_taken(self, path: Path, key: FileIdentity) -> bool:
         """This exact file (path, size, mtime) was ingested, found duplicate, or rejected."""
         store = self._ensure_store()
-        return store is not None and store.find_source(str(path.absolute()), *key) is not None
+        return store is not None and store.find_source(str(path.absolute()), key) is not None
 
     def _settle_or_ingest(self, path: Path) -> None:
         pending = self._pending[path]
@@ -353,9 +353,7 @@ class ClientLane:
         key = _stat_key(path)
         if key is not None:
             try:
-                store.record_source(
-                    SourceRecord(str(path.absolute()), key[0], key[1], None, None, "rejected")
-                )
+                store.record_source(SourceRecord(str(path.absolute()), key, None, None, "rejected"))
             except ChunkdError as e:
                 self._log.error(log.INGEST_FAILED, path=str(path), error=str(e))
 
@@ -448,12 +446,12 @@ class ClientLane:
             )
 
 
-def _stat_key(path: Path) -> tuple[int, int] | None:
+def _stat_key(path: Path) -> FileIdentity | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
+    return FileIdentity.of(st)
 
 
 def _file_sha256(path: Path) -> str:

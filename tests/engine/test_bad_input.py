@@ -46,7 +46,7 @@ from chunkd.errors import (
     UnsafePickleError,
 )
 from chunkd.ingest import ingest_file
-from chunkd.store import ChunkStore
+from chunkd.store import ChunkStore, FileIdentity
 
 
 def model_state() -> collections.OrderedDict[str, torch.Tensor]:
@@ -87,7 +87,7 @@ def assert_rejected(
     assert engine.fingerprint(db_path) == before
     assert path.read_bytes() == data
     # nothing was recorded about the file: once it is fixed it is taken
-    assert store.find_source(str(path), len(data), path.stat().st_mtime_ns) is None
+    assert store.find_source(str(path), FileIdentity.of(path.stat())) is None
     return info.value
 
 

@@ -265,6 +265,20 @@ def test_seen_duplicate_and_replaced(tmp_path, writer_store, db_path, engine):
     assert verify_store(writer_store).ok
 
 
+def test_a_copy_preserving_size_and_mtime_is_still_read(tmp_path, writer_store, engine):
+    """``cp -p`` keeps size and mtime; the ctime still tells the new version from the old."""
+    path = tmp_path / "model_round_1.pth"
+    save_checkpoint(mlp_state(0), path)
+    assert engine.ingest(path, writer_store).outcome == "ingested"
+    old = path.stat()
+    new = save_checkpoint(mlp_state(3), path)  # same shapes and name: the same size
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    result = engine.ingest(path, writer_store)
+    assert (result.outcome, result.round_num) == ("replaced", 1)  # read, not skipped as seen
+    assert engine.restore(writer_store, 1) == new
+
+
 def test_overwritten_file_without_a_round_number_continues_the_sequence(
     tmp_path, writer_store, engine
 ):
