@@ -22,7 +22,7 @@ run: setup
 	$(BIN)/python examples/fedavg_demo.py
 
 lint: setup
-	$(BIN)/ruff check chunkd tests benchmarks examples
+	$(BIN)/ruff check .
 	PATH="$(abspath $(BIN)):$$PATH" bash systemd/verify.sh
 
 test: lint

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import structlog
@@ -328,7 +329,7 @@ class ClientLane:
         self.stats.last_ingest = {
             "round": result.round_num,
             "path": result.path,
-            "at": time.time(),
+            "at": utc_now_iso(),
             "bytes_in": result.bytes_in,
         }
         if result.outcome == OUTCOME_REPLACED:
@@ -444,6 +445,11 @@ class ClientLane:
                 error=str(error),
                 error_code=getattr(error, "code", "internal"),
             )
+
+
+def utc_now_iso() -> str:
+    """ISO 8601 UTC with a Z, as in the log lines; sortable as text."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _stat_key(path: Path) -> FileIdentity | None:

@@ -30,7 +30,7 @@ import structlog
 from chunkd import __version__, log
 from chunkd.config import Settings
 from chunkd.daemon import sdnotify
-from chunkd.daemon.lanes import ClientLane
+from chunkd.daemon.lanes import ClientLane, utc_now_iso
 from chunkd.daemon.leases import LeaseTable
 from chunkd.daemon.scheduler import build_scheduler
 from chunkd.daemon.state import ClientInfo
@@ -52,7 +52,7 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.leases = LeaseTable()
-        self.started_at = time.time()
+        self.started_at = utc_now_iso()
         self._started_mono = time.monotonic()
         self._lanes: dict[str, ClientLane] = {}
         self._lanes_lock = threading.Lock()  # lanes are added by the main thread, read by all
