@@ -188,55 +188,74 @@ def _stream_round(
     source: str,
     started: float,
 ) -> IngestResult:
+    """Stream the chunks through a small pipeline, then commit the round.
+
+    The main thread only reads and writes the database (the one thing that must stay on the
+    writer's thread); everything else overlaps with it: chunk SHA-256 and the codec on ``pool``,
+    the whole-file SHA-256 and the CRC-32s on a sequential worker that sees the bytes in order.
+    """
     writer = store.begin_round()
-    file_hash = _FileHasher(parsed)
-    hash_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-filehash")
-    crcs = [0] * len(parsed.storages)
+    file_check = _FileChecker(parsed)
+    sequential_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-filehash")
     slot_of = {s.name: i for i, s in enumerate(parsed.storages)}
     metadata: list[tuple[int, str, str, int]] = []
-    pending: deque[tuple[ChunkSpec, bytearray, Future[str], Future[None]]] = deque()
+    hashing: deque[tuple[ChunkSpec, bytearray, Future[str], Future[None]]] = deque()
+    encoding: deque[tuple[str, int, str | None, Future[tuple[str, bytes | memoryview]]]] = deque()
     seen_hashes: set[str] = set()
     delta_bases = _DeltaBases(store, round_num) if options.delta else None
+    encodes = options.compression != "none" or options.delta
 
-    def store_chunk(
-        spec: ChunkSpec, buf: bytearray, digest: Future[str], fed: Future[None]
-    ) -> None:
+    def after_hash(spec: ChunkSpec, buf: bytearray, digest: Future[str], fed: Future[None]) -> None:
         chunk_hash = digest.result()
-        fed.result()  # the file hasher is done with ``buf`` too: memory stays bounded
+        fed.result()  # the file checker is done with ``buf`` too: memory stays bounded
         metadata.append((spec.chunk_id, chunk_hash, spec.parts_json(), spec.flat_size))
         if chunk_hash in seen_hashes or store.has_chunk(chunk_hash):
             return
         seen_hashes.add(chunk_hash)
+        if not encodes:
+            writer.add_chunk(chunk_hash, codec.CODEC_RAW, buf, len(buf))
+            return
         width = codec.group_width([p.itemsize for p in spec.parts])
         base_hash, base = delta_bases.base_for(spec) if delta_bases else (None, None)
-        codec_name, stored = codec.encode(buf, width, options.compression, base)
-        if not codec.is_delta(codec_name):
-            base_hash = None
-        writer.add_chunk(chunk_hash, codec_name, stored, len(buf), base_hash)
+        encoded = pool.submit(codec.encode, buf, width, options.compression, base)
+        encoding.append((chunk_hash, len(buf), base_hash, encoded))
+
+    def store_encoded(
+        chunk_hash: str,
+        raw_size: int,
+        base_hash: str | None,
+        encoded: Future[tuple[str, bytes | memoryview]],
+    ) -> None:
+        codec_name, stored = encoded.result()
+        base = base_hash if codec.is_delta(codec_name) else None
+        writer.add_chunk(chunk_hash, codec_name, stored, raw_size, base)
 
     try:
         for spec in specs:
             buf = bytearray(spec.nbytes)
             view = memoryview(buf)
             pos = 0
-            pieces: list[tuple[int, memoryview]] = []
+            pieces: list[tuple[int, int, memoryview]] = []
             for part in spec.parts:
                 i = slot_of[part.name]
                 slot = parsed.storages[i]
                 piece = view[pos : pos + part.nbytes]
                 file_offset = slot.file_offset + part.flat_start * slot.itemsize
                 read_into(fd, file_offset, piece)
-                crcs[i] = zlib.crc32(piece, crcs[i])
-                pieces.append((file_offset, piece))
+                pieces.append((i, file_offset, piece))
                 pos += part.nbytes
-            fed = hash_worker.submit(file_hash.feed_all, pieces)
-            pending.append((spec, buf, pool.submit(_sha256_hex, view), fed))
-            while len(pending) > WINDOW:
-                store_chunk(*pending.popleft())
-        while pending:
-            store_chunk(*pending.popleft())
-        file_sha256 = hash_worker.submit(file_hash.finish, fd).result()
-        _check_storage_crcs(parsed, crcs)
+            fed = sequential_worker.submit(file_check.feed_all, pieces)
+            hashing.append((spec, buf, pool.submit(_sha256_hex, view), fed))
+            while len(hashing) > WINDOW:
+                after_hash(*hashing.popleft())
+            while len(encoding) > WINDOW:
+                store_encoded(*encoding.popleft())
+        while hashing:
+            after_hash(*hashing.popleft())
+        while encoding:
+            store_encoded(*encoding.popleft())
+        file_sha256 = sequential_worker.submit(file_check.finish, fd).result()
+        file_check.check_crcs()
         after = os.fstat(fd)
         if FileIdentity.of(after) != FileIdentity.of(before):
             raise FileChangedError(f"{source} changed while it was read")
@@ -274,7 +293,7 @@ def _stream_round(
         writer.abort()
         raise
     finally:
-        hash_worker.shutdown(wait=True)
+        sequential_worker.shutdown(wait=True)
     return IngestResult(
         OUTCOME_REPLACED if replaced else OUTCOME_INGESTED,
         source,
@@ -327,15 +346,6 @@ def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1e3
 
 
-def _check_storage_crcs(parsed: ParsedCheckpoint, crcs: list[int]) -> None:
-    for slot, expected, got in zip(parsed.storages, parsed.storage_crcs, crcs, strict=True):
-        if expected != got:
-            raise CrcMismatchError(
-                f"storage {slot.key!r} ({slot.name}) fails its CRC-32 check: the file is "
-                "damaged or still being written"
-            )
-
-
 class _DeltaBases:
     """For ``delta = true``: the chunk that covered the same flat range in the previous round.
 
@@ -370,15 +380,18 @@ class _DeltaBases:
         return base_hash, base
 
 
-class _FileHasher:
-    """The whole file's SHA-256, fed storage bytes in file order and filling gaps with residue.
+class _FileChecker:
+    """Each storage's CRC-32, and the whole file's SHA-256, from the bytes as they stream by.
 
-    The storages are streamed in flat (checkpoint) order. When that is also file order, which is
-    how ``torch.save`` writes them, the file is hashed on the way at no extra read. Otherwise the
-    fed bytes are ignored and :meth:`finish` hashes the file in one more sequential pass.
+    Runs on one worker thread, so it sees the pieces in the order they were read. CRCs need only
+    that: each storage's pieces arrive in flat order. The file hash is fed storage bytes in file
+    order, filling the gaps with residue. When flat (checkpoint) order is also file order, which
+    is how ``torch.save`` writes, the file is hashed on the way at no extra read; otherwise the fed
+    bytes are ignored and :meth:`finish` hashes the file in one more sequential pass.
     """
 
     def __init__(self, parsed: ParsedCheckpoint) -> None:
+        self._crcs = [0] * len(parsed.storages)
         self._hash = hashlib.sha256()
         self._parsed = parsed
         self._pos = 0  # file offset hashed so far
@@ -408,9 +421,22 @@ class _FileHasher:
             self._residue_pos += length
             self._pos += length
 
-    def feed_all(self, pieces: list[tuple[int, memoryview]]) -> None:
-        for offset, data in pieces:
+    def feed_all(self, pieces: list[tuple[int, int, memoryview]]) -> None:
+        """``(storage index, file offset, bytes)`` for each part of one chunk."""
+        for slot, offset, data in pieces:
+            self._crcs[slot] = zlib.crc32(data, self._crcs[slot])
             self.feed(offset, data)
+
+    def check_crcs(self) -> None:
+        parsed = self._parsed
+        for slot, expected, got in zip(
+            parsed.storages, parsed.storage_crcs, self._crcs, strict=True
+        ):
+            if expected != got:
+                raise CrcMismatchError(
+                    f"storage {slot.key!r} ({slot.name}) fails its CRC-32 check: the file is "
+                    "damaged or still being written"
+                )
 
     def feed(self, offset: int, data: memoryview) -> None:
         if not self._in_order:

@@ -164,16 +164,42 @@ def restore_round(store: ChunkStore, round_num: int, write: Write) -> RestoreRes
 def _write_file(
     reader: _ChunkReader, round_num: int, layout: RoundLayout, residue: bytes, write: Write
 ) -> RestoreResult:
+    """Write the segments in file order; the whole-file SHA-256 runs on its own worker thread,
+    in order, a few pieces behind the writes (the pieces are immutable, so sharing is safe)."""
     storage_starts = layout.storage_byte_starts()
     file_hash = hashlib.sha256()
+    hashed: deque[Future[None]] = deque()
     written = 0
 
     def emit(data: bytes | memoryview) -> None:
         nonlocal written
-        file_hash.update(data)
+        hashed.append(hasher.submit(file_hash.update, data))
         write(data)
         written += len(data)
+        while len(hashed) > PREFETCH_CHUNKS:
+            hashed.popleft().result()
 
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-restore-hash") as hasher:
+        _emit_segments(reader, layout, residue, storage_starts, emit)
+        while hashed:
+            hashed.popleft().result()
+
+    digest = file_hash.hexdigest()
+    if written != layout.file_size or digest != layout.file_sha256:
+        raise IntegrityError(
+            f"round {round_num}: rebuilt file ({written} bytes, sha256 {digest[:16]}…) does not "
+            f"match the ingested file ({layout.file_size} bytes, {layout.file_sha256[:16]}…)"
+        )
+    return RestoreResult(round_num, written, digest)
+
+
+def _emit_segments(
+    reader: _ChunkReader,
+    layout: RoundLayout,
+    residue: bytes,
+    storage_starts: list[int],
+    emit: Write,
+) -> None:
     residue_pos = 0
     for kind, value in layout.segments:
         if kind == "r":
@@ -182,10 +208,3 @@ def _write_file(
         else:
             start = storage_starts[value]
             reader.write_range(start, start + layout.storages[value].nbytes, emit)
-    digest = file_hash.hexdigest()
-    if written != layout.file_size or digest != layout.file_sha256:
-        raise IntegrityError(
-            f"round {round_num}: rebuilt file ({written} bytes, sha256 {digest[:16]}…) does not "
-            f"match the ingested file ({layout.file_size} bytes, {layout.file_sha256[:16]}…)"
-        )
-    return RestoreResult(round_num, written, digest)

@@ -173,7 +173,7 @@ class _FdOutput:
     The descriptor's flags are left alone: they are shared with the client's own copy.
     """
 
-    def __init__(self, fd: int, conn: Connection) -> None:
+    def __init__(self, fd: int, conn: Connection, *, hashing: bool = True) -> None:
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
             raise RequestError("the file descriptor passed with the request is not writable")
         mode = os.fstat(fd).st_mode
@@ -182,12 +182,12 @@ class _FdOutput:
         self._fd = fd
         self._conn = conn
         self._may_block = not stat.S_ISREG(mode)
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if hashing else None
         self.bytes_written = 0
 
     @property
     def sha256(self) -> str:
-        return self._hash.hexdigest()
+        return self._hash.hexdigest() if self._hash is not None else ""
 
     def write(self, data: bytes | memoryview) -> None:
         if self._conn.peer_gone():
@@ -213,7 +213,8 @@ class _FdOutput:
                 raise RequestError(
                     f"cannot write the output after {self.bytes_written} bytes: {e.strerror}"
                 ) from None
-            self._hash.update(piece[:n])
+            if self._hash is not None:
+                self._hash.update(piece[:n])
             self.bytes_written += n
             piece = piece[n:]
 
@@ -238,10 +239,14 @@ def _send_output(
     request: Request,
     header: dict[str, object],
     produce: Callable[[Write], object],
+    *,
+    produce_digest: Callable[[object], str] | None = None,
 ) -> _Sent:
     """Run ``produce(write)`` into the passed fd, or as frames after ``header``.
 
     With frames the whole answer has been sent when this returns; with an fd the caller answers.
+    ``produce_digest`` takes the SHA-256 from what ``produce`` returned (a restore has already
+    hashed exactly the bytes it wrote, and checked them); without it the output is hashed here.
     """
     if request.transfer == TRANSFER_FD:
         fd = conn.take_fd()
@@ -250,24 +255,27 @@ def _send_output(
                 '"transfer": "fd" needs a file descriptor sent with the request (SCM_RIGHTS)'
             )
         try:
-            out = _FdOutput(fd, conn)
-            produce(out.write)
+            out = _FdOutput(fd, conn, hashing=produce_digest is None)
+            produced = produce(out.write)
         finally:
             os.close(fd)
-        return _Sent(out.bytes_written, out.sha256)
+        digest_hex = produce_digest(produced) if produce_digest else out.sha256
+        return _Sent(out.bytes_written, digest_hex)
     digest = hashlib.sha256()
     sent = 0
 
     def write_frames(data: bytes | memoryview) -> None:
         nonlocal sent
-        digest.update(data)
+        if produce_digest is None:
+            digest.update(data)
         conn.send_frame(data)
         sent += len(data)
 
     conn.begin_stream(header)
-    produce(write_frames)
-    conn.end_stream(digest.digest())
-    return _Sent(sent, digest.hexdigest())
+    produced = produce(write_frames)
+    digest_hex = produce_digest(produced) if produce_digest else digest.hexdigest()
+    conn.end_stream(bytes.fromhex(digest_hex))
+    return _Sent(sent, digest_hex)
 
 
 def _round_to_serve(store: ChunkStore, request: Request) -> int:
@@ -344,7 +352,11 @@ def restore(state: DaemonState, request: Request, conn: Connection) -> Result:
             fields = {"client": info.client_id, "round": round_num, "mode": request.transfer}
             try:
                 sent = _send_output(
-                    conn, request, header, lambda write: restore_round(store, round_num, write)
+                    conn,
+                    request,
+                    header,
+                    lambda write: restore_round(store, round_num, write),
+                    produce_digest=lambda result: result.file_sha256,  # type: ignore[attr-defined]
                 )
             except (PeerGoneError, ChunkdError) as e:
                 code = e.code if isinstance(e, ChunkdError) else "disconnected"

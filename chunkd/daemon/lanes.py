@@ -215,7 +215,10 @@ class ClientLane:
         pending = self._pending.get(path)
         deadline = time.monotonic() + self._settle_s
         if pending is not None:
+            # Settled means unchanged since the *last* event, not since the first one (which
+            # for a new file is usually its creation at size 0).
             pending.deadline = max(pending.deadline, deadline)
+            pending.last_stat = _stat_key(path)
             return
         key = _stat_key(path)
         if key is None or self._already_taken(path, key):

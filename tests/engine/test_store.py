@@ -22,7 +22,7 @@ from strategies import (
 from chunkd import codec
 from chunkd.errors import BusyError
 from chunkd.ingest import ingest_file
-from chunkd.store import PAGE_SIZE, ChunkStore
+from chunkd.store import CACHE_KIB, PAGE_SIZE, ChunkStore
 from chunkd.verify import verify_store
 
 # -- schema ----------------------------------------------------------------------------------------
@@ -90,6 +90,13 @@ def test_pragmas_allow_retention_to_give_space_back(writer_store, db_path, engin
     assert engine.query(db_path, "PRAGMA page_size") == [(PAGE_SIZE,)]
     (mode,) = engine.query(db_path, "PRAGMA journal_mode")[0]
     assert mode in ("delete", "truncate", "persist", "wal")  # never off or memory
+
+
+def test_a_new_database_gets_a_bounded_page_cache(db_path):
+    """Setting page_size resets cache_size: at 64 KiB pages the default would pin 256 MiB."""
+    with ChunkStore.open_writer(db_path) as store:
+        (cache,) = store._conn.execute("PRAGMA cache_size").fetchone()
+    assert cache == -CACHE_KIB
 
 
 def test_pragmas_survive_reopening(db_path, engine, tmp_path):
