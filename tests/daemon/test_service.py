@@ -249,3 +249,17 @@ def test_second_daemon_refuses_to_start(make_daemon, tmp_path):
         or "busy" in (result.stderr + result.stdout).lower()
     )
     assert first.proc.poll() is None  # the first one is unharmed
+
+
+def test_delete_after_ingest_removes_only_verified_files(make_daemon):
+    daemon = make_daemon(delete_after_ingest=True)
+    path = daemon.watch_root / "client_1" / "model_round_1.pth"
+    content = save_model(path, 1)
+    daemon.wait_event(lambda e: e["event"] == "checkpoint.deleted")
+    assert not path.exists()
+    assert restored_bytes(daemon.db("1"), 1) == content
+    # a file that is not a checkpoint is rejected and left where it is
+    bad = daemon.watch_root / "client_1" / "model_round_2.pth"
+    bad.write_bytes(b"garbage that is not a zip")
+    daemon.wait_event(lambda e: e["event"] == "checkpoint.rejected", timeout_s=60)
+    assert bad.read_bytes() == b"garbage that is not a zip"
