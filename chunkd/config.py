@@ -361,7 +361,9 @@ def _parse_regex(group: str) -> _Parser:
         try:
             pattern = re.compile(value)
         except re.error as e:
-            ctx.fail(key, f"is not a valid regular expression ({e}), got {value!r}")
+            ctx.fail(key, f"is not a valid regular expression ({e}), got {value!r:.200}")
+        except (OverflowError, RecursionError, MemoryError):
+            ctx.fail(key, "is a regular expression too large or too deeply nested to compile")
         if group not in pattern.groupindex:
             ctx.fail(key, f"must contain a named group (?P<{group}>...), got {value!r}")
         return pattern
@@ -652,6 +654,8 @@ def _read_toml(path: Path) -> dict[str, object]:
         raise ConfigError(f"config {path}: line {line}: not UTF-8 text") from None
     try:
         return tomllib.loads(text)
+    except (RecursionError, MemoryError):
+        raise ConfigError(f"config {path}: nested too deeply to be a config file") from None
     except tomllib.TOMLDecodeError as e:
         message = str(e)
         match = _TOML_POSITION.search(message)

@@ -161,15 +161,10 @@ def ingest_file(
         finally:
             if own_pool:
                 workers.shutdown(wait=True)
-        store.record_source(
-            SourceRecord(
-                source,
-                identity,
-                result.file_sha256,
-                result.round_num,
-                result.outcome,
+        if result.outcome == OUTCOME_DUPLICATE:
+            store.record_source(
+                SourceRecord(source, identity, result.file_sha256, result.round_num, result.outcome)
             )
-        )
         return result
     finally:
         os.close(fd)
@@ -287,7 +282,9 @@ def _stream_round(
             layout=layout,
             residue=parsed.residue,
             chunks=metadata,
-            source_path=source,
+            source=SourceRecord(
+                source, FileIdentity.of(before), file_sha256, round_num, OUTCOME_INGESTED
+            ),
         )
     except BaseException:
         writer.abort()

@@ -16,6 +16,7 @@ chunking, rounds and export need.
 from __future__ import annotations
 
 import pickletools
+import reprlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -358,12 +359,12 @@ class _Machine:
 
     def _persistent_load(self, pid: object) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise UnsafePickleError(f"unexpected persistent id {pid!r:.80}")
+            raise UnsafePickleError(f"unexpected persistent id {_brief(pid)}")
         _, storage_type, key, _location, numel = pid
         if not isinstance(storage_type, _Global) or not isinstance(key, str):
-            raise NotACheckpointError(f"malformed storage id {pid!r:.80}")
+            raise NotACheckpointError(f"malformed storage id {_brief(pid)}")
         if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
-            raise NotACheckpointError(f"storage {key!r}: bad element count {numel!r}")
+            raise NotACheckpointError(f"storage {key!r}: bad element count {_brief(numel)}")
         type_name = storage_type.name
         if type_name == "torch.storage.UntypedStorage":
             dtype = "uint8"
@@ -436,7 +437,7 @@ def _rebuild_tensor(name: str, args: tuple[object, ...]) -> TensorRef:
     shape_t = _int_tuple(shape, "shape")
     stride_t = _int_tuple(stride, "stride")
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise NotACheckpointError(f"tensor storage offset {offset!r} is invalid")
+        raise NotACheckpointError(f"tensor storage offset {_brief(offset)} is invalid")
     if len(shape_t) != len(stride_t) or len(shape_t) > MAX_DIMS:
         raise NotACheckpointError("tensor shape and stride disagree")
     tensor = TensorRef(storage=storage, dtype=dtype, offset=offset, shape=shape_t, stride=stride_t)
@@ -463,9 +464,9 @@ def _int_tuple(value: object, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     ):
-        raise NotACheckpointError(f"tensor {what} {value!r:.80} is not a tuple of ints")
+        raise NotACheckpointError(f"tensor {what} {_brief(value)} is not a tuple of ints")
     if what == "shape" and any(v < 0 for v in value):
-        raise NotACheckpointError(f"negative tensor {what} {value!r:.80}")
+        raise NotACheckpointError(f"negative tensor {what} {_brief(value)}")
     return tuple(value)
 
 
@@ -481,10 +482,46 @@ def _as_dict(obj: object) -> dict[object, object]:
     return obj
 
 
+#: Elements a dict key or set item may expand to. Shared tuples make a DAG whose expansion
+#: (what ``hash`` and ``repr`` walk) grows exponentially with its size: a 100-byte pickle can
+#: describe a key that would take longer than the universe to hash.
+MAX_KEY_ELEMENTS = 10_000
+
+
 def _hashable(key: object) -> object:
     if isinstance(key, (list, dict, set)):
         raise NotACheckpointError(f"unhashable {type(key).__name__} used as a key")
+    if isinstance(key, (tuple, frozenset)) and _expanded_size(key, {}) > MAX_KEY_ELEMENTS:
+        raise NotACheckpointError(
+            f"a dict key or set item expands to more than {MAX_KEY_ELEMENTS} elements"
+        )
     return key
+
+
+def _expanded_size(obj: object, memo: dict[int, int]) -> int:
+    """How many elements ``obj`` has once shared sub-tuples are counted each time they occur;
+    linear in the number of *distinct* tuples, and stops counting past the bound."""
+    if not isinstance(obj, (tuple, frozenset)):
+        return 1
+    known = memo.get(id(obj))
+    if known is not None:
+        return known
+    total = 1
+    for item in obj:
+        total += _expanded_size(item, memo)
+        if total > MAX_KEY_ELEMENTS:
+            break
+    memo[id(obj)] = total
+    return total
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxtuple, _BRIEF.maxlist, _BRIEF.maxstring = 3, 6, 6, 60
+
+
+def _brief(value: object) -> str:
+    """A bounded ``repr`` of an untrusted value, for error messages."""
+    return _BRIEF.repr(value)
 
 
 def _pairs_to_dict(items: list[object]) -> dict[object, object]:

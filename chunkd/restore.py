@@ -155,9 +155,9 @@ def _chunk_byte_starts(round_num: int, layout: RoundLayout, chunks: list[ChunkRe
 
 def restore_round(store: ChunkStore, round_num: int, write: Write) -> RestoreResult:
     """Write round ``round_num`` of ``store`` through ``write``; see the module docstring."""
-    layout, residue = store.read_layout(round_num)
+    layout, residue, chunks = store.read_round(round_num)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-restore") as worker:
-        reader = _ChunkReader(store, round_num, layout, store.round_chunks(round_num), worker)
+        reader = _ChunkReader(store, round_num, layout, chunks, worker)
         return _write_file(reader, round_num, layout, residue, write)
 
 

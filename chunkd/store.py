@@ -191,6 +191,22 @@ class SourceRecord:
     outcome: str
 
 
+def _source_upsert(source: SourceRecord) -> tuple[str, tuple[object, ...]]:
+    return (
+        "INSERT OR REPLACE INTO sources (path, size, mtime_ns, ctime_ns, file_sha256, round_num,"
+        " outcome, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, CURRENT_TIMESTAMP)",
+        (
+            source.path,
+            source.identity.size,
+            source.identity.mtime_ns,
+            source.identity.ctime_ns,
+            source.file_sha256,
+            source.round_num,
+            source.outcome,
+        ),
+    )
+
+
 def _wrap(e: sqlite3.Error, path: Path, what: str) -> StoreError:
     if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
         return BusyError(f"database {path} is busy ({what}): {e}")
@@ -387,6 +403,23 @@ class ChunkStore:
             raise IntegrityError(f"round {round_num}: stored layout is damaged: {e}") from None
         return layout, raw
 
+    def read_round(self, round_num: int) -> tuple[RoundLayout, bytes, list[ChunkRef]]:
+        """Layout, residue and chunk list of a round, from one consistent snapshot.
+
+        One read transaction: a replacement of the round committed between two separate reads
+        would pair the old layout with the new chunks.
+        """
+        try:
+            self._conn.execute("BEGIN")
+            try:
+                layout, residue = self.read_layout(round_num)
+                chunks = self.round_chunks(round_num)
+            finally:
+                self._conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise _wrap(e, self.path, f"read of round {round_num}") from None
+        return layout, residue, chunks
+
     def round_chunks(self, round_num: int) -> list[ChunkRef]:
         rows = self._query(
             "SELECT chunk_id, chunk_hash, parts_info, flat_size FROM chunk_metadata"
@@ -495,24 +528,9 @@ class ChunkStore:
         return RoundWriter(self)
 
     def record_source(self, source: SourceRecord) -> None:
+        """Remember a file that was taken without a new round (a duplicate, a rejection)."""
         self._require_writer()
-        self._transaction(
-            [
-                (
-                    "INSERT OR REPLACE INTO sources (path, size, mtime_ns, ctime_ns, file_sha256,"
-                    " round_num, outcome, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, CURRENT_TIMESTAMP)",
-                    (
-                        source.path,
-                        source.identity.size,
-                        source.identity.mtime_ns,
-                        source.identity.ctime_ns,
-                        source.file_sha256,
-                        source.round_num,
-                        source.outcome,
-                    ),
-                )
-            ]
-        )
+        self._transaction([_source_upsert(source)])
 
     def _transaction(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
         c = self._conn
@@ -641,11 +659,13 @@ class RoundWriter:
         layout: RoundLayout,
         residue: bytes,
         chunks: list[tuple[int, str, str, int]],
-        source_path: str | None,
+        source: SourceRecord | None,
     ) -> bool:
         """Make the round visible; ``chunks`` = ``[(chunk_id, hash, parts_info, flat_size)]``.
 
-        Returns True when an existing round with that number was replaced.
+        The file's ``sources`` row commits in the same transaction: a crash can never leave a
+        round whose file would be taken again (and, once pruned, come back). Returns True when an
+        existing round with that number was replaced.
         """
         c = self._conn
         packed_residue = zstandard.ZstdCompressor(level=3).compress(residue)
@@ -677,9 +697,11 @@ class RoundWriter:
                     self.new_bytes,
                     layout.to_json(),
                     packed_residue,
-                    source_path,
+                    source.path if source else None,
                 ),
             )
+            if source is not None:
+                c.execute(*_source_upsert(source))
             c.execute("COMMIT")
         except sqlite3.Error as e:
             if c.in_transaction:

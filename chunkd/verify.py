@@ -7,12 +7,18 @@ the file that was ingested. Every problem names the round and chunk it concerns.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from chunkd.errors import ChunkdError
+from chunkd.errors import ChunkdError, NotFoundError
 from chunkd.restore import restore_round
 from chunkd.store import ChunkStore
+
+#: Pins a round for the duration of its check (the daemon's lease table).
+Hold = Callable[[int], AbstractContextManager[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +48,14 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_store(store: ChunkStore) -> VerifyReport:
-    problems: list[Problem] = []
+def verify_store(store: ChunkStore, hold: Hold | None = None) -> VerifyReport:
+    """Check every chunk and every round of ``store``; see the module docstring.
+
+    ``hold(round_num)`` pins a round while it is checked (the daemon passes its lease table, so
+    retention cannot remove the round or its chunks mid-check). Without it (``verify --db``
+    beside a running daemon) a round that was pruned or replaced while being checked is not a
+    problem: it is checked again as it is now, or skipped if it is gone.
+    """
     bad_hashes: set[str] = set()
     chunks_checked = 0
     for stored in store.iter_chunks():
@@ -55,39 +67,64 @@ def verify_store(store: ChunkStore) -> VerifyReport:
             ok = False
         if not ok:
             bad_hashes.add(stored.chunk_hash)
-    rounds = store.round_numbers()
-    for round_num in rounds:
-        for ref in store.round_chunks(round_num):
-            if ref.chunk_hash in bad_hashes:
-                problems.append(
-                    Problem(
-                        round_num,
-                        ref.chunk_id,
-                        ref.chunk_hash,
-                        "stored bytes do not match their SHA-256",
-                    )
-                )
-            elif not store.has_chunk(ref.chunk_hash):
-                problems.append(
-                    Problem(
-                        round_num,
-                        ref.chunk_id,
-                        ref.chunk_hash,
-                        "chunk is referenced but not stored",
-                    )
-                )
-        if any(p.round_num == round_num for p in problems):
-            continue
-        try:
-            restore_round(store, round_num, _discard)
-        except ChunkdError as e:
-            problems.append(Problem(round_num, None, None, str(e)))
-    referenced = {ref.chunk_hash for r in rounds for ref in store.round_chunks(r)}
+    problems: list[Problem] = []
+    rounds_checked = 0
+    referenced: set[str] = set()
+    for round_num in store.round_numbers():
+        with hold(round_num) if hold else contextlib.nullcontext():
+            found = _check_round_settled(store, round_num, bad_hashes, referenced)
+        if found is None:
+            continue  # pruned while we looked: not a problem of the store
+        rounds_checked += 1
+        problems.extend(found)
     for chunk_hash in sorted(bad_hashes - referenced):
         problems.append(
             Problem(None, None, chunk_hash, "unreferenced chunk's bytes do not match their SHA-256")
         )
-    return VerifyReport(len(rounds), chunks_checked, tuple(problems))
+    return VerifyReport(rounds_checked, chunks_checked, tuple(problems))
+
+
+def _check_round_settled(
+    store: ChunkStore, round_num: int, bad_hashes: set[str], referenced: set[str]
+) -> list[Problem] | None:
+    """Problems of one round, or None if it no longer exists; retried once if it changed."""
+    for _attempt in range(2):
+        before = _file_sha(store, round_num)
+        if before is None:
+            return None
+        found = _check_round(store, round_num, bad_hashes, referenced)
+        if not found or _file_sha(store, round_num) == before:
+            return found
+    return found
+
+
+def _file_sha(store: ChunkStore, round_num: int) -> str | None:
+    try:
+        return store.get_round(round_num).file_sha256
+    except NotFoundError:
+        return None
+
+
+def _check_round(
+    store: ChunkStore, round_num: int, bad_hashes: set[str], referenced: set[str]
+) -> list[Problem]:
+    problems = []
+    for ref in store.round_chunks(round_num):
+        referenced.add(ref.chunk_hash)
+        if ref.chunk_hash in bad_hashes:
+            what = "stored bytes do not match their SHA-256"
+        elif not store.has_chunk(ref.chunk_hash):
+            what = "chunk is referenced but not stored"
+        else:
+            continue
+        problems.append(Problem(round_num, ref.chunk_id, ref.chunk_hash, what))
+    if problems:
+        return problems
+    try:
+        restore_round(store, round_num, _discard)
+    except ChunkdError as e:
+        problems.append(Problem(round_num, None, None, str(e)))
+    return problems
 
 
 def _discard(_data: bytes | memoryview) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import select
@@ -319,7 +320,7 @@ def verify(state: DaemonState, request: Request, conn: Connection) -> Result:
             entries.append(summarize_verify(info.client_id, None))
             continue
         with store:
-            report = verify_store(store)
+            report = verify_store(store, hold=functools.partial(state.leases.hold, info.client_id))
         entry = summarize_verify(info.client_id, report)
         if report.ok:
             _log.info(

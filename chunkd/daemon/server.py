@@ -5,7 +5,8 @@ request line) in a ``selectors`` loop; an idle connection costs a file descripto
 line of buffer, never a thread. When a complete line arrives, the connection is handed to a worker
 thread from a bounded pool for exactly that request, then handed back. So a hundred silent or
 trickling clients cannot starve a ``ping``, and a request never waits behind another client's
-line. Past ``max_connections`` a new connection is answered ``busy`` and closed; past
+line. Past ``max_connections`` (or ``max_connections_per_peer`` for one process) a new
+connection is answered ``busy`` and closed; past
 ``max_active_requests`` a request is answered ``busy`` and the connection stays open.
 
 Timeouts. A connection must complete a request line within ``idle_timeout_s`` of becoming idle
@@ -81,6 +82,8 @@ class ServerLimits:
     """Bounds that keep one client from costing the others anything; tests shrink them."""
 
     max_connections: int = 256
+    #: Connections one process may hold: a single client cannot take every slot from the others.
+    max_connections_per_peer: int = 64
     max_active_requests: int = 64
     idle_timeout_s: float = 30.0
     write_timeout_s: float = 30.0
@@ -224,7 +227,17 @@ class Server:
             if len(self._idle) + self._active >= self.limits.max_connections:
                 self._refuse(conn, BusyError("too many connections to chunkd; try again later"))
                 continue
+            if self._connections_of(conn.peer.pid) >= self.limits.max_connections_per_peer:
+                self._refuse(conn, BusyError("this process holds too many connections to chunkd"))
+                continue
             self._register(conn)
+
+    def _connections_of(self, pid: int) -> int:
+        """Open connections of one process (reactor thread; ``_busy`` read under the lock)."""
+        idle = sum(1 for conn in self._idle.values() if conn.peer.pid == pid)
+        with self._lock:
+            busy = sum(1 for conn in self._busy if conn.peer.pid == pid)
+        return idle + busy
 
     def _register(self, conn: ClientConnection) -> None:
         self._idle[conn.sock.fileno()] = conn
