@@ -20,6 +20,7 @@ Checks made here, each refused with a precise :mod:`chunkd.errors` class:
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from dataclasses import dataclass
 
@@ -278,7 +279,10 @@ def locate_record(entry: ZipEntry, local_header: bytes, file_size: int) -> ZipRe
 
 def check_local_name(record: ZipRecord, local_name: bytes) -> None:
     """The local header must name the same member as the central directory."""
-    if local_name != record.name.encode("utf-8") and local_name != record.name.encode("cp437"):
+    accepted = {record.name.encode("utf-8")}
+    with contextlib.suppress(UnicodeEncodeError):  # a UTF-8 name may have no cp437 spelling
+        accepted.add(record.name.encode("cp437"))
+    if local_name not in accepted:
         raise NotACheckpointError(
             f"zip member {record.name!r}: local header names {local_name!r} instead"
         )

@@ -274,6 +274,8 @@ class ClientLane:
             del self._pending[path]
             return
         except (ChunkdError, OSError) as e:
+            # Our side failed (disk full, database error): not recorded, so the next
+            # reconciliation scan tries again once the fault is gone.
             del self._pending[path]
             self.stats.errors += 1
             self.stats.last_error = str(e)
@@ -283,6 +285,18 @@ class ClientLane:
                 error=str(e),
                 error_code=getattr(e, "code", "internal"),
             )
+            return
+        except Exception as e:  # boundary: a bug met by one file must not stall the client
+            del self._pending[path]
+            self.stats.errors += 1
+            self.stats.last_error = f"internal error: {e}"
+            self._log.exception(
+                log.INGEST_FAILED,
+                path=str(path),
+                error_code="internal",
+                error=f"{type(e).__name__}: {e}",
+            )
+            self._record(store, path, "failed")  # not retried until the file changes
             return
         del self._pending[path]
         self._report(result)
@@ -354,10 +368,14 @@ class ClientLane:
             error_code=error.code,
             reason=type(error).__name__,
         )
+        self._record(store, path, "rejected")
+
+    def _record(self, store: ChunkStore, path: Path, outcome: str) -> None:
+        """Remember this version of the file, so no scan offers it again until it changes."""
         key = _stat_key(path)
         if key is not None:
             try:
-                store.record_source(SourceRecord(str(path.absolute()), key, None, None, "rejected"))
+                store.record_source(SourceRecord(str(path.absolute()), key, None, None, outcome))
             except ChunkdError as e:
                 self._log.error(log.INGEST_FAILED, path=str(path), error=str(e))
 
