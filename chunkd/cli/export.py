@@ -30,14 +30,7 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         help="write the named tensors of a round (safetensors)",
         description="Write the named tensors of a stored round in another format.",
     )
-    p.add_argument("--client", required=True, type=options.client_id, metavar="ID")
-    p.add_argument(
-        "--round",
-        type=options.round_or_latest,
-        default=None,
-        metavar="N|latest",
-        help="round number (default: latest)",
-    )
+    options.add_client_and_round(p)
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS, dest="export_format")
     p.add_argument("-o", "--output", required=True, metavar="FILE|-")
     p.add_argument(

@@ -72,6 +72,19 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def add_client_and_round(parser: argparse.ArgumentParser) -> None:
+    """``--client ID`` (required) and ``--round N|latest`` (default latest), as every command
+    that reads one round spells them."""
+    parser.add_argument("--client", required=True, type=client_id, metavar="ID")
+    parser.add_argument(
+        "--round",
+        type=round_or_latest,
+        default=None,
+        metavar="N|latest",
+        help="round number (default: latest)",
+    )
+
+
 def load_cli_settings(args: argparse.Namespace) -> Settings:
     """The Settings ``--config`` (or its default chain) names; ConfigError if invalid."""
     return load_settings(resolve_config_path(args.config))

@@ -51,14 +51,7 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         help="write a stored round, byte-identical",
         description="Write a stored round of a client as the original .pth, byte for byte.",
     )
-    p.add_argument("--client", required=True, type=options.client_id, metavar="ID")
-    p.add_argument(
-        "--round",
-        type=options.round_or_latest,
-        default=None,
-        metavar="N|latest",
-        help="round number (default: latest)",
-    )
+    options.add_client_and_round(p)
     p.add_argument(
         "-o",
         "--output",
