@@ -311,6 +311,14 @@ class ChunkStore:
     def writable(self) -> bool:
         return self._lock_fd is not None
 
+    def release_memory(self) -> None:
+        """Hand the page cache back between jobs: a daemon keeps one writer per client open for
+        weeks, and an idle client should not hold a full cache."""
+        try:
+            self._conn.execute("PRAGMA shrink_memory")
+        except sqlite3.Error as e:
+            raise _wrap(e, self.path, "shrink_memory") from None
+
     def is_current(self) -> bool:
         """False once the database file was deleted or replaced under this open handle.
 

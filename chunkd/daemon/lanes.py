@@ -326,6 +326,14 @@ class ClientLane:
             finally:
                 self.stats.busy_since = None
                 self.stats.last_progress = time.monotonic()
+                self._release_memory()
+
+    def _release_memory(self) -> None:
+        if self._store is not None:
+            try:
+                self._store.release_memory()
+            except ChunkdError as e:
+                self._log.warning(log.INGEST_FAILED, error=f"cannot release memory: {e}")
 
     def _report(self, result: IngestResult) -> None:
         fields = result.log_fields()
@@ -423,6 +431,7 @@ class ClientLane:
             job.future.set_exception(e)
         finally:
             self.stats.busy_since = None
+            self._release_memory()
 
     def _drain_jobs(self) -> None:
         while True:
