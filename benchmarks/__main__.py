@@ -60,45 +60,87 @@ class Plan:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help="tiny inputs, no profile: a seconds-long smoke run for CI")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny inputs, no profile: a seconds-long smoke run for CI",
+    )
     p.add_argument("--sizes", default="64,256,1024", help="checkpoint sizes in MiB")
     p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--series-size", type=float, default=256.0,
-                   help="MiB per round of the 10-round series")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="timed repeats of chunkd's library ingest/restore (median reported)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/out"),
-                   help="raw results, logs and profiles")
-    p.add_argument("--results", type=Path, default=None,
-                   help="the Markdown report (default: benchmarks/RESULTS.md; "
-                        "<out>/RESULTS.md with --quick, so a smoke run never overwrites it)")
-    p.add_argument("--chart", type=Path, default=None,
-                   help="the PNG (default: results.png beside the report)")
-    p.add_argument("--work", type=Path, default=None,
-                   help="scratch directory for inputs and databases (default: a new one in /tmp)")
+    p.add_argument(
+        "--series-size", type=float, default=256.0, help="MiB per round of the 10-round series"
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed repeats of chunkd's library ingest/restore (median reported)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("benchmarks/out"), help="raw results, logs and profiles"
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="the Markdown report (default: benchmarks/RESULTS.md; "
+        "<out>/RESULTS.md with --quick, so a smoke run never overwrites it)",
+    )
+    p.add_argument(
+        "--chart", type=Path, default=None, help="the PNG (default: results.png beside the report)"
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="scratch directory for inputs and databases (default: a new one in /tmp)",
+    )
     p.add_argument("--no-daemon", action="store_true", help="skip the `chunkd serve` measurements")
     p.add_argument("--no-restic", action="store_true", help="skip restic")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
-    p.add_argument("--render-only", action="store_true",
-                   help="re-render the report and chart from <out>/results.json; measure nothing")
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-render the report and chart from <out>/results.json; measure nothing",
+    )
     return p.parse_args(argv)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     dtypes = [d for d in args.dtypes.split(",") if d]
     if args.quick:
-        return Plan(sizes_mib=[4], dtypes=dtypes, series_mib=2, series_dtypes=dtypes[:1],
-                    repeats=1, limit_bytes=16 * MIB, idle_s=1.0, latency_files=1,
-                    seed_dtypes=dtypes[:1], seed_series=False, profile=False,
-                    daemon=not args.no_daemon, restic=not args.no_restic,
-                    skipped=["seed-style series (--quick)", "profile (--quick)"])
+        return Plan(
+            sizes_mib=[4],
+            dtypes=dtypes,
+            series_mib=2,
+            series_dtypes=dtypes[:1],
+            repeats=1,
+            limit_bytes=16 * MIB,
+            idle_s=1.0,
+            latency_files=1,
+            seed_dtypes=dtypes[:1],
+            seed_series=False,
+            profile=False,
+            daemon=not args.no_daemon,
+            restic=not args.no_restic,
+            skipped=["seed-style series (--quick)", "profile (--quick)"],
+        )
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    return Plan(sizes_mib=sizes, dtypes=dtypes, series_mib=args.series_size,
-                series_dtypes=dtypes, repeats=max(1, args.repeats),
-                limit_bytes=min(max(sizes), 1024) * MIB, idle_s=15.0, latency_files=3,
-                seed_dtypes=dtypes, seed_series=True, profile=not args.no_profile,
-                daemon=not args.no_daemon, restic=not args.no_restic)
+    return Plan(
+        sizes_mib=sizes,
+        dtypes=dtypes,
+        series_mib=args.series_size,
+        series_dtypes=dtypes,
+        repeats=max(1, args.repeats),
+        limit_bytes=min(max(sizes), 1024) * MIB,
+        idle_s=15.0,
+        latency_files=3,
+        seed_dtypes=dtypes,
+        seed_series=True,
+        profile=not args.no_profile,
+        daemon=not args.no_daemon,
+        restic=not args.no_restic,
+    )
 
 
 class Bench:
@@ -108,16 +150,19 @@ class Bench:
         self.plan = plan
         self.work = work
         self.out = out
-        self.results: Result = {"checkpoints": [], "series": [], "skipped": list(plan.skipped),
-                                "errors": []}
+        self.results: Result = {
+            "checkpoints": [],
+            "series": [],
+            "skipped": list(plan.skipped),
+            "errors": [],
+        }
         self.daemon_reason = None if plan.daemon else "--no-daemon"
         if self.daemon_reason is None:
             self.daemon_reason = chunkd_daemon.unavailable_reason()
         self.restic_reason = None if plan.restic else "--no-restic"
         if self.restic_reason is None:
             self.restic_reason = restic_bench.unavailable_reason()
-        for what, reason in (("chunkd daemon", self.daemon_reason),
-                             ("restic", self.restic_reason)):
+        for what, reason in (("chunkd daemon", self.daemon_reason), ("restic", self.restic_reason)):
             if reason:
                 self.results["skipped"].append(f"{what}: {reason}")  # type: ignore[union-attr]
 
@@ -132,8 +177,11 @@ class Bench:
             (self.out / "errors.log").open("a").write(traceback.format_exc() + "\n")
             print(f"[bench] FAILED {message}", file=sys.stderr, flush=True)
             return {"error": str(e)}
-        print(f"[bench] {what} done in {time.perf_counter() - started:.1f}s", file=sys.stderr,
-              flush=True)
+        print(
+            f"[bench] {what} done in {time.perf_counter() - started:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
         return result
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -144,40 +192,57 @@ class Bench:
         for size in self.plan.sizes_mib:
             for dtype in self.plan.dtypes:
                 path = self.work / "ckpt" / f"{size}MiB_{dtype}" / "model_round_1.pth"
-                self.attempt(f"generate {size} MiB {dtype}", lambda p=path, s=size, d=dtype: {
-                    "path": str(workloads.write_checkpoint(p, s * MIB, d))})
+                self.attempt(
+                    f"generate {size} MiB {dtype}",
+                    lambda p=path, s=size, d=dtype: {
+                        "path": str(workloads.write_checkpoint(p, s * MIB, d))
+                    },
+                )
                 if path.exists():
                     files.append((size, dtype, path))
         if not files:
             return
-        biggest = max((f for f in files if f[1] == "float32"), default=files[-1],
-                      key=lambda f: f[0])
+        biggest = max(
+            (f for f in files if f[1] == "float32"), default=files[-1], key=lambda f: f[0]
+        )
         self.results["limits"] = self.attempt(
             "machine limits",
-            lambda: limits.measure_limits(self.work / "limits", self.plan.limit_bytes, biggest[2]))
+            lambda: limits.measure_limits(self.work / "limits", self.plan.limit_bytes, biggest[2]),
+        )
         for size, dtype, path in files:
             self.results["checkpoints"].append(  # type: ignore[union-attr]
-                self.measure_checkpoint(size, dtype, path))
+                self.measure_checkpoint(size, dtype, path)
+            )
         if self.plan.profile:
             self.results["profile"] = self.attempt(
                 f"py-spy profile of {biggest[0]} MiB float32",
-                lambda: self.profile(biggest[2], biggest[0]))
+                lambda: self.profile(biggest[2], biggest[0]),
+            )
         if self.daemon_reason is None:
-            small = [workloads.write_checkpoint(self.work / "small" / f"s{i}.pth", 10 * MIB,
-                                                "float32", seed=100 + i)
-                     for i in range(self.plan.latency_files)]
+            small = [
+                workloads.write_checkpoint(
+                    self.work / "small" / f"s{i}.pth", 10 * MIB, "float32", seed=100 + i
+                )
+                for i in range(self.plan.latency_files)
+            ]
             self.results["daemon_idle_latency"] = self.attempt(
                 "daemon idle CPU and latency",
-                lambda: chunkd_daemon.measure_idle_and_latency(self.work / "daemon_idle", small,
-                                                               self.plan.idle_s))
+                lambda: chunkd_daemon.measure_idle_and_latency(
+                    self.work / "daemon_idle", small, self.plan.idle_s
+                ),
+            )
         shutil.rmtree(self.work / "ckpt", ignore_errors=True)
 
     def measure_checkpoint(self, size: int, dtype: str, path: Path) -> Result:
         label = f"{size} MiB {dtype}"
         dbs = self.work / "db"
         restored = self.work / "restored.pth"
-        entry: Result = {"size_mib": size, "dtype": dtype, "bytes": path.stat().st_size,
-                         "disk_bytes": path.stat().st_blocks * 512}
+        entry: Result = {
+            "size_mib": size,
+            "dtype": dtype,
+            "bytes": path.stat().st_size,
+            "disk_bytes": path.stat().st_blocks * 512,
+        }
 
         def lib() -> Result:
             runs: Result = {"ingest": [], "restore": []}
@@ -189,7 +254,8 @@ class Bench:
                 sha = str(ing["file_sha256"])
                 runs["ingest"].append(ing)  # type: ignore[union-attr]
                 runs["restore"].append(  # type: ignore[union-attr]
-                    chunkd_lib.measure_restore(db, 1, restored, sha))
+                    chunkd_lib.measure_restore(db, 1, restored, sha)
+                )
                 if i:
                     _fresh(db)
             # The same ingest into a database created beforehand (a client's later rounds).
@@ -209,6 +275,7 @@ class Bench:
 
         entry["chunkd_lib"] = self.attempt(f"chunkd library, {label}", lib)
         if dtype in self.plan.seed_dtypes:
+
             def seed() -> Result:
                 db = dbs / "seed.db"
                 _fresh(db)
@@ -222,12 +289,15 @@ class Bench:
         if self.daemon_reason is None:
             entry["daemon"] = self.attempt(
                 f"chunkd daemon, {label}",
-                lambda: chunkd_daemon.measure_checkpoint(self.work / f"daemon_{size}_{dtype}",
-                                                         path, restored))
+                lambda: chunkd_daemon.measure_checkpoint(
+                    self.work / f"daemon_{size}_{dtype}", path, restored
+                ),
+            )
             shutil.rmtree(self.work / f"daemon_{size}_{dtype}", ignore_errors=True)
         if self.restic_reason is None:
-            entry["restic"] = self.attempt(f"restic, {label}",
-                                           lambda: restic_bench.measure_checkpoint(self.work, path))
+            entry["restic"] = self.attempt(
+                f"restic, {label}", lambda: restic_bench.measure_checkpoint(self.work, path)
+            )
         return entry
 
     def profile(self, path: Path, size: int) -> Result:
@@ -235,21 +305,31 @@ class Bench:
         _fresh(db)
         ing_raw = self.out / f"profile_ingest_{size}MiB.txt"
         res_raw = self.out / f"profile_restore_{size}MiB.txt"
-        ing = chunkd_lib.measure_ingest(db, path, "none",
-                                        prefix=profiling.pyspy_prefix(ing_raw))
-        res = chunkd_lib.measure_restore(db, 1, self.work / "restored.pth",
-                                         str(ing["file_sha256"]),
-                                         prefix=profiling.pyspy_prefix(res_raw))
+        ing = chunkd_lib.measure_ingest(db, path, "none", prefix=profiling.pyspy_prefix(ing_raw))
+        res = chunkd_lib.measure_restore(
+            db,
+            1,
+            self.work / "restored.pth",
+            str(ing["file_sha256"]),
+            prefix=profiling.pyspy_prefix(res_raw),
+        )
         _fresh(db)
         (self.work / "restored.pth").unlink(missing_ok=True)
         return {
-            "rate_hz": profiling.RATE_HZ, "size_mib": size,
-            "ingest": {"seconds_profiled": ing["seconds"], "raw": str(ing_raw),
-                       "by_thread": profiling.summarize(ing_raw),
-                       "top_main": profiling.top_leaf_functions(ing_raw, "main thread")},
-            "restore": {"seconds_profiled": res["seconds"], "raw": str(res_raw),
-                        "by_thread": profiling.summarize(res_raw),
-                        "top_main": profiling.top_leaf_functions(res_raw, "main thread")},
+            "rate_hz": profiling.RATE_HZ,
+            "size_mib": size,
+            "ingest": {
+                "seconds_profiled": ing["seconds"],
+                "raw": str(ing_raw),
+                "by_thread": profiling.summarize(ing_raw),
+                "top_main": profiling.top_leaf_functions(ing_raw, "main thread"),
+            },
+            "restore": {
+                "seconds_profiled": res["seconds"],
+                "raw": str(res_raw),
+                "by_thread": profiling.summarize(res_raw),
+                "top_main": profiling.top_leaf_functions(res_raw, "main thread"),
+            },
         }
 
     # -- series ----------------------------------------------------------------------------------
@@ -262,11 +342,21 @@ class Bench:
                 directory = self.work / "series" / f"{kind}_{dtype}"
                 shutil.rmtree(directory, ignore_errors=True)
                 label = f"series {kind} {dtype}"
-                files = self.attempt(f"generate {label}", lambda k=kind, d=dtype, dd=directory: {
-                    "files": [{"round": f.round_num, "path": str(f.path), "repeated": f.repeated,
-                               "bytes": f.path.stat().st_size,
-                               "disk_bytes": f.path.stat().st_blocks * 512}
-                              for f in workloads.write_series(k, dd, size_bytes, d)]})
+                files = self.attempt(
+                    f"generate {label}",
+                    lambda k=kind, d=dtype, dd=directory: {
+                        "files": [
+                            {
+                                "round": f.round_num,
+                                "path": str(f.path),
+                                "repeated": f.repeated,
+                                "bytes": f.path.stat().st_size,
+                                "disk_bytes": f.path.stat().st_blocks * 512,
+                            }
+                            for f in workloads.write_series(k, dd, size_bytes, d)
+                        ]
+                    },
+                )
                 if "files" not in files:
                     continue
                 entry = self.measure_series(kind, dtype, files["files"])  # type: ignore[arg-type]
@@ -279,14 +369,19 @@ class Bench:
         paths = [Path(str(f["path"])) for f in files]
         repeated = [int(f["round"]) for f in files if f["repeated"]]  # type: ignore[call-overload]
         verify = sorted({int(files[-1]["round"]), *repeated[:1]})  # type: ignore[call-overload]
-        entry: Result = {"kind": kind, "dtype": dtype, "size_mib": self.plan.series_mib,
-                         "files": files}
+        entry: Result = {
+            "kind": kind,
+            "dtype": dtype,
+            "size_mib": self.plan.series_mib,
+            "files": files,
+        }
         for compression in ("none", "auto"):
             db = self.work / "db" / f"series_{compression}.db"
             _fresh(db)
             entry[f"chunkd_{compression}"] = self.attempt(
                 f"chunkd {compression}, {label}",
-                lambda db=db, c=compression: chunkd_lib.run_series(db, paths, c, verify))
+                lambda db=db, c=compression: chunkd_lib.run_series(db, paths, c, verify),
+            )
             _fresh(db)
         if self.plan.seed_series:
             db = self.work / "db" / "series_seed.db"
@@ -294,11 +389,14 @@ class Bench:
             entry["seed"] = self.attempt(
                 f"seed-style, {label}",
                 lambda: seed_baseline.run_series(
-                    db, [(int(f["round"]), Path(str(f["path"]))) for f in files]))  # type: ignore[call-overload]
+                    db, [(int(f["round"]), Path(str(f["path"]))) for f in files]
+                ),
+            )  # type: ignore[call-overload]
             _fresh(db)
         if self.restic_reason is None:
-            entry["restic"] = self.attempt(f"restic, {label}",
-                                           lambda: restic_bench.run_series(self.work, paths))
+            entry["restic"] = self.attempt(
+                f"restic, {label}", lambda: restic_bench.run_series(self.work, paths)
+            )
         return entry
 
 
@@ -338,8 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "errors.log").unlink(missing_ok=True)
-    results_path = (args.results or (out / "RESULTS.md" if args.quick
-                                     else REPO_ROOT / "benchmarks" / "RESULTS.md")).resolve()
+    results_path = (
+        args.results
+        or (out / "RESULTS.md" if args.quick else REPO_ROOT / "benchmarks" / "RESULTS.md")
+    ).resolve()
     chart_path = (args.chart or results_path.with_name("results.png")).resolve()
     if args.render_only:
         return render_only(out / "results.json", results_path, chart_path)
@@ -359,20 +459,27 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import chart, report  # matplotlib only when rendering
 
     bench.results["meta"] = {
-        "command": command_line(raw_argv), "quick": args.quick, "started": started,
-        "elapsed_s": time.time() - started, "plan": plan.__dict__,
-        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        "command": command_line(raw_argv),
+        "quick": args.quick,
+        "started": started,
+        "elapsed_s": time.time() - started,
+        "plan": plan.__dict__,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
         "machine": report.describe_machine(work.parent),
         "restic_version": restic_bench.version() if bench.restic_reason is None else None,
     }
     (out / "results.json").write_text(json.dumps(bench.results, indent=1, default=str))
     chart_rel = bench.attempt("chart", lambda: chart.render(bench.results, chart_path))
-    md = report.render(bench.results, chart_path if "error" not in chart_rel else None,
-                       results_path.parent)
+    md = report.render(
+        bench.results, chart_path if "error" not in chart_rel else None, results_path.parent
+    )
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(md)
-    print(f"[bench] wrote {results_path} and {out / 'results.json'} "
-          f"in {time.time() - started:.0f}s", file=sys.stderr)
+    print(
+        f"[bench] wrote {results_path} and {out / 'results.json'} in {time.time() - started:.0f}s",
+        file=sys.stderr,
+    )
     errors = bench.results["errors"]
     return 1 if errors else 0
 

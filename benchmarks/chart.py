@@ -11,8 +11,13 @@ from pathlib import Path
 
 Result = dict[str, object]
 GIB = float(1 << 30)
-SYSTEMS = (("plain .pth", None), ("chunkd none", "chunkd_none"), ("chunkd auto", "chunkd_auto"),
-           ("seed-style", "seed"), ("restic", "restic"))
+SYSTEMS = (
+    ("plain .pth", None),
+    ("chunkd none", "chunkd_none"),
+    ("chunkd auto", "chunkd_auto"),
+    ("seed-style", "seed"),
+    ("restic", "restic"),
+)
 
 
 def _cumulative(series: Result, key: str | None) -> list[float] | None:
@@ -55,8 +60,14 @@ def render(results: Result, path: Path) -> Result:
             ax.legend(fontsize=8)
     ax = fig.add_subplot(grid[1, :])
     labels, values = _throughput_bars(results)
-    bars = ax.barh(labels, values, color=["#4c72b0" if "chunkd" in lab else "#999999"
-                                          if "limit" in lab else "#dd8452" for lab in labels])
+    bars = ax.barh(
+        labels,
+        values,
+        color=[
+            "#4c72b0" if "chunkd" in lab else "#999999" if "limit" in lab else "#dd8452"
+            for lab in labels
+        ],
+    )
     ax.bar_label(bars, fmt="%.0f", fontsize=8, padding=2)
     ax.invert_yaxis()
     ax.set_xlabel("MB/s (largest float32 checkpoint)")
@@ -79,14 +90,17 @@ def _throughput_bars(results: Result) -> tuple[list[str], list[float]]:
     lib = c.get("chunkd_lib", {})
     if isinstance(lib, dict) and lib.get("ingest"):
         out.append(("chunkd ingest (lib)", statistics.median(r["mb_per_s"] for r in lib["ingest"])))
-        out.append(("chunkd restore (lib)",
-                    statistics.median(r["mb_per_s"] for r in lib["restore"])))
-    for label, path in (("chunkd ingest (daemon)", ("daemon", "ingest_mb_per_s")),
-                        ("chunkd restore (daemon)", ("daemon", "restore_served_mb_per_s")),
-                        ("seed-style ingest", ("seed", "ingest", "mb_per_s")),
-                        ("seed-style restore", ("seed", "restore", "mb_per_s")),
-                        ("restic backup", ("restic", "backup_mb_per_s")),
-                        ("restic restore", ("restic", "restore_mb_per_s"))):
+        out.append(
+            ("chunkd restore (lib)", statistics.median(r["mb_per_s"] for r in lib["restore"]))
+        )
+    for label, path in (
+        ("chunkd ingest (daemon)", ("daemon", "ingest_mb_per_s")),
+        ("chunkd restore (daemon)", ("daemon", "restore_served_mb_per_s")),
+        ("seed-style ingest", ("seed", "ingest", "mb_per_s")),
+        ("seed-style restore", ("seed", "restore", "mb_per_s")),
+        ("restic backup", ("restic", "backup_mb_per_s")),
+        ("restic restore", ("restic", "restore_mb_per_s")),
+    ):
         out.append((label, _get(c, path)))
     if isinstance(lim, dict) and "sqlite" in lim:
         out.append(("limit: SQLite 1 MiB blobs (best)", lim["sqlite"]["best"]["mb_per_s"]))

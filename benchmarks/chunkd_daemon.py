@@ -47,9 +47,15 @@ def unavailable_reason() -> str | None:
         return f"chunkd.cli.main is not importable ({e})"
     if spec is None:
         return "chunkd.cli.main does not exist yet (the CLI is being written)"
-    probe = subprocess.run([sys.executable, "-m", "chunkd.cli.main", "serve", "--help"],
-                           capture_output=True, text=True, cwd=REPO_ROOT, env=child_env(),
-                           check=False, timeout=60)
+    probe = subprocess.run(
+        [sys.executable, "-m", "chunkd.cli.main", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=child_env(),
+        check=False,
+        timeout=60,
+    )
     if probe.returncode != 0:
         return f"`chunkd serve --help` fails: {probe.stderr.strip()[-300:]}"
     return None
@@ -78,10 +84,15 @@ class DaemonRun:
         self.config = root / "chunkd.toml"
         self.log_path = root / "daemon.log"
         settings = {
-            "watch_root": str(self.watch_root), "socket": str(self.socket),
-            "settle_delay": f"{settle_delay_s}s", "compression": "none",
-            "chunk_keep_rounds": 0, "retention_interval": "3600s", "rescan_interval": "3600s",
-            "log_format": "json", "log_level": "info",
+            "watch_root": str(self.watch_root),
+            "socket": str(self.socket),
+            "settle_delay": f"{settle_delay_s}s",
+            "compression": "none",
+            "chunk_keep_rounds": 0,
+            "retention_interval": "3600s",
+            "rescan_interval": "3600s",
+            "log_format": "json",
+            "log_level": "info",
         }
         root.mkdir(parents=True, exist_ok=True)
         self.client_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +104,10 @@ class DaemonRun:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "chunkd.cli.main", "serve", "--config", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=child_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                env=child_env(),
             )
         self.wait_event(lambda e: e.get("event") == "daemon.ready", timeout_s)
         self.sampler = PeakSampler(self.proc.pid).start()
@@ -122,14 +136,17 @@ class DaemonRun:
 
         def check() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}: "
-                                   f"{self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"daemon exited with {self.proc.returncode}: "
+                    f"{self.log_path.read_text()[-2000:]}"
+                )
             found[:] = [e for e in self.events() if predicate(e)]
             return bool(found)
 
         if not wait_for(check, timeout_s, poll_s=0.005):
-            raise TimeoutError(f"no matching daemon event within {timeout_s}s; last lines: "
-                               f"{self.events()[-5:]}")
+            raise TimeoutError(
+                f"no matching daemon event within {timeout_s}s; last lines: {self.events()[-5:]}"
+            )
         return found[0]
 
     def wait_ingest(self, path: Path, timeout_s: float) -> Event:
@@ -146,9 +163,21 @@ class DaemonRun:
 
     def cli(self, *args: str, timeout_s: float = 3600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "chunkd.cli.main", *args, "--config", str(self.config),
-             "--socket", str(self.socket)],
-            capture_output=True, text=True, cwd=REPO_ROOT, env=child_env(), timeout=timeout_s,
+            [
+                sys.executable,
+                "-m",
+                "chunkd.cli.main",
+                *args,
+                "--config",
+                str(self.config),
+                "--socket",
+                str(self.socket),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            env=child_env(),
+            timeout=timeout_s,
             check=False,
         )
 
@@ -159,8 +188,11 @@ class DaemonRun:
         time.sleep(seconds)
         elapsed = time.monotonic() - started
         ticks = read_cpu_ticks(self.pid) - before
-        return {"seconds": elapsed, "cpu_seconds": ticks / hz,
-                "percent_of_core": 100.0 * ticks / hz / elapsed}
+        return {
+            "seconds": elapsed,
+            "cpu_seconds": ticks / hz,
+            "percent_of_core": 100.0 * ticks / hz / elapsed,
+        }
 
     def stop(self) -> int | None:
         if self.sampler is not None:
@@ -219,20 +251,25 @@ def measure_checkpoint(root: Path, staged: Path, restore_out: Path) -> dict[str,
     served_ms = float(served[-1]["duration_ms"]) if served else None  # type: ignore[arg-type]
     return {
         "bytes": size,
-        "ingest_seconds": duration_s, "ingest_mb_per_s": size / 1e6 / duration_s,
+        "ingest_seconds": duration_s,
+        "ingest_mb_per_s": size / 1e6 / duration_s,
         "ingest_wall_s": _parse_ts(event["timestamp"]) - moved_at,
-        "restore_cli_seconds": restore_s, "restore_cli_mb_per_s": size / 1e6 / restore_s,
+        "restore_cli_seconds": restore_s,
+        "restore_cli_mb_per_s": size / 1e6 / restore_s,
         "restore_served_ms": served_ms,
         "restore_served_mb_per_s": size / 1e3 / served_ms if served_ms else None,
         "byte_identical": identical,
-        "rss_anon_idle_kib": idle_kib, "rss_anon_after_ingest_kib": after_ingest_kib,
-        "rss_anon_peak_ingest_kib": ingest_peak, "rss_anon_peak_restore_kib": restore_peak,
+        "rss_anon_idle_kib": idle_kib,
+        "rss_anon_after_ingest_kib": after_ingest_kib,
+        "rss_anon_peak_ingest_kib": ingest_peak,
+        "rss_anon_peak_restore_kib": restore_peak,
         "exit_code": code,
     }
 
 
-def measure_idle_and_latency(root: Path, small_files: Sequence[Path], idle_s: float
-                             ) -> dict[str, object]:
+def measure_idle_and_latency(
+    root: Path, small_files: Sequence[Path], idle_s: float
+) -> dict[str, object]:
     """Idle CPU of a fresh daemon, then close -> ``checkpoint.ingested`` for small files."""
     daemon = DaemonRun(root).start()
     try:
@@ -255,9 +292,13 @@ def measure_idle_and_latency(root: Path, small_files: Sequence[Path], idle_s: fl
     return {
         "settle_delay_s": SETTLE_DELAY_S,
         "file_bytes": small_files[0].stat().st_size if small_files else 0,
-        "latency_s": latencies, "latency_median_s": statistics.median(latencies),
-        "latency_max_s": max(latencies), "latency_seen_by_poller_s": seen_latencies,
+        "latency_s": latencies,
+        "latency_median_s": statistics.median(latencies),
+        "latency_max_s": max(latencies),
+        "latency_seen_by_poller_s": seen_latencies,
         "ingest_duration_ms": durations,
-        "idle_cpu_start": idle_start, "idle_cpu_after_work": idle_after,
-        "rss_anon_idle_kib": rss_idle_kib, "exit_code": code,
+        "idle_cpu_start": idle_start,
+        "idle_cpu_after_work": idle_after,
+        "rss_anon_idle_kib": rss_idle_kib,
+        "exit_code": code,
     }

@@ -30,29 +30,59 @@ MODULE = "benchmarks.chunkd_lib"
 
 
 # -- parent side ---------------------------------------------------------------------------------
-def measure_ingest(db: Path, file: Path, compression: str, *, prefix: list[str] | None = None,
-                   cprofile_out: Path | None = None) -> dict[str, object]:
+def measure_ingest(
+    db: Path,
+    file: Path,
+    compression: str,
+    *,
+    prefix: list[str] | None = None,
+    cprofile_out: Path | None = None,
+) -> dict[str, object]:
     args = ["ingest", "--db", str(db), "--file", str(file), "--compression", compression]
     if cprofile_out is not None:
         args += ["--cprofile", str(cprofile_out)]
     return run_json(module_argv(MODULE, *args), prefix=prefix)
 
 
-def measure_restore(db: Path, round_num: int, out: Path, expect_sha256: str, *,
-                    prefix: list[str] | None = None, cprofile_out: Path | None = None
-                    ) -> dict[str, object]:
-    args = ["restore", "--db", str(db), "--round", str(round_num), "--out", str(out),
-            "--expect-sha256", expect_sha256]
+def measure_restore(
+    db: Path,
+    round_num: int,
+    out: Path,
+    expect_sha256: str,
+    *,
+    prefix: list[str] | None = None,
+    cprofile_out: Path | None = None,
+) -> dict[str, object]:
+    args = [
+        "restore",
+        "--db",
+        str(db),
+        "--round",
+        str(round_num),
+        "--out",
+        str(out),
+        "--expect-sha256",
+        expect_sha256,
+    ]
     if cprofile_out is not None:
         args += ["--cprofile", str(cprofile_out)]
     return run_json(module_argv(MODULE, *args), prefix=prefix)
 
 
-def run_series(db: Path, files: Sequence[Path], compression: str, verify_rounds: Sequence[int]
-               ) -> dict[str, object]:
+def run_series(
+    db: Path, files: Sequence[Path], compression: str, verify_rounds: Sequence[int]
+) -> dict[str, object]:
     """Ingest a whole series in one child (per-round figures; memory is not the point here)."""
-    args = ["series", "--db", str(db), "--compression", compression,
-            "--verify-rounds", ",".join(str(r) for r in verify_rounds), *map(str, files)]
+    args = [
+        "series",
+        "--db",
+        str(db),
+        "--compression",
+        compression,
+        "--verify-rounds",
+        ",".join(str(r) for r in verify_rounds),
+        *map(str, files),
+    ]
     return run_json(module_argv(MODULE, *args))
 
 
@@ -127,13 +157,22 @@ def _ingest(args: argparse.Namespace) -> dict[str, object]:
         finally:
             store.close()
     return {
-        "op": "ingest", "compression": args.compression, "outcome": result.outcome,
-        "round": result.round_num, "bytes_in": result.bytes_in, "seconds": seconds,
-        "mb_per_s": result.bytes_in / 1e6 / seconds, "file_sha256": result.file_sha256,
+        "op": "ingest",
+        "compression": args.compression,
+        "outcome": result.outcome,
+        "round": result.round_num,
+        "bytes_in": result.bytes_in,
+        "seconds": seconds,
+        "mb_per_s": result.bytes_in / 1e6 / seconds,
+        "file_sha256": result.file_sha256,
         "cpu_s": cpu_s,
-        "chunks": result.chunks, "chunks_new": result.chunks_new, "bytes_new": result.bytes_new,
-        "stored_bytes": stats.stored_bytes, "raw_bytes": stats.raw_bytes,
-        "db_file_bytes": stats.db_file_bytes, "compression_ratio": stats.compression_ratio,
+        "chunks": result.chunks,
+        "chunks_new": result.chunks_new,
+        "bytes_new": result.bytes_new,
+        "stored_bytes": stats.stored_bytes,
+        "raw_bytes": stats.raw_bytes,
+        "db_file_bytes": stats.db_file_bytes,
+        "compression_ratio": stats.compression_ratio,
         **_memory_fields(sampler),
     }
 
@@ -141,7 +180,7 @@ def _ingest(args: argparse.Namespace) -> dict[str, object]:
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _restore(args: argparse.Namespace) -> dict[str, object]:
@@ -160,9 +199,15 @@ def _restore(args: argparse.Namespace) -> dict[str, object]:
             os.close(fd)
     ok = args.expect_sha256 in ("", result.file_sha256)
     return {
-        "op": "restore", "round": args.round, "bytes_out": result.bytes_written,
-        "seconds": seconds, "mb_per_s": result.bytes_written / 1e6 / seconds, "cpu_s": cpu_s,
-        "file_sha256": result.file_sha256, "byte_identical": ok, **_memory_fields(sampler),
+        "op": "restore",
+        "round": args.round,
+        "bytes_out": result.bytes_written,
+        "seconds": seconds,
+        "mb_per_s": result.bytes_written / 1e6 / seconds,
+        "cpu_s": cpu_s,
+        "file_sha256": result.file_sha256,
+        "byte_identical": ok,
+        **_memory_fields(sampler),
     }
 
 
@@ -187,14 +232,20 @@ def _series(args: argparse.Namespace) -> dict[str, object]:
             started = time.perf_counter()
             result = ingest_file(Path(file), store, options)
             seconds = time.perf_counter() - started
-            rounds.append({
-                "round": result.round_num, "outcome": result.outcome, "seconds": seconds,
-                "bytes_in": result.bytes_in, "bytes_new": result.bytes_new,
-                "chunks": result.chunks, "chunks_new": result.chunks_new,
-                "db_growth_bytes": Path(args.db).stat().st_size - before,
-                "db_file_bytes": Path(args.db).stat().st_size,
-                "file_sha256": result.file_sha256,
-            })
+            rounds.append(
+                {
+                    "round": result.round_num,
+                    "outcome": result.outcome,
+                    "seconds": seconds,
+                    "bytes_in": result.bytes_in,
+                    "bytes_new": result.bytes_new,
+                    "chunks": result.chunks,
+                    "chunks_new": result.chunks_new,
+                    "db_growth_bytes": Path(args.db).stat().st_size - before,
+                    "db_file_bytes": Path(args.db).stat().st_size,
+                    "file_sha256": result.file_sha256,
+                }
+            )
         stats = store.stats()
     verified: dict[str, bool] = {}
     wanted = [int(r) for r in args.verify_rounds.split(",") if r]
@@ -205,11 +256,17 @@ def _series(args: argparse.Namespace) -> dict[str, object]:
             original = next(x for x in rounds if x["round"] == r)
             verified[str(r)] = res.file_sha256 == original["file_sha256"] == sha.hexdigest()
     return {
-        "op": "series", "compression": args.compression, "rounds": rounds,
-        "stored_bytes": stats.stored_bytes, "raw_bytes": stats.raw_bytes,
-        "referenced_raw_bytes": stats.referenced_raw_bytes, "db_file_bytes": stats.db_file_bytes,
-        "dedup_ratio": stats.dedup_ratio, "compression_ratio": stats.compression_ratio,
-        "verified": verified, "torch_imported": "torch" in sys.modules,
+        "op": "series",
+        "compression": args.compression,
+        "rounds": rounds,
+        "stored_bytes": stats.stored_bytes,
+        "raw_bytes": stats.raw_bytes,
+        "referenced_raw_bytes": stats.referenced_raw_bytes,
+        "db_file_bytes": stats.db_file_bytes,
+        "dedup_ratio": stats.dedup_ratio,
+        "compression_ratio": stats.compression_ratio,
+        "verified": verified,
+        "torch_imported": "torch" in sys.modules,
     }
 
 

@@ -51,8 +51,9 @@ def _remove_db(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def sqlite_insert(directory: Path, total_bytes: int, page_size: int, journal_mode: str
-                  ) -> dict[str, object]:
+def sqlite_insert(
+    directory: Path, total_bytes: int, page_size: int, journal_mode: str
+) -> dict[str, object]:
     """Durable inserts of 1 MiB blobs into a fresh database; the clock stops at the last COMMIT."""
     db = directory / f"limit_{page_size}_{journal_mode}.db"
     _remove_db(db)
@@ -80,8 +81,11 @@ def sqlite_insert(directory: Path, total_bytes: int, page_size: int, journal_mod
     finally:
         conn.close()
         _remove_db(db)
-    return {"page_size": page_size, "journal_mode": journal_mode,
-            **_rate(count * BLOB_BYTES, seconds)}
+    return {
+        "page_size": page_size,
+        "journal_mode": journal_mode,
+        **_rate(count * BLOB_BYTES, seconds),
+    }
 
 
 def sqlite_grid(directory: Path, total_bytes: int) -> dict[str, object]:

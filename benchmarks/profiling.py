@@ -29,8 +29,17 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("read checkpoint (preadv)", ("preadv",)),
     ("write output file", ("_write_all", "os_write", "write_all")),
     ("idle (queue empty)", ("SimpleQueue_get",)),
-    ("waiting for workers", ("result (concurrent", "wait (threading", "_wait_for_tstate_lock",
-                             "acquire", "futex", "pthread_cond")),
+    (
+        "waiting for workers",
+        (
+            "result (concurrent",
+            "wait (threading",
+            "_wait_for_tstate_lock",
+            "acquire",
+            "futex",
+            "pthread_cond",
+        ),
+    ),
     ("interpreter start-up and imports", ("_find_and_load", "<module>")),
 )
 OTHER = "other Python"
@@ -48,8 +57,20 @@ def pyspy_prefix(out: Path, rate_hz: int = RATE_HZ) -> list[str]:
     exe = pyspy()
     if exe is None:
         raise FileNotFoundError("py-spy is not installed (pip install py-spy)")
-    return [exe, "record", "--native", "--threads", "--idle", "--rate", str(rate_hz),
-            "--format", "raw", "-o", str(out), "--"]
+    return [
+        exe,
+        "record",
+        "--native",
+        "--threads",
+        "--idle",
+        "--rate",
+        str(rate_hz),
+        "--format",
+        "raw",
+        "-o",
+        str(out),
+        "--",
+    ]
 
 
 def _role(stack: str) -> str:
@@ -82,12 +103,12 @@ def summarize(raw: Path, rate_hz: int = RATE_HZ) -> dict[str, dict[str, float]]:
         if role == "rss-sampler":
             continue
         out[role][_category(stack)] += int(count)
-    return {role: {cat: n / rate_hz for cat, n in cats.most_common()}
-            for role, cats in out.items()}
+    return {role: {cat: n / rate_hz for cat, n in cats.most_common()} for role, cats in out.items()}
 
 
-def top_leaf_functions(raw: Path, role: str, limit: int = 8, rate_hz: int = RATE_HZ
-                       ) -> list[tuple[str, float]]:
+def top_leaf_functions(
+    raw: Path, role: str, limit: int = 8, rate_hz: int = RATE_HZ
+) -> list[tuple[str, float]]:
     """The innermost Python-or-native frames that collect the most samples in ``role``."""
     leaves: Counter[str] = Counter()
     for line in raw.read_text(errors="replace").splitlines():

@@ -36,15 +36,23 @@ class Repo:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.env = {**os.environ, "RESTIC_PASSWORD": PASSWORD,
-                    "RESTIC_CACHE_DIR": str(path.parent / f"{path.name}.cache")}
+        self.env = {
+            **os.environ,
+            "RESTIC_PASSWORD": PASSWORD,
+            "RESTIC_CACHE_DIR": str(path.parent / f"{path.name}.cache"),
+        }
         shutil.rmtree(path, ignore_errors=True)
         self._run("init", "--repository-version", "2")
 
     def _run(self, *args: str) -> float:
         started = time.perf_counter()
-        proc = subprocess.run(["restic", "-r", str(self.path), "--compression", "auto", "--quiet",
-                               *args], env=self.env, capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            ["restic", "-r", str(self.path), "--compression", "auto", "--quiet", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"restic {args[0]} failed: {proc.stderr.strip()[-500:]}")
         return time.perf_counter() - started
@@ -87,9 +95,15 @@ def measure_checkpoint(work: Path, file: Path) -> dict[str, object]:
         shutil.rmtree(work / "restic_restore", ignore_errors=True)
     finally:
         repo.remove()
-    return {"bytes_in": size, "backup_seconds": backup_s, "backup_mb_per_s": size / 1e6 / backup_s,
-            "restore_seconds": restore_s, "restore_mb_per_s": size / 1e6 / restore_s,
-            "stored_bytes": stored, "byte_identical": identical}
+    return {
+        "bytes_in": size,
+        "backup_seconds": backup_s,
+        "backup_mb_per_s": size / 1e6 / backup_s,
+        "restore_seconds": restore_s,
+        "restore_mb_per_s": size / 1e6 / restore_s,
+        "stored_bytes": stored,
+        "byte_identical": identical,
+    }
 
 
 def run_series(work: Path, files: Sequence[Path]) -> dict[str, object]:
@@ -100,8 +114,14 @@ def run_series(work: Path, files: Sequence[Path]) -> dict[str, object]:
             before = repo.stored_bytes()
             seconds = repo.backup(file)
             after = repo.stored_bytes()
-            rounds.append({"bytes_in": file.stat().st_size, "seconds": seconds,
-                           "growth_bytes": after - before, "stored_bytes": after})
+            rounds.append(
+                {
+                    "bytes_in": file.stat().st_size,
+                    "seconds": seconds,
+                    "growth_bytes": after - before,
+                    "stored_bytes": after,
+                }
+            )
     finally:
         repo.remove()
     return {"rounds": rounds, "stored_bytes": rounds[-1]["stored_bytes"] if rounds else 0}

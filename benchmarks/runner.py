@@ -23,9 +23,7 @@ class ChildFailed(RuntimeError):
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.pop("NOTIFY_SOCKET", None)  # a daemon under test must not talk to our systemd
     return env
 
@@ -34,8 +32,9 @@ def module_argv(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def run_json(argv: list[str], *, timeout_s: float = 3600, prefix: list[str] | None = None
-             ) -> dict[str, object]:
+def run_json(
+    argv: list[str], *, timeout_s: float = 3600, prefix: list[str] | None = None
+) -> dict[str, object]:
     """Run ``argv`` (optionally under ``prefix``, e.g. a profiler) and parse its last line.
 
     Dirty pages left by earlier steps (generating inputs, the previous run) are flushed first:
@@ -44,8 +43,13 @@ def run_json(argv: list[str], *, timeout_s: float = 3600, prefix: list[str] | No
     """
     os.sync()
     proc = subprocess.run(
-        [*(prefix or []), *argv], cwd=REPO_ROOT, env=child_env(), capture_output=True,
-        text=True, timeout=timeout_s, check=False,
+        [*(prefix or []), *argv],
+        cwd=REPO_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:

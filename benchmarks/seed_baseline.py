@@ -47,13 +47,19 @@ CREATE INDEX IF NOT EXISTS idx_chunk_metadata_hash ON chunk_metadata(chunk_hash)
 
 # -- parent side ---------------------------------------------------------------------------------
 def measure_ingest(db: Path, file: Path, round_num: int) -> dict[str, object]:
-    return run_json(module_argv(MODULE, "ingest", "--db", str(db), "--file", str(file),
-                                "--round", str(round_num)))
+    return run_json(
+        module_argv(
+            MODULE, "ingest", "--db", str(db), "--file", str(file), "--round", str(round_num)
+        )
+    )
 
 
 def measure_restore(db: Path, round_num: int, out: Path) -> dict[str, object]:
-    return run_json(module_argv(MODULE, "restore", "--db", str(db), "--round", str(round_num),
-                                "--out", str(out)))
+    return run_json(
+        module_argv(
+            MODULE, "restore", "--db", str(db), "--round", str(round_num), "--out", str(out)
+        )
+    )
 
 
 def run_series(db: Path, files: Sequence[tuple[int, Path]]) -> dict[str, object]:
@@ -85,8 +91,9 @@ def seed_ingest(path: str, conn: sqlite3.Connection, round_num: int) -> int:
     import torch
 
     state = torch.load(path, map_location="cpu", weights_only=True)
-    arrays = {k: (_to_numpy(v), list(v.shape)) for k, v in state.items()
-              if isinstance(v, torch.Tensor)}
+    arrays = {
+        k: (_to_numpy(v), list(v.shape)) for k, v in state.items() if isinstance(v, torch.Tensor)
+    }
     starts, total = {}, 0
     for key, (arr, _shape) in arrays.items():
         starts[key] = total
@@ -104,8 +111,9 @@ def seed_ingest(path: str, conn: sqlite3.Connection, round_num: int) -> int:
                 parts[key] = [(a - s0, b - s0, shape)]
         blob = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
         digest = hashlib.sha256(blob).hexdigest()
-        cur = conn.execute("INSERT OR IGNORE INTO chunk_data (chunk_hash, data) VALUES (?, ?)",
-                           (digest, blob))
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO chunk_data (chunk_hash, data) VALUES (?, ?)", (digest, blob)
+        )
         new += cur.rowcount
         conn.execute(
             "INSERT OR REPLACE INTO chunk_metadata (round_num, chunk_id, chunk_hash, parts_info,"
@@ -124,7 +132,8 @@ def seed_restore(conn: sqlite3.Connection, round_num: int, out: str) -> None:
     shapes: dict[str, list[int]] = {}
     rows = conn.execute(
         "SELECT m.parts_info, d.data FROM chunk_metadata m JOIN chunk_data d"
-        " ON d.chunk_hash = m.chunk_hash WHERE m.round_num = ? ORDER BY m.chunk_id", (round_num,)
+        " ON d.chunk_hash = m.chunk_hash WHERE m.round_num = ? ORDER BY m.chunk_id",
+        (round_num,),
     ).fetchall()
     for parts_info, blob in rows:
         data = pickle.loads(blob)  # the seed's way; chunkd never does this
@@ -159,10 +168,16 @@ def _ingest(args: argparse.Namespace) -> dict[str, object]:
         new = seed_ingest(args.file, conn, args.round)
         conn.close()
         seconds = time.perf_counter() - started
-    return {"op": "ingest", "bytes_in": size, "seconds": seconds,
-            "mb_per_s": size / 1e6 / seconds, "chunks_new": new,
-            "db_file_bytes": Path(args.db).stat().st_size,
-            "rss_anon_peak_kib": sampler.peak_kib, "rss_anon_baseline_kib": sampler.baseline_kib}
+    return {
+        "op": "ingest",
+        "bytes_in": size,
+        "seconds": seconds,
+        "mb_per_s": size / 1e6 / seconds,
+        "chunks_new": new,
+        "db_file_bytes": Path(args.db).stat().st_size,
+        "rss_anon_peak_kib": sampler.peak_kib,
+        "rss_anon_baseline_kib": sampler.baseline_kib,
+    }
 
 
 def _restore(args: argparse.Namespace) -> dict[str, object]:
@@ -174,9 +189,14 @@ def _restore(args: argparse.Namespace) -> dict[str, object]:
         conn.close()
         seconds = time.perf_counter() - started
     size = Path(args.out).stat().st_size
-    return {"op": "restore", "bytes_out": size, "seconds": seconds,
-            "mb_per_s": size / 1e6 / seconds, "rss_anon_peak_kib": sampler.peak_kib,
-            "rss_anon_baseline_kib": sampler.baseline_kib}
+    return {
+        "op": "restore",
+        "bytes_out": size,
+        "seconds": seconds,
+        "mb_per_s": size / 1e6 / seconds,
+        "rss_anon_peak_kib": sampler.peak_kib,
+        "rss_anon_baseline_kib": sampler.baseline_kib,
+    }
 
 
 def _series(args: argparse.Namespace) -> dict[str, object]:
@@ -188,10 +208,16 @@ def _series(args: argparse.Namespace) -> dict[str, object]:
         before = Path(args.db).stat().st_size
         started = time.perf_counter()
         new = seed_ingest(path, conn, int(round_text))
-        rounds.append({"round": int(round_text), "seconds": time.perf_counter() - started,
-                       "bytes_in": Path(path).stat().st_size, "chunks_new": new,
-                       "db_growth_bytes": Path(args.db).stat().st_size - before,
-                       "db_file_bytes": Path(args.db).stat().st_size})
+        rounds.append(
+            {
+                "round": int(round_text),
+                "seconds": time.perf_counter() - started,
+                "bytes_in": Path(path).stat().st_size,
+                "chunks_new": new,
+                "db_growth_bytes": Path(args.db).stat().st_size - before,
+                "db_file_bytes": Path(args.db).stat().st_size,
+            }
+        )
     conn.close()
     return {"op": "series", "rounds": rounds, "db_file_bytes": Path(args.db).stat().st_size}
 

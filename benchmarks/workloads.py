@@ -73,8 +73,9 @@ def _layer_plan(prefix: str, total_bytes: int, itemsize: int) -> list[tuple[str,
 def model_plan(total_bytes: int, itemsize: int) -> list[tuple[str, tuple[int, ...]]]:
     """The whole architecture: backbone (90% of the bytes) then head (10%)."""
     backbone = int(total_bytes * BACKBONE_SHARE)
-    return (_layer_plan("backbone", backbone, itemsize)
-            + _layer_plan("head", total_bytes - backbone, itemsize))
+    return _layer_plan("backbone", backbone, itemsize) + _layer_plan(
+        "head", total_bytes - backbone, itemsize
+    )
 
 
 class Model:
@@ -104,8 +105,9 @@ class Model:
                 t.add_(1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v if not v.is_floating_point() else v.to(self.dtype)
-                for k, v in self.master.items()}
+        return {
+            k: v if not v.is_floating_point() else v.to(self.dtype) for k, v in self.master.items()
+        }
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,8 +120,9 @@ def write_checkpoint(path: Path, total_bytes: int, dtype: str, seed: int = 0) ->
     return Model(total_bytes, dtype, seed).save(path)
 
 
-def write_series(kind: str, directory: Path, total_bytes: int, dtype: str,
-                 rounds: int = ROUNDS) -> Iterator[SeriesFile]:
+def write_series(
+    kind: str, directory: Path, total_bytes: int, dtype: str, rounds: int = ROUNDS
+) -> Iterator[SeriesFile]:
     """Write the series round by round, yielding each file as soon as it is on disk."""
     if kind not in SERIES_KINDS:
         raise ValueError(f"unknown series {kind!r}")
@@ -134,6 +137,8 @@ def write_series(kind: str, directory: Path, total_bytes: int, dtype: str,
 def head_share(total_bytes: int, dtype: str) -> float:
     """The fraction of tensor bytes that the ``frozen`` series changes (for the report)."""
     itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
-    sizes = {n: torch.Size(s).numel() * (8 if n.endswith("tracked") else itemsize)
-             for n, s in model_plan(total_bytes, itemsize)}
+    sizes = {
+        n: torch.Size(s).numel() * (8 if n.endswith("tracked") else itemsize)
+        for n, s in model_plan(total_bytes, itemsize)
+    }
     return sum(v for n, v in sizes.items() if n.startswith("head.")) / sum(sizes.values())

@@ -244,7 +244,8 @@ class ChunkStore:
                 raise
             store = cls(db, conn, lock_fd)
             store._init_schema()
-            store.remove_orphan_chunks()
+            if os.access(db, os.W_OK):  # a read-only database still opens, to serve restores
+                store.remove_orphan_chunks()
             return store
         except BaseException:
             conn.close()
@@ -521,8 +522,18 @@ class ChunkStore:
 
     # -- writing ---------------------------------------------------------------------------------
     def _require_writer(self) -> None:
+        """Refuse to start a write unless the file can be written right now.
+
+        A database made read-only under an open writer (``chattr +i``, a read-only remount)
+        would otherwise fail at COMMIT and leave a hot journal behind, which every reader then
+        tries, and fails, to roll back: one failed ingest would stop all restores.
+        """
         if self._lock_fd is None:
             raise StoreError(f"database {self.path} is open read-only")
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CLOEXEC))
+        except OSError as e:
+            raise StoreError(f"database {self.path} is not writable now: {e.strerror}") from None
 
     def _execute(self, sql: str, params: Iterable[object] = ()) -> sqlite3.Cursor:
         try:

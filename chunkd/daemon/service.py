@@ -191,12 +191,14 @@ class Daemon:
             lane.open()
         except BusyError:
             if at_start:
-                raise
+                raise  # another daemon writes these databases: refuse to start
             self._log.error(
                 log.INGEST_FAILED,
                 client=client_id,
                 error=f"database {db_path} is held by another writer; retrying",
             )
+        except ChunkdError as e:  # unreadable or read-only: reported, never fatal for others
+            self._log.error(log.INGEST_FAILED, client=client_id, error=str(e), error_code=e.code)
         lane.start()
         with self._lanes_lock:
             self._lanes[client_id] = lane

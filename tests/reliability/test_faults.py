@@ -193,11 +193,6 @@ def test_immutable_database_fails_cleanly_and_resumes(tmp_path, daemon_factory, 
     figures.save()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a commit that fails on a read-only database leaves a hot journal; every reader "
-    "then tries to roll it back and fails (restore answers 'internal') until the fault is gone",
-)
 def test_committed_rounds_are_served_while_the_database_is_immutable(tmp_path, daemon_factory):
     daemon = daemon_factory(**FAST)
     db = daemon.db("1")
