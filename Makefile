@@ -23,7 +23,7 @@ run: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff format --check chunkd tests benchmarks examples
 	PATH="$(abspath $(BIN)):$$PATH" bash systemd/verify.sh
 
 test: lint
