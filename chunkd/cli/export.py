@@ -17,7 +17,7 @@ from chunkd.cli.output import STDOUT, Output
 from chunkd.cli.render import Progress, format_bytes, print_json
 from chunkd.cli.restore import Transfer, restore_through_daemon
 from chunkd.errors import RequestError
-from chunkd.protocol import EXPORT_FORMATS, TRANSFER_FD, TRANSFERS
+from chunkd.protocol import EXPORT_FORMATS
 from chunkd.store import ChunkStore
 
 _COPY_BLOCK_BYTES = 1 << 20
@@ -39,12 +39,7 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         metavar="PATH",
         help="export straight from this database, without the daemon",
     )
-    p.add_argument(
-        "--transfer",
-        choices=TRANSFERS,
-        default=TRANSFER_FD,
-        help="how the daemon sends the bytes: fd (default) or frames",
-    )
+    options.add_transfer(p)
     p.set_defaults(run=run)
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from chunkd.config import Settings, check_client_id, load_settings, resolve_config_path
 from chunkd.errors import RequestError
-from chunkd.protocol import LATEST, MAX_ROUND
+from chunkd.protocol import LATEST, MAX_ROUND, TRANSFER_FD, TRANSFERS
 
 if TYPE_CHECKING:
     #: What ``add_subparsers`` returns; each command module adds its parser to it.
@@ -82,6 +82,16 @@ def add_client_and_round(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N|latest",
         help="round number (default: latest)",
+    )
+
+
+def add_transfer(parser: argparse.ArgumentParser) -> None:
+    """``--transfer fd|frames``: how the daemon sends checkpoint bytes (docs/PROTOCOL.md)."""
+    parser.add_argument(
+        "--transfer",
+        choices=TRANSFERS,
+        default=TRANSFER_FD,
+        help="how the daemon sends the bytes: fd (default) or frames",
     )
 
 

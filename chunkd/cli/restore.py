@@ -22,7 +22,7 @@ from chunkd.cli.client import DaemonClient
 from chunkd.cli.output import STDOUT, Output
 from chunkd.cli.render import Progress, format_bytes, print_json
 from chunkd.errors import ChunkdError, RequestError
-from chunkd.protocol import TRANSFER_FD, TRANSFERS
+from chunkd.protocol import TRANSFER_FD
 from chunkd.restore import restore_round
 from chunkd.store import ChunkStore
 
@@ -65,12 +65,7 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         metavar="PATH",
         help="restore straight from this database, without the daemon",
     )
-    p.add_argument(
-        "--transfer",
-        choices=TRANSFERS,
-        default=TRANSFER_FD,
-        help="how the daemon sends the bytes: fd (default) or frames",
-    )
+    options.add_transfer(p)
     p.set_defaults(run=run)
 
 
