@@ -83,7 +83,7 @@ class ServerLimits:
 
     max_connections: int = 256
     #: Connections one process may hold: a single client cannot take every slot from the others.
-    max_connections_per_peer: int = 64
+    max_connections_per_peer: int = 128
     max_active_requests: int = 64
     idle_timeout_s: float = 30.0
     write_timeout_s: float = 30.0
