@@ -132,12 +132,16 @@ class DaemonProcess:
         return code
 
 
-@pytest.fixture
-def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+def spawn_daemons(default_root: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """A factory of daemons (``root=None, start=True, **config``), all killed at the end.
+
+    Shared by this suite's ``make_daemon`` and the reliability suite's ``daemon_factory``.
+    """
     started: list[DaemonProcess] = []
 
-    def factory(start: bool = True, **overrides: object) -> DaemonProcess:
-        daemon = DaemonProcess(tmp_path, overrides)
+    def factory(root: Path | None = None, start: bool = True, **overrides: object) -> DaemonProcess:
+        (root or default_root).mkdir(parents=True, exist_ok=True)
+        daemon = DaemonProcess(root or default_root, overrides)
         daemon.watch_root.mkdir(parents=True, exist_ok=True)
         started.append(daemon)
         return daemon.start() if start else daemon
@@ -147,6 +151,13 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.proc.kill()
             daemon.proc.wait()
+        if daemon._log_file is not None:
+            daemon._log_file.close()
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    yield from spawn_daemons(tmp_path)
 
 
 def sha256_file(path: Path) -> str:

@@ -505,19 +505,4 @@ def percentile(values: list[float], q: float) -> float:
 @pytest.fixture
 def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """``daemon_factory(root=None, start=True, **config)``: a DaemonProcess, killed at teardown."""
-    started: list[Any] = []
-
-    def factory(root: Path | None = None, start: bool = True, **overrides: object) -> Any:
-        (root or tmp_path).mkdir(parents=True, exist_ok=True)
-        daemon = DaemonProcess(root or tmp_path, overrides)
-        daemon.watch_root.mkdir(parents=True, exist_ok=True)
-        started.append(daemon)
-        return daemon.start() if start else daemon
-
-    yield factory
-    for daemon in started:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait()
-        if daemon._log_file is not None:
-            daemon._log_file.close()
+    yield from _harness.spawn_daemons(tmp_path)
