@@ -25,6 +25,7 @@ import stat
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,10 @@ OUTCOME_INGESTED = "ingested"
 OUTCOME_REPLACED = "replaced"
 OUTCOME_DUPLICATE = "duplicate"
 OUTCOME_SEEN = "seen"  # path, size and mtime already taken: not even read
+
+#: ``progress(bytes_done, bytes_total)``: called from the writer's thread after each chunk is
+#: stored, so a daemon can prove liveness (watchdog) and report long ingests; must be cheap.
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +112,20 @@ def ingest_file(
     *,
     round_num: int | None = None,
     pool: Executor | None = None,
+    fd: int | None = None,
+    progress: Progress | None = None,
 ) -> IngestResult:
-    """Ingest ``path`` into ``store`` (opened as the writer). See the module docstring."""
+    """Ingest ``path`` into ``store`` (opened as the writer). See the module docstring.
+
+    ``fd``: the file already opened by the caller (e.g. resolved beneath the client directory
+    without following links); it stays open and the caller's. ``path`` then only names the
+    file in the store and the logs.
+    """
     started = time.perf_counter()
     source = str(Path(path).absolute())
-    fd = _open_checkpoint(path)
+    owns_fd = fd is None
+    if fd is None:
+        fd = _open_checkpoint(path)
     try:
         before = os.fstat(fd)
         if not stat.S_ISREG(before.st_mode):
@@ -157,6 +171,7 @@ def ingest_file(
                 workers,
                 source,
                 started,
+                progress,
             )
         finally:
             if own_pool:
@@ -167,7 +182,8 @@ def ingest_file(
             )
         return result
     finally:
-        os.close(fd)
+        if owns_fd:
+            os.close(fd)
 
 
 def _stream_round(
@@ -182,6 +198,7 @@ def _stream_round(
     pool: Executor,
     source: str,
     started: float,
+    progress: Progress | None = None,
 ) -> IngestResult:
     """Stream the chunks through a small pipeline, then commit the round.
 
@@ -199,6 +216,8 @@ def _stream_round(
     seen_hashes: set[str] = set()
     delta_bases = _DeltaBases(store, round_num) if options.delta else None
     encodes = options.compression != "none" or options.delta
+    total_bytes = sum(spec.nbytes for spec in specs)
+    done_bytes = 0
 
     def after_hash(spec: ChunkSpec, buf: bytearray, digest: Future[str], fed: Future[None]) -> None:
         chunk_hash = digest.result()
@@ -245,6 +264,9 @@ def _stream_round(
                 after_hash(*hashing.popleft())
             while len(encoding) > WINDOW:
                 store_encoded(*encoding.popleft())
+            done_bytes += spec.nbytes
+            if progress is not None:
+                progress(done_bytes, total_bytes)
         while hashing:
             after_hash(*hashing.popleft())
         while encoding:
