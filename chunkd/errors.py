@@ -86,6 +86,11 @@ class UnsafePickleError(CheckpointError):
     """``data.pkl`` asks for something outside the allow-list; it is refused, never executed."""
 
 
+class RoundConflictError(CheckpointError):
+    """A different file claims a round that is already stored: it never silently takes the
+    round's place. Store it under another number with ``chunkd ingest --round N``."""
+
+
 class IntegrityError(ChunkdError):
     """Stored bytes do not match their recorded hash. Never retried, never papered over."""
 

@@ -32,7 +32,14 @@ from pathlib import Path
 
 from chunkd import codec, rounds
 from chunkd.checkpoint import ParsedCheckpoint, parse_checkpoint, read_exact, read_into
-from chunkd.errors import ChunkdError, CrcMismatchError, FileChangedError, NotACheckpointError
+from chunkd.errors import (
+    ChunkdError,
+    CrcMismatchError,
+    FileChangedError,
+    NotACheckpointError,
+    NotFoundError,
+    RoundConflictError,
+)
 from chunkd.flatindex import plan_chunks
 from chunkd.manifest import ChunkSpec, RoundLayout
 from chunkd.store import ChunkStore, FileIdentity, SourceRecord
@@ -75,6 +82,10 @@ class IngestResult:
     #: the round's tensor bytes (its chunks' raw size) and how many of them were new
     tensor_bytes: int = 0
     tensor_bytes_new: int = 0
+    #: for a rewritten round: the version it superseded (now an earlier generation)
+    generation: int = 0
+    previous_sha256: str | None = None
+    previous_path: str | None = None
 
     @property
     def dedup_ratio(self) -> float:
@@ -102,6 +113,11 @@ class IngestResult:
             "duration_ms": round(self.duration_ms, 1),
             "mb_per_s": self.mb_per_s,
             "sha256": self.file_sha256,
+            **(
+                {"generation": self.generation, "previous_sha256": self.previous_sha256}
+                if self.previous_sha256
+                else {}
+            ),
         }
 
 
@@ -132,6 +148,8 @@ def ingest_file(
             raise NotACheckpointError(f"{source} is not a regular file")
         identity = FileIdentity.of(before)
         seen = store.find_source(source, identity)
+        if seen is None and round_num is None:
+            seen = _same_content_as_taken(store, source, identity, fd)
         if seen is not None and round_num is None:
             return IngestResult(
                 OUTCOME_SEEN,
@@ -155,6 +173,9 @@ def ingest_file(
         target = (
             named if named is not None else rounds.choose_round(None, None, store.highest_round())
         )
+        # a different file claiming a stored round is refused before anything is written
+        if round_num is None:
+            _refuse_conflict(store, target, source, fd, before.st_size)
         specs = plan_chunks(parsed.storages, options.chunk_num, options.max_chunk_bytes)
         own_pool = pool is None
         workers = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunkd-hash")
@@ -206,7 +227,7 @@ def _stream_round(
     writer's thread); everything else overlaps with it: chunk SHA-256 and the codec on ``pool``,
     the whole-file SHA-256 and the CRC-32s on a sequential worker that sees the bytes in order.
     """
-    writer = store.begin_round()
+    writer = store.begin_round(size_hint=parsed.file_size)
     file_check = _FileChecker(parsed)
     sequential_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-filehash")
     slot_of = {s.name: i for i, s in enumerate(parsed.storages)}
@@ -299,7 +320,7 @@ def _stream_round(
             storages=parsed.storages,
             segments=parsed.segments,
         )
-        replaced = writer.commit(
+        committed = writer.commit(
             round_num=round_num,
             layout=layout,
             residue=parsed.residue,
@@ -313,8 +334,9 @@ def _stream_round(
         raise
     finally:
         sequential_worker.shutdown(wait=True)
+    previous = committed.superseded
     return IngestResult(
-        OUTCOME_REPLACED if replaced else OUTCOME_INGESTED,
+        OUTCOME_REPLACED if previous is not None else OUTCOME_INGESTED,
         source,
         round_num,
         parsed.file_size,
@@ -325,6 +347,9 @@ def _stream_round(
         _ms_since(started),
         layout.flat_bytes,
         writer.new_raw_bytes,
+        committed.generation,
+        previous.file_sha256 if previous else None,
+        previous.source_path if previous else None,
     )
 
 
@@ -355,6 +380,56 @@ def _round_with_same_file(
     except LookupError:
         return None
     return round_num if existing.file_sha256 == file_sha256 else None
+
+
+def _refuse_conflict(store: ChunkStore, round_num: int, source: str, fd: int, size: int) -> None:
+    """SPEC "Rounds": new content for a stored round is a rewrite (a new generation) only when it
+    comes from the same path, or when an operator names the round (``--round``). Any other file
+    claiming the round is refused, with both paths and hashes, before anything is written; a
+    copy of the stored file (same SHA-256) goes on and is then a duplicate."""
+    try:
+        existing = store.get_round(round_num)
+    except NotFoundError:
+        return
+    if existing.source_path in (None, source):
+        return
+    sha256 = _file_sha256(fd, size)
+    if sha256 == existing.file_sha256:
+        return
+    raise RoundConflictError(
+        f"round {round_num} is already stored from {existing.source_path} "
+        f"(sha256 {existing.file_sha256}); {source} (sha256 {sha256}) claims the same round and "
+        f"is not stored. To keep it under another number: chunkd ingest {source} --client ID "
+        "--round N"
+    )
+
+
+def _file_sha256(fd: int, size: int) -> str:
+    digest = hashlib.sha256()
+    for offset in range(0, size, 8 << 20):
+        digest.update(read_exact(fd, offset, min(8 << 20, size - offset)))
+    return digest.hexdigest()
+
+
+def _same_content_as_taken(
+    store: ChunkStore, source: str, identity: FileIdentity, fd: int
+) -> SourceRecord | None:
+    """A file whose metadata alone changed (``chmod``, ``chown``, ``touch -c`` of the ctime) is
+    the version already taken: same size and mtime, and, read once to be sure, the same SHA-256.
+    Without this a pruned round would come back after a ``chmod -R`` of the client directory."""
+    taken = store.source_of(source)
+    if (
+        taken is None
+        or taken.file_sha256 is None
+        or taken.identity.size != identity.size
+        or taken.identity.mtime_ns != identity.mtime_ns
+    ):
+        return None
+    if _file_sha256(fd, identity.size) != taken.file_sha256:
+        return None
+    seen = SourceRecord(source, identity, taken.file_sha256, taken.round_num, taken.outcome)
+    store.record_source(seen)
+    return seen
 
 
 def _sha256_hex(data: memoryview) -> str:

@@ -1,10 +1,14 @@
-"""Apply retention to one store: remove old rounds, then unreferenced chunks, then free pages.
+"""Apply retention to one store: plan, then remove round versions, chunks, and free pages.
 
-The order is the crash-safe one (restic's "unreference before delete"): rounds and their
-``chunk_metadata`` rows go first, in one transaction; a crash after it leaves only orphan chunks,
-which the next run (or the next writer to open the database) removes. Orphan removal is skipped
-while any restore holds a lease on this store, because a round replaced during that restore may
-still be read from chunks that no visible round references any more.
+Decide, then do (restic's ``PlanPrune`` / ``Execute``): :func:`~chunkd.retention.plan_versions`
+says which versions go (``--dry-run`` prints just that); the store then removes them in one
+transaction, collects the chunks nothing needs any more (:mod:`chunkd.store.gc`) and returns free
+pages to the filesystem only when they are many (see ``ChunkStore.return_free_space``). The order
+is the crash-safe one ("unreference before delete"): a crash after the first step leaves only
+orphan chunks, which the next run (or the next writer to open the database) removes.
+
+Leased rounds (being restored) keep every version, so every chunk a restore needs stays
+referenced: garbage collection never has to stop for a reader.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from chunkd.retention import RetentionPlan, plan_retention
+from chunkd.retention import RetentionPlan, plan_versions
 from chunkd.store import ChunkStore
 
 
@@ -29,6 +33,7 @@ class PruneResult:
             "rounds_removed": list(self.plan.remove),
             "rounds_kept": len(self.plan.keep),
             "rounds_held": list(self.plan.held),
+            "generations_removed": [list(g) for g in self.plan.generations_removed],
             "chunks_removed": self.chunks_removed,
             "bytes_removed": self.bytes_removed,
             "bytes_returned": self.bytes_returned,
@@ -42,15 +47,22 @@ def prune_store(
     *,
     leased: Collection[int] = (),
     dry_run: bool = False,
-    any_lease: bool = False,
+    any_lease: bool = False,  # accepted for old callers; leases no longer stop GC
 ) -> PruneResult:
     """Apply ``keep_rounds`` to ``store``; with ``dry_run`` only say what would go."""
-    plan = plan_retention(store.round_numbers(), keep_rounds, leased)
+    versions = store.list_versions()
+    plan = plan_versions(versions, keep_rounds, leased)
     if dry_run:
         return PruneResult(plan, True, 0, 0, 0)
-    store.delete_rounds(plan.remove)
-    chunks = nbytes = 0
-    if not any_lease and not leased:
-        chunks, nbytes = store.remove_orphan_chunks()
-    returned = store.vacuum_free_pages()
+    removed_rounds = set(plan.remove)
+    removed_generations = set(plan.generations_removed)
+    doomed = [
+        v
+        for v in versions
+        if (v.current and v.round_num in removed_rounds)
+        or (not v.current and (v.round_num, v.generation) in removed_generations)
+    ]
+    store.delete_versions(doomed)
+    chunks, nbytes = store.collect_garbage()
+    returned = store.return_free_space()
     return PruneResult(plan, False, chunks, nbytes, returned)

@@ -1,14 +1,22 @@
-"""Which rounds retention removes: pure policy, no I/O.
+"""Which round versions retention removes: pure policy, no I/O.
 
-``chunk_keep_rounds = N`` keeps the N highest-numbered rounds (0 keeps everything). A round that a
-restore is reading (a lease, see :mod:`chunkd.daemon.leases`) is never removed; it stays until a
-later run once the lease is released.
+``chunk_keep_rounds = N`` keeps the N newest rounds (0 keeps everything). "Newest" is the order
+key ``(run, round_num)``: within one run of a client that is simply the highest round numbers
+(SPEC "Retention"); after a rerun rewrote a round (a new run, see docs/DESIGN.md "Generations"),
+the rerun's rounds are newer than the previous run's higher-numbered ones, so the rerun's round 1
+is never pruned in favour of the old run's round 6.
+
+Earlier generations of rewritten rounds (a rerun's predecessors) are kept while they are newer
+than the oldest kept round, at most N of them, so rewriting one file forever cannot grow the store
+without bound. A round that a restore is reading (a lease, see :mod:`chunkd.daemon.leases`) is
+never removed, with all its versions; it stays until a later run once the lease is released.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,18 +25,67 @@ class RetentionPlan:
     remove: tuple[int, ...]
     #: rounds that policy would remove but a lease protects this time
     held: tuple[int, ...]
+    #: earlier generations removed, as ``(round_num, generation)``
+    generations_removed: tuple[tuple[int, int], ...] = ()
+
+
+class Version(Protocol):
+    @property
+    def round_num(self) -> int: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def current(self) -> bool: ...
+    @property
+    def order_key(self) -> tuple[int, int, int]: ...
 
 
 def plan_retention(
     round_nums: Iterable[int], keep_rounds: int, leased: Collection[int] = ()
 ) -> RetentionPlan:
-    ordered = sorted(set(round_nums))
+    """The plan for rounds of one run (no rewrites): the highest numbers stay."""
     if keep_rounds < 0:
         raise ValueError("keep_rounds must be >= 0")
-    if keep_rounds == 0 or len(ordered) <= keep_rounds:
-        return RetentionPlan(keep=tuple(ordered), remove=(), held=())
-    cut = len(ordered) - keep_rounds
-    old, newest = ordered[:cut], ordered[cut:]
-    held = tuple(r for r in old if r in leased)
-    remove = tuple(r for r in old if r not in leased)
+    ordered = sorted(set(round_nums))
+    return _plan_current(ordered, keep_rounds, leased)
+
+
+def _plan_current(
+    newest_last: list[int], keep_rounds: int, leased: Collection[int]
+) -> RetentionPlan:
+    if keep_rounds == 0 or len(newest_last) <= keep_rounds:
+        return RetentionPlan(keep=tuple(sorted(newest_last)), remove=(), held=())
+    cut = len(newest_last) - keep_rounds
+    old, newest = newest_last[:cut], newest_last[cut:]
+    held = tuple(sorted(r for r in old if r in leased))
+    remove = tuple(sorted(r for r in old if r not in leased))
     return RetentionPlan(keep=tuple(sorted(newest + list(held))), remove=remove, held=held)
+
+
+def plan_versions(
+    versions: Iterable[Version], keep_rounds: int, leased: Collection[int] = ()
+) -> RetentionPlan:
+    """The plan for every stored version (current rounds and earlier generations)."""
+    if keep_rounds < 0:
+        raise ValueError("keep_rounds must be >= 0")
+    everything = sorted(versions, key=lambda v: v.order_key)
+    current = [v for v in everything if v.current]
+    plan = _plan_current([v.round_num for v in current], keep_rounds, leased)
+    if keep_rounds == 0:
+        return plan
+    kept = set(plan.keep)
+    kept_keys = [v.order_key for v in current if v.round_num in kept and v.round_num not in leased]
+    oldest_kept = min(kept_keys) if kept_keys else None
+    earlier = [v for v in everything if not v.current]
+    young = [
+        v
+        for v in earlier
+        if v.round_num in kept and oldest_kept is not None and v.order_key >= oldest_kept
+    ]
+    keep_earlier = {id(v) for v in young[-keep_rounds:]}
+    removed = tuple(
+        (v.round_num, v.generation)
+        for v in earlier
+        if id(v) not in keep_earlier and v.round_num not in leased
+    )
+    return RetentionPlan(plan.keep, plan.remove, plan.held, removed)

@@ -49,6 +49,7 @@ PURE = {
     "protocol",
     "manifest",
     "errors",
+    "store.gc",
 }
 FORBIDDEN_IN_PURE = {
     "sqlite3",

@@ -358,11 +358,15 @@ class ClientLane:
             "bytes_in": result.bytes_in,
         }
         if result.outcome == OUTCOME_REPLACED:
-            self._log.info(
+            # the earlier version stays restorable as generation ``generation - 1``
+            self._log.warning(
                 log.ROUND_REPLACED,
                 round=result.round_num,
                 path=result.path,
                 sha256=result.file_sha256,
+                previous_sha256=result.previous_sha256,
+                previous_path=result.previous_path,
+                generation=result.generation,
             )
         self._log.info(log.CHECKPOINT_INGESTED, **fields)
 

@@ -174,8 +174,12 @@ SPILL_CHILD = textwrap.dedent(
     from chunkd.store import ChunkStore
 
     store = ChunkStore.open_writer(sys.argv[1])
+    # chunkd's writer never spills (cache_spill=OFF); force a spill here so that dirty pages
+    # reach the file mid-transaction, as a crash inside a commit would leave them
+    store._conn.execute("PRAGMA cache_spill=ON")
+    store._conn.execute("PRAGMA cache_size=-1024")
     writer = store.begin_round()
-    for _ in range(24):
+    for _ in range(6):
         data = os.urandom(1 << 20)
         writer.add_chunk(hashlib.sha256(data).hexdigest(), "raw", data, len(data))
     print("mid-transaction", flush=True)

@@ -22,7 +22,9 @@ from strategies import (
 from chunkd import codec
 from chunkd.errors import BusyError
 from chunkd.ingest import ingest_file
-from chunkd.store import CACHE_KIB, PAGE_SIZE, ChunkStore
+from chunkd.store import CACHE_KIB, ChunkStore
+from chunkd.store.core import INITIAL_PAGE_SIZE
+from chunkd.store.schema import page_size_for
 from chunkd.verify import verify_store
 
 # -- schema ----------------------------------------------------------------------------------------
@@ -87,13 +89,16 @@ def test_schema_has_the_seed_tables_columns_and_indexes(writer_store, db_path, e
 
 def test_pragmas_allow_retention_to_give_space_back(writer_store, db_path, engine):
     assert engine.query(db_path, "PRAGMA auto_vacuum") == [(2,)]  # INCREMENTAL
-    assert engine.query(db_path, "PRAGMA page_size") == [(PAGE_SIZE,)]
+    assert engine.query(db_path, "PRAGMA page_size") == [(INITIAL_PAGE_SIZE,)]
     (mode,) = engine.query(db_path, "PRAGMA journal_mode")[0]
     assert mode in ("delete", "truncate", "persist", "wal")  # never off or memory
 
 
 def test_a_new_database_gets_a_bounded_page_cache(db_path):
     """Setting page_size resets cache_size: at 64 KiB pages the default would pin 256 MiB."""
+    with ChunkStore.open_writer(db_path) as store:
+        store.begin_round(size_hint=1 << 30)  # an empty database takes the big-model page size
+        assert store._conn.execute("PRAGMA page_size").fetchone() == (65536,)
     with ChunkStore.open_writer(db_path) as store:
         (cache,) = store._conn.execute("PRAGMA cache_size").fetchone()
     assert cache == -CACHE_KIB
@@ -107,7 +112,7 @@ def test_pragmas_survive_reopening(db_path, engine, tmp_path):
         engine.ingest(path, store)
         assert engine.restore(store, 1) == data
     assert engine.query(db_path, "PRAGMA auto_vacuum") == [(2,)]
-    assert engine.query(db_path, "PRAGMA page_size") == [(PAGE_SIZE,)]
+    assert engine.query(db_path, "PRAGMA page_size") == [(page_size_for(len(data)),)]
 
 
 # -- deduplication ---------------------------------------------------------------------------------

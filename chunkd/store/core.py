@@ -1,0 +1,367 @@
+"""ChunkStore: one client's SQLite database of deduplicated chunks and the rounds built from them.
+
+The store package is the only code that imports :mod:`sqlite3`. It has no policy (what to keep,
+when to ingest) and no threads; the engine modules call it. docs/DESIGN.md states the invariants;
+in short:
+
+* **Write order** (restic's "packs, then index, then snapshot"): chunk bytes first, in committed
+  batches (a chunk no round references is invisible and harmless); then one transaction with the
+  round's ``chunk_metadata`` rows, its ``rounds`` row and its ``sources`` row. A round is visible
+  exactly when that commits. A rewritten round's earlier version moves to ``round_history`` in
+  that same transaction, so no committed version is ever lost except by retention.
+* **One writer per database**, enforced by an exclusive ``flock`` on ``<db>.lock``; no descriptor
+  is ever opened or closed on the database inode outside SQLite (see :mod:`.lock`).
+* **Readers are never starved for long**: the writer does not spill its cache, so it holds
+  EXCLUSIVE only while committing one batch of at most ``BATCH_BYTES``.
+* **Garbage collection** is one pure plan (:mod:`.gc`) that this class executes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from chunkd.errors import NotFoundError, StoreError
+from chunkd.store import schema
+from chunkd.store.gc import GcPlan, plan_gc
+from chunkd.store.lock import WriterLock, file_id, refuse_symlink, writable_now
+from chunkd.store.reading import StoreReading, wrap_error
+from chunkd.store.records import RoundInfo, SourceRecord
+
+#: Chunk bytes are committed in batches of about this size: the longest a reader waits for the
+#: writer is one such commit (~20-60 ms here).
+BATCH_BYTES = 8 << 20
+#: How long a statement waits for another connection's lock before failing with "busy".
+BUSY_TIMEOUT_MS = 30_000
+#: Page cache per connection (KiB). The writer's dirty pages of one batch come on top (no spill).
+CACHE_KIB = 8 << 10
+#: Free space is returned to the filesystem only when the free pages exceed this share of the
+#: pages in use (and ``VACUUM_MIN_BYTES``): at steady state a pruned round's pages are reused by
+#: the next round, and moving pages to shrink the file would rewrite data for nothing.
+VACUUM_SLACK = 0.5
+VACUUM_MIN_BYTES = 16 << 20
+#: At most this much is moved by one vacuum run; the rest waits for the next retention run.
+VACUUM_MAX_BYTES = 256 << 20
+#: Page size of a database no checkpoint has gone into yet (small: most tiny clients stay so).
+INITIAL_PAGE_SIZE = 1024
+
+if TYPE_CHECKING:
+    from chunkd.store.writing import RoundWriter
+
+Statement = tuple[str, tuple[object, ...]]
+
+
+def source_upsert(source: SourceRecord) -> Statement:
+    return (
+        "INSERT OR REPLACE INTO sources (path, size, mtime_ns, ctime_ns, file_sha256, round_num,"
+        " outcome, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, CURRENT_TIMESTAMP)",
+        (
+            source.path,
+            source.identity.size,
+            source.identity.mtime_ns,
+            source.identity.ctime_ns,
+            source.file_sha256,
+            source.round_num,
+            source.outcome,
+        ),
+    )
+
+
+class ChunkStore(StoreReading):
+    """One open client database. Not thread-safe: each thread opens its own."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, lock: WriterLock | None) -> None:
+        self.path = path
+        self._conn = conn
+        self._lock = lock
+        self._file_id = file_id(path)
+
+    # -- opening and closing ---------------------------------------------------------------------
+    @classmethod
+    def open_writer(cls, path: str | os.PathLike[str]) -> ChunkStore:
+        """Open (creating if needed) for writing; the caller is then the database's only writer.
+
+        A database of an older format is upgraded in place; orphan chunks a crash left behind
+        are removed.
+        """
+        db = Path(path)
+        refuse_symlink(db)
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the directory of {db}: {e.strerror}") from None
+        lock = WriterLock.acquire(db)
+        conn = None
+        try:
+            refuse_symlink(db)  # again, under the lock
+            conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+            schema.configure(conn, writer=True, busy_timeout_ms=BUSY_TIMEOUT_MS)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            writable = writable_now(db) is None
+            if version == 0:
+                schema.create(conn, INITIAL_PAGE_SIZE)
+            elif version < schema.SCHEMA_VERSION and writable:
+                schema.migrate(conn, version)
+            elif version != schema.SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {db} has format {version}; this chunkd reads format "
+                    f"{schema.SCHEMA_VERSION}"
+                    + (" (it is read-only, so it cannot be upgraded)" if not writable else "")
+                )
+            schema.configure_writer(conn, cache_kib=CACHE_KIB)
+            store = cls(db, conn, lock)
+            if writable:  # a read-only database still opens, to serve restores
+                store.collect_garbage()
+            return store
+        except sqlite3.Error as e:
+            if conn is not None:
+                conn.close()
+            lock.release()
+            raise wrap_error(e, db, "open") from None
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            lock.release()
+            raise
+
+    @classmethod
+    def open_reader(cls, path: str | os.PathLike[str]) -> ChunkStore:
+        """Open an existing database for reading; never creates it, never writes a round.
+
+        Opened read-write with ``query_only`` where the file permits: a writer killed mid-batch
+        leaves a hot journal, and only a connection that may write can roll it back (SQLite
+        does so on first read, restoring the last committed state). Without write permission
+        it falls back to ``mode=ro``, which works whenever no hot journal is present. A database
+        of the previous format is upgraded first when no writer holds it.
+        """
+        db = Path(path)
+        refuse_symlink(db)
+        if not db.is_file():
+            raise NotFoundError(f"no database at {db}")
+        for _upgrade in range(2):
+            store, version = cls._connect_reader(db)
+            if version == 0:
+                store.close()
+                raise NotFoundError(f"database {db} holds no rounds yet")
+            if version == schema.SCHEMA_VERSION:
+                return store
+            store.close()
+            if version > schema.SCHEMA_VERSION or writable_now(db) is not None:
+                break
+            cls.open_writer(db).close()  # upgrades; BusyError if a daemon holds it (and then
+            # that daemon has upgraded it already, so the second pass finds the new format)
+        raise StoreError(
+            f"database {db} has format {version}; this chunkd reads format {schema.SCHEMA_VERSION}"
+        )
+
+    @classmethod
+    def _connect_reader(cls, db: Path) -> tuple[ChunkStore, int]:
+        uri = db.resolve().as_uri()
+        for mode in ("rw", "ro"):
+            conn = None
+            try:
+                conn = sqlite3.connect(
+                    f"{uri}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False
+                )
+                schema.configure(conn, writer=False, busy_timeout_ms=BUSY_TIMEOUT_MS)
+                conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                return cls(db, conn, None), int(version)
+            except sqlite3.Error as e:
+                if conn is not None:
+                    conn.close()
+                if mode == "ro":
+                    raise StoreError(f"cannot open database {db}: {e}") from None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def __enter__(self) -> ChunkStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None
+
+    def release_memory(self) -> None:
+        """Hand the page cache back between jobs: a daemon keeps one writer per client open for
+        weeks, and an idle client should not hold a full cache."""
+        try:
+            self._conn.execute("PRAGMA shrink_memory")
+        except sqlite3.Error as e:
+            raise wrap_error(e, self.path, "shrink_memory") from None
+
+    def is_current(self) -> bool:
+        """False once the database file was deleted or replaced under this open handle.
+
+        A writer must then reopen: writing on would put rounds into an unlinked inode.
+        """
+        now = file_id(self.path)
+        return now is not None and (self._file_id is None or now == self._file_id)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def _require_writer(self) -> None:
+        """Refuse to start a write unless the file can be written right now.
+
+        A database made read-only under an open writer (``chattr +i``, a read-only remount)
+        would otherwise fail at COMMIT and leave a hot journal behind, which every reader then
+        tries, and fails, to roll back: one failed ingest would stop all restores.
+        """
+        if self._lock is None:
+            raise StoreError(f"database {self.path} is open read-only")
+        why = writable_now(self.path)
+        if why is not None:
+            raise StoreError(f"database {self.path} is not writable now: {why}")
+
+    def _execute(self, sql: str, params: Iterable[object] = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, tuple(params))
+        except sqlite3.Error as e:
+            raise wrap_error(e, self.path, "write") from None
+
+    def begin_round(self, size_hint: int | None = None) -> RoundWriter:
+        """Start writing one round; see :class:`~chunkd.store.writing.RoundWriter`.
+
+        ``size_hint`` (the checkpoint's size) lets a database that holds nothing yet pick its
+        page size (:func:`~chunkd.store.schema.page_size_for`).
+        """
+        from chunkd.store.writing import RoundWriter
+
+        self._require_writer()
+        if size_hint is not None:
+            self._fit_page_size(size_hint)
+        return RoundWriter(self)
+
+    def _fit_page_size(self, size_hint: int) -> None:
+        wanted = schema.page_size_for(size_hint)
+        current = self._query("PRAGMA page_size")[0][0]
+        if wanted == current or self._query("SELECT 1 FROM chunk_info LIMIT 1"):
+            return
+        if self._query("SELECT 1 FROM rounds LIMIT 1"):
+            return
+        try:  # an empty database: rebuilding it at the new page size costs a few pages
+            self._conn.execute(f"PRAGMA page_size={wanted}")
+            self._conn.execute("VACUUM")
+            schema.configure_writer(self._conn, cache_kib=CACHE_KIB)
+        except sqlite3.Error as e:
+            raise wrap_error(e, self.path, "page size change") from None
+
+    def record_source(self, source: SourceRecord) -> None:
+        """Remember a file that was taken without a new round (a duplicate, a rejection)."""
+        self._require_writer()
+        self.transaction([source_upsert(source)])
+
+    def transaction(self, statements: list[Statement]) -> None:
+        c = self._conn
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            for sql, params in statements:
+                c.execute(sql, params)
+            c.execute("COMMIT")
+        except sqlite3.Error as e:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise wrap_error(e, self.path, "transaction") from None
+
+    def delete_versions(self, versions: Iterable[RoundInfo]) -> int:
+        """Remove round versions (rows only; chunk bytes go with :meth:`collect_garbage`)."""
+        self._require_writer()
+        statements: list[Statement] = []
+        count = 0
+        for v in versions:
+            count += 1
+            if v.current:
+                key = (v.round_num,)
+                statements.append(("DELETE FROM chunk_metadata WHERE round_num = ?", key))
+                statements.append(("DELETE FROM rounds WHERE round_num = ?", key))
+            else:
+                key = (v.round_num, v.generation)
+                statements.append(
+                    (
+                        "DELETE FROM round_history_chunks WHERE history_id IN (SELECT id FROM"
+                        " round_history WHERE round_num = ? AND generation = ?)",
+                        key,
+                    )
+                )
+                statements.append(
+                    ("DELETE FROM round_history WHERE round_num = ? AND generation = ?", key)
+                )
+        if statements:
+            self.transaction(statements)
+        return count
+
+    def delete_rounds(self, round_nums: Iterable[int]) -> int:
+        """Remove rounds with every version they have."""
+        wanted = set(round_nums)
+        return self.delete_versions(v for v in self.list_versions() if v.round_num in wanted)
+
+    def plan_garbage(self, candidates: Iterable[str] | None = None) -> GcPlan:
+        referenced, bases, sizes = self.chunk_graph()
+        return plan_gc(referenced, bases, sizes, candidates)
+
+    def collect_garbage(self, candidates: Iterable[str] | None = None) -> tuple[int, int]:
+        """Delete the chunks nothing needs (:func:`~chunkd.store.gc.plan_gc`), planned and
+        executed in one write transaction; returns ``(chunks, stored bytes)``."""
+        self._require_writer()
+        c = self._conn
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            plan = self.plan_garbage(candidates)
+            dead = sorted(plan.dead)
+            for i in range(0, len(dead), 500):
+                batch = dead[i : i + 500]
+                marks = ",".join("?" * len(batch))
+                c.execute(f"DELETE FROM chunk_data WHERE chunk_hash IN ({marks})", batch)  # noqa: S608
+                c.execute(f"DELETE FROM chunk_info WHERE chunk_hash IN ({marks})", batch)  # noqa: S608
+            c.execute("COMMIT")
+        except sqlite3.Error as e:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise wrap_error(e, self.path, "garbage collection") from None
+        return len(plan.dead), plan.dead_bytes
+
+    def remove_orphan_chunks(self) -> tuple[int, int]:
+        return self.collect_garbage()
+
+    def orphan_chunk_count(self) -> int:
+        return len(self.plan_garbage().dead)
+
+    def return_free_space(self, *, force: bool = False) -> int:
+        """Give free pages back to the filesystem when they are many; returns bytes returned.
+
+        Only past ``VACUUM_SLACK`` (or with ``force``), and at most ``VACUUM_MAX_BYTES`` a run:
+        see the constants. ``executescript`` because the pragma frees one page per step and
+        ``execute`` steps a statement that returns no rows only once.
+        """
+        self._require_writer()
+        page_size = self._query("PRAGMA page_size")[0][0]
+        free_pages = self._query("PRAGMA freelist_count")[0][0]
+        total_pages = self._query("PRAGMA page_count")[0][0]
+        free = free_pages * page_size
+        used = (total_pages - free_pages) * page_size
+        plenty = free >= VACUUM_MIN_BYTES and free >= VACUUM_SLACK * used
+        if not free_pages or not (force or plenty):
+            return 0
+        pages = min(free_pages, max(1, VACUUM_MAX_BYTES // page_size))
+        before = self.path.stat().st_size
+        try:
+            self._conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+        except sqlite3.Error as e:
+            raise wrap_error(e, self.path, "incremental vacuum") from None
+        return before - self.path.stat().st_size
+
+    def vacuum_free_pages(self) -> int:
+        """Every free page back to the filesystem now (``chunkd prune`` on demand, tests)."""
+        return self.return_free_space(force=True)

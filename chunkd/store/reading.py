@@ -1,0 +1,348 @@
+"""Everything a store answers without writing: rounds, their versions, chunks and figures.
+
+Mixed into :class:`~chunkd.store.core.ChunkStore`; a reader and the writer share these queries.
+Listing and figures read only narrow tables (``rounds`` without its blobs, ``chunk_info``), so
+``chunkd list`` costs O(rounds + chunks), never O(bytes).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import zstandard
+
+from chunkd import codec
+from chunkd.errors import BusyError, IntegrityError, NotFoundError, StoreError
+from chunkd.manifest import RoundLayout
+from chunkd.store.records import (
+    ChunkRef,
+    FileIdentity,
+    RoundInfo,
+    SourceRecord,
+    StoredChunk,
+    StoreStats,
+)
+
+#: A delta chain longer than this is damage (ingest starts a key chunk well before).
+MAX_CHAIN = 64
+
+_ROUND_COLUMNS = (
+    "round_num, file_sha256, file_size, flat_bytes, chunk_count, new_chunks, new_bytes,"
+    " source_path, created_at, generation, run"
+)
+
+
+def wrap_error(e: sqlite3.Error, path: Path, what: str) -> StoreError:
+    if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+        return BusyError(f"database {path} is busy ({what}): {e}")
+    return StoreError(f"database {path}: {what} failed: {e}")
+
+
+class StoreReading:
+    """Read queries over ``self._conn`` (set by the concrete store)."""
+
+    path: Path
+    _conn: sqlite3.Connection
+
+    def _query(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:
+        try:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as e:
+            raise wrap_error(e, self.path, "query") from None
+
+    # -- rounds and their versions ---------------------------------------------------------------
+    def list_rounds(self) -> list[RoundInfo]:
+        """The current version of every stored round, by round number."""
+        rows = self._query(f"SELECT {_ROUND_COLUMNS} FROM rounds ORDER BY round_num")  # noqa: S608
+        return [RoundInfo(*row) for row in rows]
+
+    def list_versions(self) -> list[RoundInfo]:
+        """Every stored version, current or earlier generation, oldest first (by order key)."""
+        current = self.list_rounds()
+        earlier = [
+            RoundInfo(*row, current=False)
+            for row in self._query(f"SELECT {_ROUND_COLUMNS} FROM round_history")  # noqa: S608
+        ]
+        return sorted(current + earlier, key=lambda v: v.order_key)
+
+    def round_numbers(self) -> list[int]:
+        return [r[0] for r in self._query("SELECT round_num FROM rounds ORDER BY round_num")]
+
+    def get_round(self, round_num: int, generation: int | None = None) -> RoundInfo:
+        rows = self._query(
+            f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE round_num = ?",  # noqa: S608
+            (round_num,),
+        )
+        if rows and (generation is None or rows[0][9] == generation):
+            return RoundInfo(*rows[0])
+        if generation is not None:
+            old = self._query(
+                f"SELECT {_ROUND_COLUMNS} FROM round_history"  # noqa: S608 - constant columns
+                " WHERE round_num = ? AND generation = ?",
+                (round_num, generation),
+            )
+            if old:
+                return RoundInfo(*old[0], current=False)
+        raise NotFoundError(self._not_stored(round_num, generation))
+
+    def _not_stored(self, round_num: int, generation: int | None) -> str:
+        stored = self.round_numbers()
+        what = f"round {round_num}"
+        if generation is not None:
+            what += f" generation {generation}"
+        if not stored:
+            return f"{what} is not stored in {self.path}: no round is stored yet"
+        shown = ", ".join(map(str, stored[-20:]))
+        more = f" (and {len(stored) - 20} earlier)" if len(stored) > 20 else ""
+        return f"{what} is not stored in {self.path}; stored rounds: {shown}{more}"
+
+    def latest_round(self) -> int:
+        """The newest current round: highest (run, round number), so a rerun's round 1 is newer
+        than the previous run's round 6 (see docs/DESIGN.md "Generations")."""
+        rows = self._query("SELECT round_num FROM rounds ORDER BY run DESC, round_num DESC LIMIT 1")
+        if not rows:
+            raise NotFoundError(f"no round is stored in {self.path}")
+        return int(rows[0][0])
+
+    def highest_round(self) -> int | None:
+        return self._query("SELECT MAX(round_num) FROM rounds")[0][0]
+
+    def current_run(self) -> int:
+        rows = self._query(
+            "SELECT MAX(r) FROM (SELECT MAX(run) AS r FROM rounds"
+            " UNION ALL SELECT MAX(run) FROM round_history)"
+        )
+        return int(rows[0][0] or 0)
+
+    def _history_id(self, round_num: int, generation: int) -> int:
+        rows = self._query(
+            "SELECT id FROM round_history WHERE round_num = ? AND generation = ?",
+            (round_num, generation),
+        )
+        if not rows:
+            raise NotFoundError(self._not_stored(round_num, generation))
+        return int(rows[0][0])
+
+    def _is_current(self, round_num: int, generation: int | None) -> bool:
+        if generation is None:
+            return True
+        rows = self._query("SELECT generation FROM rounds WHERE round_num = ?", (round_num,))
+        return bool(rows) and rows[0][0] == generation
+
+    def read_layout(
+        self, round_num: int, generation: int | None = None
+    ) -> tuple[RoundLayout, bytes]:
+        """The round's layout and its residue bytes (decompressed)."""
+        if self._is_current(round_num, generation):
+            rows = self._query(
+                "SELECT layout, residue FROM rounds WHERE round_num = ?", (round_num,)
+            )
+        else:
+            rows = self._query(
+                "SELECT layout, residue FROM round_history WHERE id = ?",
+                (self._history_id(round_num, generation or 0),),
+            )
+        if not rows:
+            raise NotFoundError(self._not_stored(round_num, generation))
+        layout_json, residue = rows[0]
+        try:
+            layout = RoundLayout.from_json(layout_json)
+            raw = zstandard.ZstdDecompressor().decompress(residue)
+        except (ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
+            raise IntegrityError(f"round {round_num}: stored layout is damaged: {e}") from None
+        return layout, raw
+
+    def read_round(
+        self, round_num: int, generation: int | None = None
+    ) -> tuple[RoundLayout, bytes, list[ChunkRef]]:
+        """Layout, residue and chunk list of a round version, from one consistent snapshot.
+
+        One read transaction: a replacement of the round committed between two separate reads
+        would pair the old layout with the new chunks.
+        """
+        try:
+            self._conn.execute("BEGIN")
+            try:
+                layout, residue = self.read_layout(round_num, generation)
+                chunks = self.round_chunks(round_num, generation)
+            finally:
+                self._conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise wrap_error(e, self.path, f"read of round {round_num}") from None
+        return layout, residue, chunks
+
+    def round_chunks(self, round_num: int, generation: int | None = None) -> list[ChunkRef]:
+        if self._is_current(round_num, generation):
+            rows = self._query(
+                "SELECT chunk_id, chunk_hash, parts_info, flat_size FROM chunk_metadata"
+                " WHERE round_num = ? ORDER BY chunk_id",
+                (round_num,),
+            )
+        else:
+            rows = self._query(
+                "SELECT chunk_id, chunk_hash, parts_info, flat_size FROM round_history_chunks"
+                " WHERE history_id = ? ORDER BY chunk_id",
+                (self._history_id(round_num, generation or 0),),
+            )
+        return [ChunkRef(*row) for row in rows]
+
+    # -- chunks ----------------------------------------------------------------------------------
+    def read_chunk(self, chunk_hash: str) -> StoredChunk:
+        rows = self._query(
+            "SELECT codec, data, raw_size, base_hash FROM chunk_data WHERE chunk_hash = ?",
+            (chunk_hash,),
+        )
+        if not rows:
+            raise IntegrityError(f"chunk {chunk_hash} is referenced but not stored")
+        codec_name, data, raw_size, base_hash = rows[0]
+        return StoredChunk(chunk_hash, codec_name, data, raw_size, base_hash)
+
+    def read_raw_chunk(self, chunk_hash: str) -> bytes:
+        """A chunk's raw bytes, decoded (its delta chain applied); not hash-checked."""
+        return self.decode_chunk(self.read_chunk(chunk_hash))
+
+    def decode_chunk(self, stored: StoredChunk, known: dict[str, bytes] | None = None) -> bytes:
+        """Decode ``stored``, applying its delta chain from the nearest key chunk (or from a
+        chunk already decoded in ``known``, hash -> raw bytes). Memory: the chain's stored forms
+        and two decoded chunks."""
+        chain = [stored]
+        base: bytes | None = None
+        while chain[-1].base_hash is not None:
+            base_hash = chain[-1].base_hash
+            if known is not None and base_hash in known:
+                base = known[base_hash]
+                break
+            if len(chain) > MAX_CHAIN:
+                raise IntegrityError(f"chunk {stored.chunk_hash}: delta chain is too long")
+            chain.append(self.read_chunk(base_hash))
+        if base is None:
+            key = chain.pop()
+            base = self._decode_one(key, None)
+        for link in reversed(chain):
+            base = self._decode_one(link, base)
+        return base
+
+    @staticmethod
+    def _decode_one(stored: StoredChunk, base: bytes | None) -> bytes:
+        try:
+            return codec.decode(stored.codec, stored.data, stored.raw_size, base)
+        except IntegrityError as e:
+            raise IntegrityError(f"chunk {stored.chunk_hash}: {e}") from None
+
+    def chunk_base(self, chunk_hash: str) -> str | None:
+        """The key chunk at the start of ``chunk_hash``'s chain (itself for a key chunk)."""
+        rows = self._query("SELECT base_hash FROM chunk_info WHERE chunk_hash = ?", (chunk_hash,))
+        if not rows:
+            return None
+        return rows[0][0] or chunk_hash
+
+    def chunk_depth(self, chunk_hash: str) -> int | None:
+        """Delta links from ``chunk_hash`` to its key chunk (0 = a key); None if not stored."""
+        depth = 0
+        current: str | None = chunk_hash
+        while True:
+            rows = self._query("SELECT base_hash FROM chunk_info WHERE chunk_hash = ?", (current,))
+            if not rows:
+                return None if depth == 0 else depth
+            current = rows[0][0]
+            if current is None:
+                return depth
+            depth += 1
+            if depth > MAX_CHAIN:
+                return depth
+
+    def iter_chunks(self) -> Iterator[StoredChunk]:
+        """Every stored chunk, one at a time (bounded memory), in rowid order."""
+        last = 0
+        while True:
+            rows = self._query(
+                "SELECT id, chunk_hash, codec, data, raw_size, base_hash FROM chunk_data"
+                " WHERE id > ? ORDER BY id LIMIT 16",
+                (last,),
+            )
+            if not rows:
+                return
+            for row_id, chunk_hash, codec_name, data, raw_size, base_hash in rows:
+                last = row_id
+                yield StoredChunk(chunk_hash, codec_name, data, raw_size, base_hash)
+
+    def has_chunk(self, chunk_hash: str) -> bool:
+        return bool(self._query("SELECT 1 FROM chunk_data WHERE chunk_hash = ?", (chunk_hash,)))
+
+    def chunk_graph(self) -> tuple[set[str], dict[str, str | None], dict[str, int]]:
+        """What garbage collection decides on: referenced hashes, each chunk's base, its size."""
+        referenced = {
+            r[0]
+            for r in self._query(
+                "SELECT chunk_hash FROM chunk_metadata UNION SELECT chunk_hash FROM"
+                " round_history_chunks"
+            )
+        }
+        bases: dict[str, str | None] = {}
+        sizes: dict[str, int] = {}
+        for chunk_hash, base_hash, stored_size in self._query(
+            "SELECT chunk_hash, base_hash, stored_size FROM chunk_info"
+        ):
+            bases[chunk_hash] = base_hash
+            sizes[chunk_hash] = stored_size
+        return referenced, bases, sizes
+
+    # -- figures ---------------------------------------------------------------------------------
+    def stats(self) -> StoreStats:
+        rounds, file_bytes, referenced = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(file_size), 0), COALESCE(SUM(flat_bytes), 0) FROM rounds"
+        )[0]
+        generations, old_referenced = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(flat_bytes), 0) FROM round_history"
+        )[0]
+        chunks, stored, raw = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(stored_size), 0), COALESCE(SUM(raw_size), 0)"
+            " FROM chunk_info"
+        )[0]
+        page_size = self._query("PRAGMA page_size")[0][0]
+        free = self._query("PRAGMA freelist_count")[0][0] * page_size
+        try:
+            db_bytes = self.path.stat().st_size
+        except OSError:
+            db_bytes = 0
+        return StoreStats(
+            rounds,
+            chunks,
+            stored,
+            raw,
+            referenced + old_referenced,
+            file_bytes,
+            db_bytes,
+            generations,
+            free,
+        )
+
+    # -- files taken -----------------------------------------------------------------------------
+    def find_source(self, path: str, identity: FileIdentity) -> SourceRecord | None:
+        rows = self._query(
+            "SELECT file_sha256, round_num, outcome FROM sources"
+            " WHERE path = ? AND size = ? AND mtime_ns = ? AND ctime_ns = ?",
+            (path, identity.size, identity.mtime_ns, identity.ctime_ns),
+        )
+        return SourceRecord(path, identity, *rows[0]) if rows else None
+
+    def source_of(self, path: str) -> SourceRecord | None:
+        """The last version of ``path`` that was taken, whatever its identity."""
+        rows = self._query(
+            "SELECT size, mtime_ns, ctime_ns, file_sha256, round_num, outcome FROM sources"
+            " WHERE path = ?",
+            (path,),
+        )
+        if not rows:
+            return None
+        size, mtime_ns, ctime_ns, sha, round_num, outcome = rows[0]
+        return SourceRecord(path, FileIdentity(size, mtime_ns, ctime_ns), sha, round_num, outcome)
+
+    def round_with_sha(self, file_sha256: str) -> int | None:
+        rows = self._query(
+            "SELECT round_num FROM rounds WHERE file_sha256 = ? ORDER BY round_num DESC LIMIT 1",
+            (file_sha256,),
+        )
+        return rows[0][0] if rows else None
