@@ -6,9 +6,9 @@ key ``(run, round_num)``: within one run of a client that is simply the highest 
 the rerun's rounds are newer than the previous run's higher-numbered ones, so the rerun's round 1
 is never pruned in favour of the old run's round 6.
 
-Earlier generations of rewritten rounds (a rerun's predecessors) are kept while they are newer
-than the oldest kept round, at most N of them, so rewriting one file forever cannot grow the store
-without bound. A round that a restore is reading (a lease, see :mod:`chunkd.daemon.leases`) is
+Earlier generations of rewritten rounds (a rerun's predecessors) are kept while their round is
+kept, at most N of them (the newest), so rewriting one file forever cannot grow the store without
+bound. A round that a restore is reading (a lease, see :mod:`chunkd.daemon.leases`) is
 never removed, with all its versions; it stays until a later run once the lease is released.
 """
 
@@ -74,15 +74,9 @@ def plan_versions(
     if keep_rounds == 0:
         return plan
     kept = set(plan.keep)
-    kept_keys = [v.order_key for v in current if v.round_num in kept and v.round_num not in leased]
-    oldest_kept = min(kept_keys) if kept_keys else None
     earlier = [v for v in everything if not v.current]
-    young = [
-        v
-        for v in earlier
-        if v.round_num in kept and oldest_kept is not None and v.order_key >= oldest_kept
-    ]
-    keep_earlier = {id(v) for v in young[-keep_rounds:]}
+    of_kept_rounds = [v for v in earlier if v.round_num in kept]
+    keep_earlier = {id(v) for v in of_kept_rounds[-keep_rounds:]}
     removed = tuple(
         (v.round_num, v.generation)
         for v in earlier
