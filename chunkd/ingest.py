@@ -32,8 +32,8 @@ from pathlib import Path
 
 from chunkd import codec, rounds
 from chunkd.checkpoint import ParsedCheckpoint, parse_checkpoint, read_exact, read_into
+from chunkd.deltas import RECENT, DeltaBase, DeltaBases, encode_chunk
 from chunkd.errors import (
-    ChunkdError,
     CrcMismatchError,
     FileChangedError,
     NotACheckpointError,
@@ -233,9 +233,9 @@ def _stream_round(
     slot_of = {s.name: i for i, s in enumerate(parsed.storages)}
     metadata: list[tuple[int, str, str, int]] = []
     hashing: deque[tuple[ChunkSpec, bytearray, Future[str], Future[None]]] = deque()
-    encoding: deque[tuple[str, int, str | None, Future[tuple[str, bytes | memoryview]]]] = deque()
+    encoding: deque[tuple[str, int, Future[tuple[str, bytes | memoryview, str | None]]]] = deque()
     seen_hashes: set[str] = set()
-    delta_bases = _DeltaBases(store, round_num) if options.delta else None
+    delta_bases = DeltaBases(store, round_num) if options.delta else None
     encodes = options.compression != "none" or options.delta
     total_bytes = sum(spec.nbytes for spec in specs)
     done_bytes = 0
@@ -244,6 +244,8 @@ def _stream_round(
         chunk_hash = digest.result()
         fed.result()  # the file checker is done with ``buf`` too: memory stays bounded
         metadata.append((spec.chunk_id, chunk_hash, spec.parts_json(), spec.flat_size))
+        if delta_bases is not None:
+            RECENT.put(chunk_hash, buf)  # the next round's delta base, without a decode
         if chunk_hash in seen_hashes or store.has_chunk(chunk_hash):
             return
         seen_hashes.add(chunk_hash)
@@ -251,19 +253,17 @@ def _stream_round(
             writer.add_chunk(chunk_hash, codec.CODEC_RAW, buf, len(buf))
             return
         width = codec.group_width([p.itemsize for p in spec.parts])
-        base_hash, base = delta_bases.base_for(spec) if delta_bases else (None, None)
-        encoded = pool.submit(codec.encode, buf, width, options.compression, base)
-        encoding.append((chunk_hash, len(buf), base_hash, encoded))
+        base: DeltaBase | None = delta_bases.base_for(spec) if delta_bases else None
+        encoded = pool.submit(encode_chunk, buf, width, options.compression, delta_bases, base)
+        encoding.append((chunk_hash, len(buf), encoded))
 
     def store_encoded(
         chunk_hash: str,
         raw_size: int,
-        base_hash: str | None,
-        encoded: Future[tuple[str, bytes | memoryview]],
+        encoded: Future[tuple[str, bytes | memoryview, str | None]],
     ) -> None:
-        codec_name, stored = encoded.result()
-        base = base_hash if codec.is_delta(codec_name) else None
-        writer.add_chunk(chunk_hash, codec_name, stored, raw_size, base)
+        codec_name, stored, base_hash = encoded.result()
+        writer.add_chunk(chunk_hash, codec_name, stored, raw_size, base_hash)
 
     try:
         for spec in specs:
@@ -334,6 +334,8 @@ def _stream_round(
         raise
     finally:
         sequential_worker.shutdown(wait=True)
+        if delta_bases is not None:
+            delta_bases.close()
     previous = committed.superseded
     return IngestResult(
         OUTCOME_REPLACED if previous is not None else OUTCOME_INGESTED,
@@ -438,40 +440,6 @@ def _sha256_hex(data: memoryview) -> str:
 
 def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1e3
-
-
-class _DeltaBases:
-    """For ``delta = true``: the chunk that covered the same flat range in the previous round.
-
-    The base must describe exactly the same parts (same tensors, same ranges), so the XOR lines up
-    element for element; it is always a self-contained chunk (a delta's own base is used), which
-    keeps every chain one link long. A base whose bytes fail their hash is not used.
-    """
-
-    def __init__(self, store: ChunkStore, round_num: int) -> None:
-        self._store = store
-        earlier = [r for r in store.round_numbers() if r != round_num]
-        previous = max((r for r in earlier if r < round_num), default=None)
-        if previous is None and earlier:
-            previous = max(earlier)
-        self._previous = {}
-        if previous is not None:
-            self._previous = {ref.chunk_id: ref for ref in store.round_chunks(previous)}
-
-    def base_for(self, spec: ChunkSpec) -> tuple[str | None, bytes | None]:
-        ref = self._previous.get(spec.chunk_id)
-        if ref is None or ref.parts_info != spec.parts_json():
-            return None, None
-        base_hash = self._store.chunk_base(ref.chunk_hash)
-        if base_hash is None:
-            return None, None
-        try:
-            base = self._store.read_raw_chunk(base_hash)
-        except ChunkdError:
-            return None, None
-        if len(base) != spec.nbytes or hashlib.sha256(base).hexdigest() != base_hash:
-            return None, None
-        return base_hash, base
 
 
 class _FileChecker:

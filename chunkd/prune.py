@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from chunkd.deltas import promote_orphaned_deltas
 from chunkd.retention import RetentionPlan, plan_versions
 from chunkd.store import ChunkStore
 
@@ -63,6 +64,7 @@ def prune_store(
         or (not v.current and (v.round_num, v.generation) in removed_generations)
     ]
     store.delete_versions(doomed)
+    promote_orphaned_deltas(store)  # pruned chain starts: their successors become key chunks
     chunks, nbytes = store.collect_garbage()
     returned = store.return_free_space()
     return PruneResult(plan, False, chunks, nbytes, returned)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from chunkd.deltas import RECENT
 from chunkd.errors import IntegrityError
 from chunkd.manifest import RoundLayout
 from chunkd.store import ChunkRef, ChunkStore
@@ -92,7 +93,11 @@ class _ChunkReader:
         ref = self.chunks[index]
         expected_size = self.starts[index + 1] - self.starts[index]
         try:
-            raw = self.store.read_raw_chunk(ref.chunk_hash)
+            if ref.chunk_hash in RECENT:  # just ingested: no read, no decode
+                raw = RECENT[ref.chunk_hash]
+            else:
+                stored = self.store.read_chunk(ref.chunk_hash)
+                raw = self.store.decode_chunk(stored, known=RECENT)
         except IntegrityError as e:
             raise IntegrityError(f"round {self.round_num} chunk {ref.chunk_id}: {e}") from None
         if len(raw) != expected_size or (

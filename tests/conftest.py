@@ -75,12 +75,16 @@ class Engine:
 
     @classmethod
     def orphan_chunks(cls, db: os.PathLike[str]) -> int:
-        """``chunk_data`` rows that no ``chunk_metadata`` row references."""
-        return cls.query(
+        """Stored chunks that no round version needs (referenced, or a base of a needed delta),
+        and ``chunk_data`` rows without their ``chunk_info`` row."""
+        with ChunkStore.open_reader(db) as store:
+            dead = store.orphan_chunk_count()
+        unlisted = cls.query(
             db,
             "SELECT COUNT(*) FROM chunk_data WHERE chunk_hash NOT IN"
-            " (SELECT chunk_hash FROM chunk_metadata)",
+            " (SELECT chunk_hash FROM chunk_info)",
         )[0][0]
+        return dead + unlisted
 
     @classmethod
     def fingerprint(cls, db: os.PathLike[str]) -> Fingerprint:

@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "log": 3,
     "store": 4,
     "checkpoint": 5,
+    "deltas": 5,
     "ingest": 6,
     "restore": 6,
     "verify": 7,

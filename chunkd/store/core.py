@@ -307,6 +307,27 @@ class ChunkStore(StoreReading):
         wanted = set(round_nums)
         return self.delete_versions(v for v in self.list_versions() if v.round_num in wanted)
 
+    def replace_chunk_encoding(self, chunk_hash: str, codec_name: str, stored: bytes) -> None:
+        """Store a chunk's same raw bytes in another form (a delta re-coded as a key chunk).
+
+        One transaction for both tables; the hash, and so every reference, is unchanged.
+        """
+        self._require_writer()
+        self.transaction(
+            [
+                (
+                    "UPDATE chunk_data SET data = ?, codec = ?, base_hash = NULL"
+                    " WHERE chunk_hash = ?",
+                    (stored, codec_name, chunk_hash),
+                ),
+                (
+                    "UPDATE chunk_info SET codec = ?, stored_size = ?, base_hash = NULL"
+                    " WHERE chunk_hash = ?",
+                    (codec_name, len(stored), chunk_hash),
+                ),
+            ]
+        )
+
     def plan_garbage(self, candidates: Iterable[str] | None = None) -> GcPlan:
         referenced, bases, sizes = self.chunk_graph()
         return plan_gc(referenced, bases, sizes, candidates)
