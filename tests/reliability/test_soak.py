@@ -345,10 +345,10 @@ def test_restore_racing_a_replacement_returns_one_version(tmp_path):
         chunk_list = reader.round_chunks
         replacement = threading.Thread(target=ingest_file, args=(second, writer, IngestOptions()))
 
-        def replaced_first(round_num: int) -> Any:
+        def replaced_first(round_num: int, generation: int | None = None) -> Any:
             replacement.start()  # commits round 1 = second as soon as it can
             time.sleep(0.5)
-            return chunk_list(round_num)
+            return chunk_list(round_num, generation)
 
         reader.round_chunks = replaced_first  # type: ignore[method-assign]
         out = io.BytesIO()
