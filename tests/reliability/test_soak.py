@@ -335,12 +335,15 @@ def test_restore_racing_a_replacement_returns_one_version(tmp_path):
     tries to commit exactly between the restore's read of the layout and of the chunk list.
     The restore reads both in one snapshot, so it returns one whole version; the writer
     commits once the snapshot ends."""
-    first, second = tmp_path / "v1" / "model_round_1.pth", tmp_path / "v2" / "model_round_1.pth"
-    write_atomic(first, model_bytes(1, 256 << 10, frozen_bytes=128 << 10))
-    write_atomic(second, model_bytes(2, 256 << 10, frozen_bytes=128 << 10))
+    path = tmp_path / "model_round_1.pth"  # a rerun rewrites the same file: a new generation
+    first_bytes = model_bytes(1, 256 << 10, frozen_bytes=128 << 10)
+    second_bytes = model_bytes(2, 256 << 10, frozen_bytes=128 << 10)
+    write_atomic(path, first_bytes)
     db = tmp_path / "client_1_chunks.db"
     with ChunkStore.open_writer(db) as writer:
-        ingest_file(first, writer, IngestOptions())
+        ingest_file(path, writer, IngestOptions())
+        write_atomic(path, second_bytes)
+        second = path
         reader = ChunkStore.open_reader(db)
         chunk_list = reader.round_chunks
         replacement = threading.Thread(target=ingest_file, args=(second, writer, IngestOptions()))
@@ -357,5 +360,6 @@ def test_restore_racing_a_replacement_returns_one_version(tmp_path):
         finally:
             reader.close()
         replacement.join(timeout=60)
-        assert writer.get_round(1).file_sha256 == sha256(second.read_bytes())
-    assert out.getvalue() in (first.read_bytes(), second.read_bytes())
+        assert writer.get_round(1).file_sha256 == sha256(second_bytes)
+        assert writer.get_round(1, generation=0).file_sha256 == sha256(first_bytes)
+    assert out.getvalue() in (first_bytes, second_bytes)
