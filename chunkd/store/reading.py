@@ -8,7 +8,7 @@ Listing and figures read only narrow tables (``rounds`` without its blobs, ``chu
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import zstandard
@@ -203,10 +203,26 @@ class StoreReading:
         """A chunk's raw bytes, decoded (its delta chain applied); not hash-checked."""
         return self.decode_chunk(self.read_chunk(chunk_hash))
 
-    def decode_chunk(self, stored: StoredChunk, known: dict[str, bytes] | None = None) -> bytes:
+    def decode_chunk(self, stored: StoredChunk, known: Mapping[str, bytes] | None = None) -> bytes:
         """Decode ``stored``, applying its delta chain from the nearest key chunk (or from a
         chunk already decoded in ``known``, hash -> raw bytes). Memory: the chain's stored forms
-        and two decoded chunks."""
+        and two decoded chunks.
+
+        Retention may re-code a delta as a key chunk and drop its base between our reads of the
+        two (each read is its own short transaction); a base that vanished mid-chain means
+        exactly that, so the chunk is read again once in its new form.
+        """
+        try:
+            return self._decode_chain(stored, known)
+        except IntegrityError:
+            if stored.base_hash is None:
+                raise
+            again = self.read_chunk(stored.chunk_hash)
+            if again.base_hash == stored.base_hash and again.data == stored.data:
+                raise
+            return self._decode_chain(again, known)
+
+    def _decode_chain(self, stored: StoredChunk, known: Mapping[str, bytes] | None) -> bytes:
         chain = [stored]
         base: bytes | None = None
         while chain[-1].base_hash is not None:

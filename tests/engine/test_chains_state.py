@@ -166,3 +166,23 @@ def test_keeping_n_rounds_with_delta_costs_no_more_than_without(tmp_path):
                 assert out.getvalue() == paths[r - 1].read_bytes()
             sizes[delta] = _stored_bytes(store)
     assert sizes[True] <= sizes[False]
+
+
+def test_a_reader_survives_its_chain_start_being_recoded(tmp_path):
+    """A restore read a delta, then retention re-coded it and dropped its base before the reader
+    fetched the base: the reader reads the chunk again, in its new form."""
+    RECENT.clear()
+    paths = _drifting_rounds(tmp_path, 3)
+    with ChunkStore.open_writer(tmp_path / "c.db") as store:
+        for path in paths:
+            ingest_file(path, store, IngestOptions(compression="auto", delta=True))
+        reader = ChunkStore.open_reader(tmp_path / "c.db")
+        ref = store.round_chunks(2)[0]
+        stale = reader.read_chunk(ref.chunk_hash)
+        assert stale.base_hash is not None  # round 2's chunk is a delta on round 1's
+        prune_store(store, 2)  # round 1 goes: round 2's chunk becomes a key chunk
+        assert store.read_chunk(ref.chunk_hash).base_hash is None
+        RECENT.clear()
+        raw = reader.decode_chunk(stale)
+        assert hashlib.sha256(raw).hexdigest() == ref.chunk_hash
+        reader.close()
