@@ -18,13 +18,14 @@ in short:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chunkd.errors import NotFoundError, StoreError
+from chunkd.errors import BusyError, NotFoundError, StoreError
 from chunkd.store import schema
 from chunkd.store.gc import GcPlan, plan_gc
 from chunkd.store.lock import WriterLock, file_id, refuse_symlink, writable_now
@@ -151,8 +152,9 @@ class ChunkStore(StoreReading):
             store.close()
             if version > schema.SCHEMA_VERSION or writable_now(db) is not None:
                 break
-            cls.open_writer(db).close()  # upgrades; BusyError if a daemon holds it (and then
-            # that daemon has upgraded it already, so the second pass finds the new format)
+            # upgrade in place; a daemon that holds it (BusyError) upgraded it when it opened it
+            with contextlib.suppress(BusyError):
+                cls.open_writer(db).close()
         raise StoreError(
             f"database {db} has format {version}; this chunkd reads format {schema.SCHEMA_VERSION}"
         )
