@@ -8,6 +8,9 @@ the socket (README, "Using chunkd with your FL framework").
 
 from __future__ import annotations
 
+import io
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +129,24 @@ def test_plain_torch_loop_overwriting_checkpoint(make_daemon, tmp_path):
         _wait_round(daemon, "bare", epoch + 1)
     _check(daemon, "tutorial", daemon.db("tutorial"), by_epoch, tmp_path / "restored")
     _check(daemon, "bare", daemon.db("bare"), by_version, tmp_path / "restored")
+
+
+def test_readme_restore_into_a_model_in_three_lines(make_daemon):
+    # README, "Restoring a round into a model": restore to stdout, torch.load, load_state_dict.
+    daemon = make_daemon()
+    model = _Tiny()
+    path = daemon.watch_root / "client_1" / "model_round_5.pth"
+    path.parent.mkdir()
+    torch.save({"cur_round": 5, "model": model.state_dict()}, path)
+    _wait_round(daemon, "1", 5)
+    argv = [sys.executable, "-m", "chunkd.cli.main", "restore", "--socket", str(daemon.socket)]
+    raw = subprocess.run(
+        [*argv, "--client", "1", "--round", "5", "-o", "-"], check=True, capture_output=True
+    ).stdout
+    fresh = _Tiny()
+    fresh.load_state_dict(torch.load(io.BytesIO(raw), weights_only=True)["model"])
+    assert raw == path.read_bytes()
+    x = torch.randn(4, 32, generator=torch.Generator().manual_seed(3))
+    model.eval()
+    fresh.eval()
+    assert torch.equal(fresh(x), model(x))
