@@ -68,3 +68,20 @@ def test_runs_kept_apart_by_a_run_group_and_found_at_start_up(make_daemon):
     assert restored_bytes(_db(second / "client_1", "2024-06-02-09-30-00_1"), 1) == after
     assert restored_bytes(_db(second / "global", "2024-06-02-09-30-00_global"), 1) == glob
     assert not (daemon.watch_root / "scratch" / "client_1" / "client_1_chunks.db").exists()
+
+
+def test_two_directories_with_one_id_first_found_wins(make_daemon):
+    daemon = make_daemon(start=False)
+    first = daemon.watch_root / "outputs" / "a" / "client_1"
+    second = daemon.watch_root / "outputs" / "b" / "client_1"
+    kept = save_model(first / "model_round_1.pth", seed=1)
+    save_model(second / "model_round_2.pth", seed=2)
+    daemon.start()
+    wait_ingests(daemon, "1", 1)
+    warned = daemon.wait_event(
+        lambda e: e["event"] == "client.added" and e.get("level") == "warning", timeout_s=10
+    )
+    assert warned[0]["dir"] == str(second) and str(first) in warned[0]["error"]
+    assert [e["path"] for e in daemon.ingested("1")] == [str(first / "model_round_1.pth")]
+    assert restored_bytes(_db(first, "1"), 1) == kept
+    assert not _db(second, "1").exists()
