@@ -1,4 +1,5 @@
-# chunkd: `make run` (daemon + FedAvg demo), `make test`, `make bench`, `make torture`.
+# chunkd: `make run` (daemon + FedAvg demo), `make test`, `make bench`, `make torture`,
+# `make integration` (a real Flower federation beside chunkd).
 # Everything runs from a local virtual environment that the first target creates.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -7,7 +8,7 @@ BIN    := $(VENV)/bin
 # benchmarks are measured with (the package itself accepts torch>=2.2).
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup run test lint bench torture clean
+.PHONY: setup run test lint bench torture integration clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,12 @@ bench: setup
 
 torture: setup
 	$(BIN)/python -m pytest -q tests/reliability --torture
+
+# A real federation (Flower SuperLink + 3 SuperNodes, 5 FedAvg rounds) beside a real chunkd daemon:
+# about 2.5 minutes on 2 CPU cores. Left out of `make test` by the `integration` marker.
+integration: setup
+	$(BIN)/pip install --quiet -e '.[integration]'
+	$(BIN)/python -m pytest -q -m integration tests/integration
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -7,6 +7,14 @@ client's lane; the lane's ``sources`` table makes offering the same file twice h
 
 Callbacks run on watchdog's observer thread and must return at once: they filter the name and
 call ``offer`` (a non-blocking queue put) or ``on_new_client`` (which only enqueues, too).
+
+Client directories may sit at any depth under ``watch_root`` (``outputs/<run>/client_3/``,
+Hydra's dated trees). ``client_dir_pattern`` is matched against the directory's path relative to
+``watch_root`` (``/``-separated), ending at its last component and starting at any component
+boundary (:func:`client_id_for`): ``client_(?P<client>...)`` finds ``client_3/`` at any depth, a
+pattern that starts with ``^`` is anchored at ``watch_root``. The search never descends into a
+client directory (its subdirectories are its own), nor into dot directories, symlinks, or deeper
+than :data:`MAX_CLIENT_DEPTH` levels.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,11 +64,43 @@ def is_candidate(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def client_id_for(directory_name: str, settings: Settings) -> str | None:
-    match = settings.client_dir_pattern.fullmatch(directory_name)
-    if match is None:
+#: How many directory levels below ``watch_root`` client directories are looked for (Hydra's
+#: ``multirun/<date>/<time>/<job>/client_3`` is 5 deep).
+MAX_CLIENT_DEPTH = 6
+#: Characters a ``run`` group's text may not carry into a client id (see :func:`client_id_for`).
+_NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def client_id_for(relative: str, settings: Settings) -> str | None:
+    r"""The client id of the directory at ``relative`` (to ``watch_root``), or None.
+
+    ``client_dir_pattern`` must fully match a tail of ``relative`` that starts at a component
+    boundary; the longest such tail is tried first, so a ``run`` group sees as much of the path as
+    the pattern allows. The id is derived from the match:
+
+    * the ``client`` group's text (``client_3`` -> ``3``);
+    * if that group did not take part (an alternative such as ``|global`` matched), the
+      directory's own name (``global``), so one line watches Flower's ``global/`` too;
+    * with a ``run`` group that matched, ``<run>_<id>`` where each run of characters that an id
+      cannot hold (``/``, ``:``, spaces) becomes ``-``: ``outputs/2024-06-01/12-00-00/client_3``
+      with ``outputs/(?P<run>[^/]+/[^/]+)/client_(?P<client>\d+)`` is client
+      ``2024-06-01-12-00-00_3``, so runs of the same client never share an id.
+
+    A directory whose id would not be a valid client id (too long, ``..``) is not a client.
+    """
+    pattern = settings.client_dir_pattern
+    starts = [0] + [i + 1 for i, ch in enumerate(relative) if ch == "/"]
+    for start in starts:
+        match = pattern.fullmatch(relative, start)
+        if match is not None:
+            break
+    else:
         return None
-    client_id = match.group("client")
+    groups = match.groupdict()
+    client_id = groups.get("client") or relative.rpartition("/")[2]
+    run = groups.get("run")
+    if run:
+        client_id = f"{_NOT_ID_CHARS.sub('-', run).strip('-')}_{client_id}"
     try:
         check_client_id(client_id)
     except ChunkdError:
@@ -118,6 +159,13 @@ class _ClientHandler(FileSystemEventHandler):
 
 
 class _RootHandler(FileSystemEventHandler):
+    """Watches ``watch_root`` recursively for new directories that are clients.
+
+    Recursive because clients may appear at any depth; watchdog's inotify emitter also reports the
+    directories inside a new directory that were created before its watch was added (``mkdir
+    -p outputs/run/client_3``), and the reconciliation scan covers anything else.
+    """
+
     def __init__(self, settings: Settings, on_new_client: NewClient) -> None:
         self._settings = settings
         self._on_new_client = on_new_client
@@ -129,9 +177,34 @@ class _RootHandler(FileSystemEventHandler):
             path = os.fsdecode(event.src_path)
         else:
             return
-        client_id = client_id_for(os.path.basename(path), self._settings)
+        relative = _relative_dir(self._settings, path)
+        if relative is None or _inside_client(relative, self._settings):
+            return
+        client_id = client_id_for(relative, self._settings)
         if client_id is not None:
             self._on_new_client(client_id, Path(path))
+
+
+def _relative_dir(settings: Settings, path: str) -> str | None:
+    """``path`` relative to ``watch_root`` if it may be a client directory there, else None."""
+    try:
+        relative = Path(path).relative_to(settings.watch_root).as_posix()
+    except ValueError:
+        return None
+    parts = relative.split("/")
+    if relative == "." or len(parts) > MAX_CLIENT_DEPTH or any(p.startswith(".") for p in parts):
+        return None
+    if any(Path(path) == c.dir for c in settings.clients):
+        return None  # listed with [[clients]]: already a client under its configured id
+    return relative
+
+
+def _inside_client(relative: str, settings: Settings) -> bool:
+    """Whether a proper ancestor of ``relative`` is a client directory (then it is client data)."""
+    parts = relative.split("/")
+    return any(
+        client_id_for("/".join(parts[:n]), settings) is not None for n in range(1, len(parts))
+    )
 
 
 class Watcher:
@@ -156,7 +229,7 @@ class Watcher:
         root = self._settings.watch_root
         self._observer.start()
         if root.is_dir():
-            self._schedule(_RootHandler(self._settings, self._on_new_client), root, recursive=False)
+            self._schedule(_RootHandler(self._settings, self._on_new_client), root, recursive=True)
 
     def stop(self) -> None:
         for observer in (self._observer, self._polling):
@@ -167,18 +240,35 @@ class Watcher:
                 observer.join(timeout=5)
 
     def discover_clients(self) -> list[tuple[str, Path]]:
-        """Client directories under ``watch_root`` now (the scan half of client discovery)."""
-        root = self._settings.watch_root
-        found = []
-        try:
-            entries = sorted(os.scandir(root), key=lambda e: e.name)
-        except OSError:
-            return []
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                client_id = client_id_for(entry.name, self._settings)
-                if client_id is not None:
-                    found.append((client_id, Path(entry.path)))
+        """Client directories under ``watch_root`` now (the scan half of client discovery).
+
+        Breadth-first, in name order, so that the result (and which of two directories claiming
+        one id wins) does not depend on the filesystem's listing order.
+        """
+        settings = self._settings
+        explicit = {c.dir for c in settings.clients}
+        found: list[tuple[str, Path]] = []
+        level: list[tuple[Path, str]] = [(settings.watch_root, "")]
+        for _depth in range(MAX_CLIENT_DEPTH):
+            below: list[tuple[Path, str]] = []
+            for directory, relative in level:
+                try:
+                    entries = sorted(os.scandir(directory), key=lambda e: e.name)
+                except OSError:
+                    continue
+                for entry in entries:
+                    if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                        continue
+                    path = Path(entry.path)
+                    if path in explicit:
+                        continue
+                    rel = f"{relative}/{entry.name}" if relative else entry.name
+                    client_id = client_id_for(rel, settings)
+                    if client_id is not None:
+                        found.append((client_id, path))
+                    else:
+                        below.append((path, rel))
+            level = below
         return found
 
     def watch_client(self, client_id: str, directory: Path) -> None:

@@ -1,0 +1,1 @@
+"""A Flower App for chunkd's integration test: checkpoints written as Flower users write them."""
