@@ -127,24 +127,3 @@ def choose_round(
         )
     return highest_stored + 1
 
-
-def round_from_mtime(mtime_ns: int, highest_stored: int | None) -> int:
-    """The round of a checkpoint with no round in its name or contents, in time order.
-
-    An alternative to the sequence rule of :func:`choose_round` for clients that overwrite one
-    file (``checkpoint.pth``, ``FL_global_model.pt``): the round is the file's modification time
-    in whole seconds since 1970-01-01 UTC, so it depends on when the file was written, not on when
-    chunkd started or how many versions it saw. A daemon that starts late, restarts, or misses a
-    version numbers the others the same; a rerun's versions are newer, so they sort after the
-    earlier run's and ``latest`` and retention's newest N mean the newest written.
-
-    Two versions within one second (or a clock set back) would share or reverse numbers; the
-    round is then ``highest_stored + 1``, so rounds stay strictly increasing in the order chunkd
-    stores them. A modification time before 1970 counts as 0.
-
-    Raises CheckpointError if the next round would pass :data:`MAX_ROUND`.
-    """
-    seconds = min(max(mtime_ns // 1_000_000_000, 0), MAX_ROUND)
-    if highest_stored is None or seconds > highest_stored:
-        return seconds
-    return choose_round(None, None, highest_stored)
