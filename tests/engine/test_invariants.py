@@ -146,7 +146,7 @@ def test_writer_holds_no_exclusive_lock_between_commits(db_path):
     """Mid-batch, with more dirty pages than its cache, the writer still lets readers in: it never
     spills (chunkd 0.1 spilled, took EXCLUSIVE, and a restore waited seconds)."""
     with ChunkStore.open_writer(db_path) as store:
-        store.begin_round(size_hint=1 << 30)  # 64 KiB pages, as for a large model
+        store.begin_round(size_hint=1 << 30)  # the page size of a large model
         store._conn.execute("PRAGMA cache_size=-1024")  # 1 MiB: the batch below is 6x that
         writer = store.begin_round()
         for i in range(6):

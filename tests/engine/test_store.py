@@ -97,8 +97,8 @@ def test_pragmas_allow_retention_to_give_space_back(writer_store, db_path, engin
 def test_a_new_database_gets_a_bounded_page_cache(db_path):
     """Setting page_size resets cache_size: at 64 KiB pages the default would pin 256 MiB."""
     with ChunkStore.open_writer(db_path) as store:
-        store.begin_round(size_hint=1 << 30)  # an empty database takes the big-model page size
-        assert store._conn.execute("PRAGMA page_size").fetchone() == (65536,)
+        store.begin_round(size_hint=1 << 30)  # an empty database takes the large-model page size
+        assert store._conn.execute("PRAGMA page_size").fetchone() == (16384,)
     with ChunkStore.open_writer(db_path) as store:
         (cache,) = store._conn.execute("PRAGMA cache_size").fetchone()
     assert cache == -CACHE_KIB
