@@ -125,7 +125,7 @@ class WeedServer:
                     probe.create()
                     probe.put("ready", b"1")
                     return
-                except Exception:  # noqa: BLE001 - not ready yet: the filer may still start
+                except Exception:  # not ready yet: the filer may still be starting
                     pass
             except OSError:
                 pass
