@@ -81,11 +81,12 @@ def restore(args: argparse.Namespace, write: Write) -> dict[str, object]:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    """``chunkd list --replica``: every host and client in the bucket, or one client's rounds."""
+    """``chunkd list --replica``: every host and client in the bucket, or one client's rounds
+    (on every host, or on ``--host``)."""
     from chunkd.replica.fetch import list_rounds, read_manifest
 
     bucket, host = _bucket_and_host(args)
-    only_host = host if (args.host is not None or args.client is not None) else None
+    only_host = host if args.host is not None else None  # else every host's
     rounds = list_rounds(bucket, host=only_host, client_id=args.client)  # type: ignore[arg-type]
     if args.client is None:
         clients: dict[tuple[str, str], list[int]] = {}
@@ -120,13 +121,14 @@ def run_list(args: argparse.Namespace) -> int:
                     "uploaded_at": m.uploaded_at,
                 }
             )
-        document = {"replica": str(bucket.url), "host": host, "rounds": entries}  # type: ignore[attr-defined]
+        document = {"replica": str(bucket.url), "rounds": entries}  # type: ignore[attr-defined]
         rows = [
-            [str(e["round"]), format_bytes(e["file_size"]), str(e["chunks"]),  # type: ignore[arg-type]
+            [str(e["host"]), str(e["round"]), format_bytes(e["file_size"]), str(e["chunks"]),  # type: ignore[arg-type]
              str(e["file_sha256"])[:16], str(e["uploaded_at"])]
             for e in entries
         ]  # fmt: skip
-        table = format_table(["round", "size", "chunks", "sha256", "uploaded"], rows, right={1, 2})
+        headers = ["host", "round", "size", "chunks", "sha256", "uploaded"]
+        table = format_table(headers, rows, right={1, 2, 3})
     if args.json:
         print_json(document)
     else:

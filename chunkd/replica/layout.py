@@ -248,7 +248,7 @@ class RoundManifest:
                 created_at=str(doc.get("created_at", "")),
                 uploaded_at=str(doc.get("uploaded_at", "")),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, IntegrityError) as e:
             raise IntegrityError(f"{where}: damaged round manifest: {e}") from None
 
 

@@ -115,9 +115,8 @@ def test_prune_waits_for_a_live_upload_and_uploads_wait_for_a_prune(bucket: Buck
             prune_replica(bucket, host="hostA", keep_rounds=lambda c: 1, grace_s=0)
         with ReplicaLock(bucket, UPLOAD, "hostC"):  # uploaders share
             pass
-    with ReplicaLock(bucket, PRUNE, "hostA"):
-        with pytest.raises(BusyError):
-            ReplicaLock(bucket, UPLOAD, "hostB").acquire()
+    with ReplicaLock(bucket, PRUNE, "hostA"), pytest.raises(BusyError):
+        ReplicaLock(bucket, UPLOAD, "hostB").acquire()
     assert not list(bucket.list(bucket.url.key("locks") + "/"))  # the refused left nothing
     prune_replica(bucket, host="hostA", keep_rounds=lambda c: 1, grace_s=0)  # free again
 

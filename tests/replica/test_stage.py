@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -59,10 +60,8 @@ class ManifestWatcher(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_event.is_set():
-            try:
+            with contextlib.suppress(ReplicaError):  # the server may be down on purpose
                 self._poll()
-            except ReplicaError:
-                pass  # the server may be down on purpose
             time.sleep(0.05)
 
     def _poll(self) -> None:
