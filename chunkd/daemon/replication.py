@@ -46,6 +46,10 @@ def replica_host(config: ReplicaConfig) -> str:
     return name if name not in ("", ".", "..") else "localhost"
 
 
+class _Stopping(Exception):
+    """Raised from the upload's keepalive to abandon a round when the daemon stops."""
+
+
 class ReplicaStage:
     """See the module docstring. Fields marked "stage thread" are touched by that thread only."""
 
@@ -239,6 +243,12 @@ class ReplicaStage:
 
         with ReplicaLock(self.bucket, UPLOAD, self.host) as lock:
             self._cache.check_epoch(read_epoch(self.bucket))
+
+            def keepalive() -> None:  # called before each chunk PUT
+                if self._stopping.is_set():
+                    raise _Stopping
+                lock.refresh()
+
             for index, round_num in enumerate(pending):
                 if self._stopping.is_set():
                     return
@@ -252,8 +262,10 @@ class ReplicaStage:
                         cache=self._cache,
                         limiter=self._limiter,
                         workers=self._workers,
-                        keepalive=lock.refresh,
+                        keepalive=keepalive,
                     )
+                except _Stopping:  # the next start finds the round missing and uploads it
+                    return
                 except (NotFoundError, IntegrityError):
                     if round_num in store.round_numbers():
                         raise

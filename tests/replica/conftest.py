@@ -66,8 +66,10 @@ def _free_ports(n: int) -> list[int]:
 class WeedServer:
     """One ``weed server`` process with master, volume, filer and S3 gateway on fixed ports."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, volume_max: int = 0, volume_mb: int = 32) -> None:
         self.root = root
+        self.volume_max = volume_max
+        self.volume_mb = volume_mb
         self.data = root / "data"
         self.data.mkdir(parents=True, exist_ok=True)
         self.s3_config = root / "s3.json"
@@ -102,8 +104,8 @@ class WeedServer:
             f"-s3.config={self.s3_config}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
-            "-volume.max=0",  # as many as the disk allows (small volumes)
-            "-master.volumeSizeLimitMB=32",
+            f"-volume.max={self.volume_max}",  # 0: as many as the disk allows
+            f"-master.volumeSizeLimitMB={self.volume_mb}",
         ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -175,12 +177,12 @@ def s3_server(s3_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture
-def start_weed(s3_env: None, tmp_path: Path) -> Iterator[Callable[[], WeedServer]]:
-    """A server of the test's own (to kill and restart); stopped at the end."""
+def start_weed(s3_env: None, tmp_path: Path) -> Iterator[Callable[..., WeedServer]]:
+    """A server of the test's own (to kill, fill and restart); stopped at the end."""
     servers: list[WeedServer] = []
 
-    def start() -> WeedServer:
-        server = WeedServer(tmp_path / f"weed{len(servers)}")
+    def start(**limits: int) -> WeedServer:
+        server = WeedServer(tmp_path / f"weed{len(servers)}", **limits)
         servers.append(server)
         return server.start()
 

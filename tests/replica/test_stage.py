@@ -163,3 +163,31 @@ def test_s3_killed_mid_upload_loses_nothing_and_catches_up(
         watcher.finish()
     remote_matches_local(bucket, db)
     assert not watcher.violations
+
+
+def test_a_full_s3_server_loses_nothing_and_the_replica_catches_up_once_it_has_room(
+    start_weed: Callable[..., WeedServer], tmp_path: Path
+) -> None:
+    server = start_weed(volume_max=1, volume_mb=4)  # one 4 MB volume: full after a few MB
+    bucket = Bucket(ReplicaURL("chunkd-full", "fl"), endpoint=server.endpoint)
+    bucket.create()
+    filler = 0
+    with contextlib.suppress(ReplicaError):
+        for filler in range(64):
+            bucket.put(bucket.url.key("filler", str(filler)), bytes(1 << 20))
+    assert filler < 63, "the server never filled up"
+    db = tmp_path / "client_1_chunks.db"
+    ingest_rounds(db, tmp_path / "c", range(1, 3), compression="none").close()
+    stage = make_stage(str(bucket.url), server.endpoint, db)
+    stage.start()
+    try:
+        wait_for(lambda: stage.status()["last_error"] is not None, 60, "the failure reported")
+        assert stage.status()["uploaded_rounds"] == 0 and stage.status()["lag_rounds"] == 2
+        assert not list_rounds(bucket)  # no manifest without its chunks
+        server.kill()
+        server.volume_max = 0  # the operator adds room
+        server.start()
+        wait_for(lambda: stage.status()["uploaded_rounds"] == 2, 90, "the replica caught up")
+    finally:
+        stage.stop()
+    remote_matches_local(bucket, db)
