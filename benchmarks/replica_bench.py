@@ -62,6 +62,7 @@ def start_weed(root: Path) -> tuple[subprocess.Popen[bytes], str]:
         f"-volume.port.grpc={p[3]}", f"-filer.port={p[4]}", f"-filer.port.grpc={p[5]}",
         "-s3", f"-s3.port={p[6]}", f"-s3.port.grpc={p[7]}", f"-s3.config={root / 's3.json'}",
         "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256",
+        "-master.telemetry=false",
     ]  # fmt: skip
     log = open(root / "weed.log", "wb")  # noqa: SIM115 - the child holds it
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -30,6 +31,9 @@ from chunkd.config import ReplicaConfig, Settings
 from chunkd.daemon.lanes import utc_now_iso
 from chunkd.errors import BusyError, ChunkdError, IntegrityError, NotFoundError
 from chunkd.store import ChunkStore, RoundInfo
+
+if TYPE_CHECKING:
+    from chunkd.replica.prune import ReplicaLock
 
 #: Every client is compared with the bucket this often even without a hook call.
 RECONCILE_S = 60.0
@@ -90,6 +94,7 @@ class ReplicaStage:
         self._last_error: str | None = None
         self._last_error_at: str | None = None
         self._last_prune: dict[str, object] | None = None
+        self._orphan_locks: list[str] = []  # stage thread
         self._log = structlog.get_logger("chunkd.replica").bind(replica=config.url, host=self.host)
 
     @classmethod
@@ -238,46 +243,70 @@ class ReplicaStage:
         remote: dict[int, str],
         pending: list[int],
     ) -> None:
-        from chunkd.replica.prune import UPLOAD, ReplicaLock, read_epoch
+        from chunkd.replica.bucket import ReplicaError
+        from chunkd.replica.prune import UPLOAD, ReplicaLock
+
+        if self._orphan_locks:  # our locks from uploads the bucket failed under
+            self.bucket.delete(self._orphan_locks)
+            self._orphan_locks.clear()
+        lock = ReplicaLock(self.bucket, UPLOAD, self.host)
+        try:
+            lock.acquire()
+            self._upload_locked(lock, client_id, store, local, remote, pending)
+        finally:
+            try:
+                lock.release()
+            except ReplicaError:  # else it would hold off every host's prune until stale
+                self._orphan_locks.append(lock.key)
+
+    def _upload_locked(
+        self,
+        lock: ReplicaLock,
+        client_id: str,
+        store: ChunkStore,
+        local: Mapping[int, RoundInfo],
+        remote: dict[int, str],
+        pending: list[int],
+    ) -> None:
+        from chunkd.replica.prune import read_epoch
         from chunkd.replica.upload import upload_round
 
-        with ReplicaLock(self.bucket, UPLOAD, self.host) as lock:
-            self._cache.check_epoch(read_epoch(self.bucket))
+        self._cache.check_epoch(read_epoch(self.bucket))
 
-            def keepalive() -> None:  # called before each chunk PUT
-                if self._stopping.is_set():
-                    raise _Stopping
-                lock.refresh()
+        def keepalive() -> None:  # called before each chunk PUT
+            if self._stopping.is_set():
+                raise _Stopping
+            lock.refresh()
 
-            for index, round_num in enumerate(pending):
-                if self._stopping.is_set():
-                    return
-                try:
-                    result = upload_round(
-                        self.bucket,
-                        store,
-                        host=self.host,
-                        client_id=client_id,
-                        round_num=round_num,
-                        cache=self._cache,
-                        limiter=self._limiter,
-                        workers=self._workers,
-                        keepalive=keepalive,
-                    )
-                except _Stopping:  # the next start finds the round missing and uploads it
-                    return
-                except (NotFoundError, IntegrityError):
-                    if round_num in store.round_numbers():
-                        raise
-                    continue  # local retention removed it meanwhile: nothing to upload
-                remote[round_num] = result.file_sha256
-                self._set_lag(client_id, local, pending[index + 1 :])
-                with self._lock:
-                    self._uploaded_rounds += 1
-                    self._uploaded_bytes += result.bytes_uploaded
-                    self._last_upload = {**result.log_fields(), "at": _utc_now()}
-                    self._last_error = None
-                self._log.info(log.REPLICA_UPLOADED, **result.log_fields())
+        for index, round_num in enumerate(pending):
+            if self._stopping.is_set():
+                return
+            try:
+                result = upload_round(
+                    self.bucket,
+                    store,
+                    host=self.host,
+                    client_id=client_id,
+                    round_num=round_num,
+                    cache=self._cache,
+                    limiter=self._limiter,
+                    workers=self._workers,
+                    keepalive=keepalive,
+                )
+            except _Stopping:  # the next start finds the round missing and uploads it
+                return
+            except (NotFoundError, IntegrityError):
+                if round_num in store.round_numbers():
+                    raise
+                continue  # local retention removed it meanwhile: nothing to upload
+            remote[round_num] = result.file_sha256
+            self._set_lag(client_id, local, pending[index + 1 :])
+            with self._lock:
+                self._uploaded_rounds += 1
+                self._uploaded_bytes += result.bytes_uploaded
+                self._last_upload = {**result.log_fields(), "at": _utc_now()}
+                self._last_error = None
+            self._log.info(log.REPLICA_UPLOADED, **result.log_fields())
 
     def _prune(self) -> None:
         from chunkd.replica.prune import prune_replica

@@ -31,7 +31,7 @@ from chunkd.replica.layout import (
     rounds_prefix,
 )
 from chunkd.restore import RestoreResult, Write, restore_round
-from chunkd.store import ChunkRef
+from chunkd.store import ChunkRef, StoredChunk
 
 #: Decoded delta bases kept (a base is often shared by the chunks of one flat range only).
 BASE_CACHE = 4
@@ -117,6 +117,18 @@ class ReplicaRoundSource:
             raise IntegrityError(f"round {round_num}: residue is damaged: {e}") from None
         refs = [ChunkRef(c.chunk_id, c.chunk_hash, c.parts_info, c.flat_size) for c in m.chunks]
         return m.layout, residue, refs
+
+    def read_chunk(self, chunk_hash: str) -> StoredChunk:
+        """The chunk's stored form, as ``ChunkStore.read_chunk`` gives it (for a caller that
+        decodes itself); IntegrityError if the bucket lacks it."""
+        try:
+            data, meta = self.bucket.get(chunk_key(self.bucket.url, chunk_hash))
+        except NotFoundError:
+            raise IntegrityError(
+                f"chunk {chunk_hash} is referenced but not in the bucket"
+            ) from None
+        form = ChunkForm.from_metadata(chunk_hash, meta)
+        return StoredChunk(chunk_hash, form.codec, data, form.raw_size, form.base)
 
     def read_raw_chunk(self, chunk_hash: str) -> bytes:
         """The chunk's raw bytes (the caller checks their SHA-256)."""

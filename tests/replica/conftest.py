@@ -106,6 +106,8 @@ class WeedServer:
             "-s3.port.lance=0",
             f"-volume.max={self.volume_max}",  # 0: as many as the disk allows
             f"-master.volumeSizeLimitMB={self.volume_mb}",
+            "-master.electionTimeout=1s",  # a restart elects its single master at once
+            "-master.telemetry=false",
         ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)

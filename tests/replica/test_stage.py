@@ -158,6 +158,10 @@ def test_s3_killed_mid_upload_loses_nothing_and_catches_up(
         wait_for(lambda: stage.status()["uploaded_rounds"] == 4, 90, "the replica caught up")
         assert stage.status()["lag_rounds"] == 0
         assert stage.status()["last_error"] is None
+        # the lock of the upload the server died under is removed too (else every host's
+        # prune would wait for it to go stale)
+        locks = bucket.url.key("locks") + "/"
+        wait_for(lambda: not list(bucket.list(locks)), 10, "no lock left behind")
     finally:
         stage.stop()
         watcher.finish()
