@@ -113,8 +113,12 @@ class ReplicaStage:
             self._dirty.add(client_id)
         self._wake.set()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop after the request in flight; an unfinished round is finished by the next start."""
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop between two chunks; an unfinished round is uploaded again by the next start.
+
+        The wait is short: a request hanging on a dead network must not hold up the daemon's
+        exit, and the thread holds nothing that needs closing (a read-only connection).
+        """
         self._stopping.set()
         self._wake.set()
         if self._thread.is_alive():
