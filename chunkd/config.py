@@ -548,7 +548,8 @@ def _parse_replica(ctx: _Context, key: str, value: object) -> ReplicaConfig | No
     if "url" not in value:
         ctx.fail(f"{key}.url", "missing (s3://bucket/prefix)")
     url = _parse_string(ctx, f"{key}.url", value["url"])
-    if _REPLICA_URL.fullmatch(url) is None or "//" in url[5:] or "/../" in f"{url}/":
+    segments = url[len("s3://") :].rstrip("/").split("/")[1:]
+    if _REPLICA_URL.fullmatch(url) is None or any(p in ("", ".", "..") for p in segments):
         ctx.fail(f"{key}.url", f"must look like s3://bucket/prefix, got {url!r}")
     endpoint = _parse_string(ctx, f"{key}.endpoint", value.get("endpoint", ""))
     if endpoint and not re.fullmatch(r"https?://[^\s/]+/?", endpoint):

@@ -35,7 +35,7 @@ from chunkd.store import ChunkRef, StoredChunk
 
 #: Decoded delta bases kept (a base is often shared by the chunks of one flat range only).
 BASE_CACHE = 4
-#: A manifest larger than this is not one of ours.
+#: A residue that decompresses to more than this is damage, not a checkpoint's zip headers.
 MAX_RESIDUE_BYTES = 1 << 30
 
 

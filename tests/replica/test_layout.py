@@ -113,6 +113,8 @@ def test_replica_config() -> None:
         ({"url": "s3://b-1/p", "aws_access_key_id": "x"}, "replica.aws_access_key_id"),
         ({"endpoint": "http://x"}, "replica.url"),
         ({"url": "http://b/p"}, "replica.url"),
+        ({"url": "s3://b-1/p//q"}, "replica.url"),
+        ({"url": "s3://b-1/./q"}, "replica.url"),
         ({"url": "s3://b-1/p", "host": "a/b"}, "replica.host"),
         ({"url": "s3://b-1/p", "endpoint": "minio:9000"}, "replica.endpoint"),
         ({"url": "s3://b-1/p", "replica_keep_rounds": -1}, "replica.replica_keep_rounds"),
