@@ -29,7 +29,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -201,12 +201,14 @@ def prune_replica(
             result.manifests_marked += 1
             lock.refresh()
         cutoff = lock.server_time - timedelta(seconds=grace_s)
-        listed = (
-            (h, obj.size, obj.last_modified)
-            for obj in bucket.list(chunks_prefix(url))
-            if (h := hash_of_chunk_key(url, obj.key)) is not None
-        )
-        remove, result.chunks_kept, result.chunks_in_grace = plan_sweep(listed, marked, cutoff)
+
+        def listed() -> Iterator[tuple[str, int, datetime]]:
+            for obj in bucket.list(chunks_prefix(url)):
+                lock.refresh()  # a long listing must not let our lock go stale
+                if (h := hash_of_chunk_key(url, obj.key)) is not None:
+                    yield h, obj.size, obj.last_modified
+
+        remove, result.chunks_kept, result.chunks_in_grace = plan_sweep(listed(), marked, cutoff)
         result.chunks_removed = len(remove)
         result.bytes_removed = sum(size for _, size in remove)
         if not dry_run and remove:
