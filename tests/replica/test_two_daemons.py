@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -138,3 +139,28 @@ def test_two_hosts_share_a_bucket(
                "--client", "1", "--round", "1", "-o", str(tmp_path / "gone.pth"))  # fmt: skip
     assert gone.returncode == 3 and b"no round 1" in gone.stderr
     assert not (tmp_path / "gone.pth").exists()
+
+
+def test_an_unreachable_bucket_never_holds_up_ingest(
+    make_daemon: Callable[..., object], s3_env: None, tmp_path: Path
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    daemon = start_daemon(make_daemon, tmp_path / "host", "lonely", "s3://chunkd-nowhere/x", dead)
+    for r in (1, 2, 3):
+        save_checkpoint(daemon.watch_root / "client_1" / f"model_round_{r}.pth", r)
+    daemon.wait_event(lambda e: e["event"] == "checkpoint.ingested", count=3, timeout_s=60)
+    daemon.wait_event(lambda e: e["event"] == "replica.failed", timeout_s=30)
+    assert daemon.rounds("1") == [1, 2, 3]
+    wait_for(
+        # replica_keep_rounds = 2: round 1 would be pruned at once, so it is not owed
+        lambda: json.loads(daemon.cli("status", "--json").stdout)["replica"]["lag_rounds"] == KEEP,
+        30,
+        "the lag reported",
+    )
+    replica = json.loads(daemon.cli("status", "--json").stdout)["replica"]
+    assert replica["lag_bytes"] > 0 and "Could not connect" in replica["last_error"]
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 15  # a dead network does not hold up the exit
