@@ -95,6 +95,7 @@ class ReplicaStage:
         self._last_error_at: str | None = None
         self._last_prune: dict[str, object] | None = None
         self._orphan_locks: list[str] = []  # stage thread
+        self._mark_cache: dict[str, tuple[str, frozenset[str]]] = {}  # stage thread
         self._log = structlog.get_logger("chunkd.replica").bind(replica=config.url, host=self.host)
 
     @classmethod
@@ -321,6 +322,7 @@ class ReplicaStage:
                 host=self.host,
                 keep_rounds=lambda _client: self.keep_rounds,
                 grace_s=self.config.gc_grace_s,
+                mark_cache=self._mark_cache,
             )
         except BusyError as e:  # another host is uploading or pruning: next interval
             self._log.info(log.REPLICA_PRUNED, skipped=str(e))

@@ -45,6 +45,7 @@ class ObjectInfo:
     size: int
     last_modified: datetime
     metadata: dict[str, str]
+    etag: str = ""
 
 
 class Bucket:
@@ -131,7 +132,9 @@ class Bucket:
         try:
             for page in paginator.paginate(Bucket=self.url.bucket, Prefix=prefix):
                 for obj in page.get("Contents", ()):
-                    yield ObjectInfo(obj["Key"], obj["Size"], obj["LastModified"], {})
+                    yield ObjectInfo(
+                        obj["Key"], obj["Size"], obj["LastModified"], {}, obj.get("ETag", "")
+                    )
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
             raise self._fail("LIST", prefix, e) from None
 

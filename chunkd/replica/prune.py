@@ -153,6 +153,10 @@ def plan_sweep(
     return remove, kept, grace
 
 
+#: What the mark phase learnt from each manifest: key -> (ETag, the chunk hashes it needs).
+MarkCache = dict[str, tuple[str, frozenset[str]]]
+
+
 def prune_replica(
     bucket: Bucket,
     *,
@@ -160,11 +164,13 @@ def prune_replica(
     keep_rounds: Callable[[str], int],
     grace_s: float = GRACE_S,
     dry_run: bool = False,
+    mark_cache: MarkCache | None = None,
 ) -> ReplicaPruneResult:
     """Apply retention to this host's clients, then mark and sweep the shared chunks.
 
     ``keep_rounds(client_id)`` gives each client's ``replica_keep_rounds`` (0 keeps all). Raises
-    BusyError if another host is uploading or pruning (try again later).
+    BusyError if another host is uploading or pruning (try again later). ``mark_cache``, kept by
+    the caller between prunes, saves reading a manifest whose ETag has not changed.
     """
     url = bucket.url
     result = ReplicaPruneResult(dry_run=dry_run)
@@ -186,6 +192,7 @@ def prune_replica(
                 url.key("gc-epoch"), secrets.token_hex(16).encode(), content_type="text/plain"
             )
         marked: set[str] = set()
+        seen: set[str] = set()
         for obj in bucket.list(hosts_prefix(url)):
             parsed = parse_manifest_key(url, obj.key)
             if parsed is None:
@@ -193,13 +200,24 @@ def prune_replica(
             owner, client_id, round_num = parsed
             if dry_run and owner == host and round_num in result.rounds_removed.get(client_id, ()):
                 continue  # what the sweep would find once retention had run
-            try:
-                data, _ = bucket.get(obj.key)
-            except NotFoundError:
-                continue  # removed by its own host's retention since the listing
-            marked |= RoundManifest.from_json(data, where=obj.key).referenced_hashes()
+            cached = mark_cache.get(obj.key) if mark_cache is not None else None
+            if cached is not None and obj.etag and cached[0] == obj.etag:
+                needs = cached[1]
+            else:
+                try:
+                    data, _ = bucket.get(obj.key)
+                except NotFoundError:
+                    continue  # removed by its own host's retention since the listing
+                needs = frozenset(RoundManifest.from_json(data, where=obj.key).referenced_hashes())
+                if mark_cache is not None and obj.etag:
+                    mark_cache[obj.key] = (obj.etag, needs)
+            seen.add(obj.key)
+            marked |= needs
             result.manifests_marked += 1
             lock.refresh()
+        if mark_cache is not None:
+            for gone in set(mark_cache) - seen:
+                del mark_cache[gone]
         cutoff = lock.server_time - timedelta(seconds=grace_s)
 
         def listed() -> Iterator[tuple[str, int, datetime]]:

@@ -143,3 +143,20 @@ def test_an_uploader_forgets_swept_chunks(bucket: Bucket, tmp_path: Path) -> Non
         upload(bucket, b, "h", "1", cache)  # same backbone chunks: must be uploaded again
         expected = b.get_round(2).file_size
     assert len(restore_bytes(bucket, "h", "1", 2)) == expected
+
+
+def test_the_mark_cache_follows_the_manifests(bucket: Bucket, tmp_path: Path) -> None:
+    cache: dict[str, tuple[str, frozenset[str]]] = {}
+    with ingest_rounds(tmp_path / "a.db", tmp_path / "a", range(1, 4)) as a:
+        upload(bucket, a, "h", "1", PresentCache())
+        sizes = {r: a.get_round(r).file_size for r in (2, 3)}
+    prune_replica(bucket, host="h", keep_rounds=lambda c: 0, grace_s=0, mark_cache=cache)
+    keys = {bucket.url.key("hosts", "h", "clients", "1", "rounds", str(r)) for r in (1, 2, 3)}
+    assert set(cache) == keys
+    time.sleep(1.1)
+    again = prune_replica(bucket, host="h", keep_rounds=lambda c: 2, grace_s=0, mark_cache=cache)
+    assert again.rounds_removed == {"1": [1]} and again.chunks_removed > 0
+    assert set(cache) == keys - {bucket.url.key("hosts", "h", "clients", "1", "rounds", "1")}
+    assert chunk_hashes(bucket) == referenced(bucket)
+    for r, size in sizes.items():
+        assert len(restore_bytes(bucket, "h", "1", r)) == size
