@@ -45,7 +45,7 @@ def _config(args: argparse.Namespace) -> ReplicaConfig:
     if not url:
         raise RequestError("--replica: give s3://bucket/prefix (the config has no [replica] url)")
     if configured is None or configured.url != url.rstrip("/"):
-        configured = ReplicaConfig(url, "", "", "", 0, 0, 0.0, 0.0)
+        configured = ReplicaConfig(url, "", "", "", 0, 0, 3600.0, 3600.0)  # the TOML defaults
     return replace(
         configured,
         endpoint=args.endpoint if args.endpoint is not None else configured.endpoint,
@@ -62,6 +62,43 @@ def _bucket_and_host(args: argparse.Namespace) -> tuple[object, str]:
     config = _config(args)
     bucket = Bucket(ReplicaURL.parse(config.url), endpoint=config.endpoint, region=config.region)
     return bucket, check_host(replica_host(config))
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    """``chunkd prune --replica``: this host's replica retention and the shared chunk sweep now.
+
+    ``--keep N`` overrides ``replica_keep_rounds`` (else ``chunk_keep_rounds``); with
+    ``--client`` only that client's rounds are considered for removal. ``--dry-run`` deletes
+    nothing. The sweep waits for no one: it gives up (busy, exit 7) while another host uploads.
+    """
+    from chunkd.replica.prune import prune_replica
+
+    config = _config(args)
+    keep = args.keep
+    if keep is None:
+        keep = config.replica_keep_rounds or options.load_cli_settings(args).chunk_keep_rounds
+    bucket, host = _bucket_and_host(args)
+    result = prune_replica(
+        bucket,  # type: ignore[arg-type]
+        host=host,
+        keep_rounds=lambda c: keep if args.client in (None, c) else 0,
+        grace_s=config.gc_grace_s,
+        dry_run=args.dry_run,
+    )
+    document = {"replica": str(bucket.url), "host": host, **result.log_fields()}  # type: ignore[attr-defined]
+    if args.json:
+        print_json(document)
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    rounds = ", ".join(
+        f"client {c}: {', '.join(map(str, rs))}" for c, rs in result.rounds_removed.items()
+    )
+    print(
+        f"{verb} rounds ({rounds or 'none'}); chunks: {result.chunks_removed} {verb} "
+        f"({format_bytes(result.bytes_removed)}), {result.chunks_kept} kept, "
+        f"{result.chunks_in_grace} in grace"
+    )
+    return 0
 
 
 def restore(args: argparse.Namespace, write: Write) -> dict[str, object]:

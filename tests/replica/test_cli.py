@@ -58,3 +58,20 @@ def test_replica_flag_without_a_url_is_a_usage_error(tmp_path: Path) -> None:
     config.write_text('watch_root = "fl"\n')
     done = chunkd("list", "--config", str(config), "--replica")
     assert done.returncode == 2 and b"--replica" in done.stderr
+
+
+def test_prune_replica_from_the_command_line(
+    bucket: Bucket, s3_server: WeedServer, tmp_path: Path
+) -> None:
+    with ingest_rounds(tmp_path / "c.db", tmp_path / "c", range(1, 4)) as store:
+        upload_all(bucket, store, "site7", "1")
+    where = ("--replica", str(bucket.url), "--endpoint", s3_server.endpoint, "--host", "site7")
+    dry = chunkd("prune", *where, "--keep", "1", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["rounds_removed"] == {"1": [1, 2]}
+    done = chunkd("prune", *where, "--keep", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["rounds_removed"] == {"1": [1, 2]} and doc["chunks_in_grace"] > 0  # 1 h grace
+    listed = chunkd("list", *where, "--client", "1", "--json")
+    assert [r["round"] for r in json.loads(listed.stdout)["rounds"]] == [3]
