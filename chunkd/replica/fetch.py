@@ -94,7 +94,8 @@ def latest_round(bucket: Bucket, host: str, client_id: str) -> int:
 
 
 class ReplicaRoundSource:
-    """The two reads :func:`chunkd.restore.restore_round` makes of a ChunkStore, from a bucket.
+    """The reads :func:`chunkd.restore.restore_round` makes of a ChunkStore (``read_round``,
+    ``read_raw_chunk``; ``read_chunk`` too), answered from a bucket.
 
     ``read_raw_chunk`` runs on the restore's prefetch thread; the base cache has its own lock.
     """
@@ -137,17 +138,10 @@ class ReplicaRoundSource:
     def _decode(self, chunk_hash: str, depth: int) -> bytes:
         if depth > MAX_CHAIN_DEPTH:
             raise IntegrityError(f"chunk {chunk_hash}: delta chain longer than {MAX_CHAIN_DEPTH}")
-        key = chunk_key(self.bucket.url, chunk_hash)
+        stored = self.read_chunk(chunk_hash)
+        base = self._base(stored.base_hash, depth) if stored.base_hash is not None else None
         try:
-            data, meta = self.bucket.get(key)
-        except NotFoundError:
-            raise IntegrityError(
-                f"chunk {chunk_hash} is referenced but not in the bucket"
-            ) from None
-        form = ChunkForm.from_metadata(chunk_hash, meta)
-        base = self._base(form.base, depth) if form.base is not None else None
-        try:
-            return codec.decode(form.codec, data, form.raw_size, base)
+            return codec.decode(stored.codec, stored.data, stored.raw_size, base)
         except IntegrityError as e:
             raise IntegrityError(f"chunk {chunk_hash}: {e}") from None
 
