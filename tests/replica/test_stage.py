@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -194,4 +195,42 @@ def test_a_full_s3_server_loses_nothing_and_the_replica_catches_up_once_it_has_r
         wait_for(lambda: stage.status()["uploaded_rounds"] == 2, 90, "the replica caught up")
     finally:
         stage.stop()
+    remote_matches_local(bucket, db)
+
+
+def test_a_frozen_s3_server_holds_up_neither_ingest_nor_shutdown(
+    start_weed: Callable[..., WeedServer], tmp_path: Path
+) -> None:
+    """SIGSTOP the server mid-upload: requests hang (slow, not refused)."""
+    server = start_weed()
+    bucket = Bucket(ReplicaURL("chunkd-frozen", "fl"), endpoint=server.endpoint)
+    bucket.create()
+    db = tmp_path / "client_1_chunks.db"
+    ingest_rounds(db, tmp_path / "c", range(1, 3), compression="none").close()
+    stage = make_stage(str(bucket.url), server.endpoint, db, rate=150_000)
+    stage.start()
+    assert server.proc is not None
+    try:
+        wait_for(
+            lambda: any(True for _ in bucket.list(bucket.url.key("chunks") + "/")),
+            30,
+            "the first chunk object",
+        )
+        server.proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        ingest_rounds(db, tmp_path / "c", range(3, 4), compression="none").close()
+        stage.round_committed("1", 3)
+        assert time.monotonic() - started < 10  # ingest does not wait for the bucket
+        started = time.monotonic()
+        stage.stop()
+        assert time.monotonic() - started < 7
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    restarted = make_stage(str(bucket.url), server.endpoint, db)
+    restarted.start()
+    try:
+        wait_for(lambda: len(list_rounds(bucket)) == 3, 90, "the replica caught up")
+        wait_for(lambda: restarted.status()["lag_rounds"] == 0, 10, "no lag")
+    finally:
+        restarted.stop()
     remote_matches_local(bucket, db)
