@@ -65,7 +65,10 @@ def start_weed(root: Path) -> tuple[subprocess.Popen[bytes], str]:
         "-master.telemetry=false",
     ]  # fmt: skip
     log = open(root / "weed.log", "wb")  # noqa: SIM115 - the child holds it
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    (root / "tmp").mkdir(exist_ok=True)  # weed's log files go to $TMPDIR
+    env = {**os.environ, "TMPDIR": str(root / "tmp")}
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc.ports = p  # type: ignore[attr-defined]  # for remove_sockets()
     endpoint = f"http://127.0.0.1:{p[6]}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -77,6 +80,13 @@ def start_weed(root: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"weed did not answer on {endpoint}")
+
+
+def remove_sockets(proc: subprocess.Popen[bytes]) -> None:
+    """weed leaves a Unix socket per gRPC port in /tmp when killed: remove ours."""
+    for port in getattr(proc, "ports", ()):
+        for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            sock.unlink(missing_ok=True)
 
 
 def run(work: Path, size_mib: float, dtype: str = "float32") -> Result:
@@ -152,6 +162,7 @@ def run(work: Path, size_mib: float, dtype: str = "float32") -> Result:
     finally:
         proc.kill()
         proc.wait()
+        remove_sockets(proc)
         shutil.rmtree(root, ignore_errors=True)
     return result
 

@@ -63,6 +63,14 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def remove_weed_sockets(ports: list[int]) -> None:
+    """weed always adds a Unix socket per gRPC port (and a few more) in /tmp, and never removes
+    them when killed: remove ours."""
+    for port in ports:
+        for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            sock.unlink(missing_ok=True)
+
+
 class WeedServer:
     """One ``weed server`` process with master, volume, filer and S3 gateway on fixed ports."""
 
@@ -109,8 +117,12 @@ class WeedServer:
             "-master.electionTimeout=1s",  # a restart elects its single master at once
             "-master.telemetry=false",
         ]
+        # weed's own log files go to $TMPDIR: keep them in the server's directory
+        tmp = self.root / "tmp"
+        tmp.mkdir(exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(tmp)}
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         self._wait_ready()
         return self
 
@@ -141,6 +153,7 @@ class WeedServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
+        remove_weed_sockets(self.ports)
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
