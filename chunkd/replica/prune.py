@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -208,7 +209,9 @@ def prune_replica(
                     data, _ = bucket.get(obj.key)
                 except NotFoundError:
                     continue  # removed by its own host's retention since the listing
-                needs = frozenset(RoundManifest.from_json(data, where=obj.key).referenced_hashes())
+                manifest = RoundManifest.from_json(data, where=obj.key)
+                # interned: the same chunk named by many manifests is one string in the cache
+                needs = frozenset(sys.intern(h) for h in manifest.referenced_hashes())
                 if mark_cache is not None and obj.etag:
                     mark_cache[obj.key] = (obj.etag, needs)
             seen.add(obj.key)

@@ -37,8 +37,8 @@ from chunkd.store import ChunkStore, StoredChunk
 
 #: Chunk PUTs (and HEADs) in flight at once.
 UPLOAD_CONCURRENCY = 4
-#: Chunk hashes remembered as present in the bucket (about 200 bytes each).
-PRESENT_CACHE_ENTRIES = 200_000
+#: Chunks remembered as present in the bucket (about 300 bytes each: ~30 MB at most).
+PRESENT_CACHE_ENTRIES = 100_000
 
 
 class RateLimiter:
