@@ -31,7 +31,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import chunkd_daemon, chunkd_lib, limits, profiling, restic_bench, seed_baseline
+from benchmarks import (
+    chunkd_daemon,
+    chunkd_lib,
+    limits,
+    profiling,
+    replica_bench,
+    restic_bench,
+    seed_baseline,
+)
 from benchmarks.runner import REPO_ROOT
 
 MIB = 1 << 20
@@ -453,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.run_checkpoints()
         bench.run_series()
+        bench.results["replica"] = bench.attempt(  # docs/REPLICA.md; benchmarks/replica_bench.py
+            "replica upload", lambda: replica_bench.run(work, min(plan.series_mib, 32.0))
+        )
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -474,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     md = report.render(
         bench.results, chart_path if "error" not in chart_rel else None, results_path.parent
     )
+    md += replica_bench.render(bench.results.get("replica"))
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(md)
     print(

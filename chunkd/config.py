@@ -115,6 +115,21 @@ class ClientConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    """The ``[replica]`` table (docs/REPLICA.md). Credentials are never here: boto3's standard
+    chain (environment, ``~/.aws`` files, instance roles) supplies them."""
+
+    url: str
+    endpoint: str
+    region: str
+    host: str  # empty = the machine's host name, resolved by the daemon
+    replica_keep_rounds: int  # 0 = as chunk_keep_rounds
+    max_upload_rate: int  # bytes per second; 0 = unlimited
+    prune_interval_s: float
+    gc_grace_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The validated configuration; every path in it is absolute.
 
@@ -144,6 +159,8 @@ class Settings:
     log_format: str
     log_level: str
     clients: tuple[ClientConfig, ...]
+    #: ``[replica]``: off-host copies on S3-compatible storage; None when the table is absent.
+    replica: ReplicaConfig | None = None
 
     def db_path_for(self, client_id: str, client_dir: Path) -> Path:
         """The database file of one client: ``db_path`` with ``{client}`` and ``{client_dir}``.
@@ -505,6 +522,60 @@ def _parse_clients(ctx: _Context, key: str, value: object) -> tuple[ClientConfig
     return tuple(clients)
 
 
+# -- [replica] (docs/REPLICA.md) -----------------------------------------------------------------
+_REPLICA_URL = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\0]*)?")
+_REPLICA_HOST = re.compile(r"[A-Za-z0-9_.-]{0,128}")
+_REPLICA_SECRETS = ("access_key", "secret_key", "aws_access_key_id", "aws_secret_access_key")
+
+
+def _parse_replica(ctx: _Context, key: str, value: object) -> ReplicaConfig | None:
+    if not isinstance(value, dict):
+        ctx.fail(key, f"must be a table ([replica]), got {_describe(value)}")
+    for name in value:
+        if name in _REPLICA_SECRETS or "secret" in name or "password" in name:
+            ctx.fail(
+                f"{key}.{name}",
+                "credentials never go in the config file; use the environment, ~/.aws or an "
+                "instance role",
+            )
+    known = (
+        "url", "endpoint", "region", "host", "replica_keep_rounds", "max_upload_rate",
+        "prune_interval", "gc_grace",
+    )  # fmt: skip
+    _check_known_keys(ctx, value, known, prefix=f"{key}.")
+    if not value:
+        return None
+    if "url" not in value:
+        ctx.fail(f"{key}.url", "missing (s3://bucket/prefix)")
+    url = _parse_string(ctx, f"{key}.url", value["url"])
+    segments = url[len("s3://") :].rstrip("/").split("/")[1:]
+    if _REPLICA_URL.fullmatch(url) is None or any(p in ("", ".", "..") for p in segments):
+        ctx.fail(f"{key}.url", f"must look like s3://bucket/prefix, got {url!r}")
+    endpoint = _parse_string(ctx, f"{key}.endpoint", value.get("endpoint", ""))
+    if endpoint and not re.fullmatch(r"https?://[^\s/]+/?", endpoint):
+        ctx.fail(f"{key}.endpoint", f"must be http(s)://host[:port], got {endpoint!r}")
+    host = _parse_string(ctx, f"{key}.host", value.get("host", ""))
+    if _REPLICA_HOST.fullmatch(host) is None or host in (".", ".."):
+        ctx.fail(f"{key}.host", f"must be 0 to 128 of A-Z a-z 0-9 _ . -, got {host!r}")
+    try:
+        rate = parse_size(value.get("max_upload_rate", 0))  # type: ignore[arg-type]
+    except ConfigError as e:
+        ctx.fail(f"{key}.max_upload_rate", f"{e} (bytes per second; 0 = unlimited)")
+    duration = _parse_duration_key(allow_zero=True)
+    return ReplicaConfig(
+        url=url.rstrip("/"),
+        endpoint=endpoint.rstrip("/"),
+        region=_parse_string(ctx, f"{key}.region", value.get("region", "")),
+        host=host,
+        replica_keep_rounds=_parse_int(0, MAX_KEEP_ROUNDS)(
+            ctx, f"{key}.replica_keep_rounds", value.get("replica_keep_rounds", 0)
+        ),
+        max_upload_rate=rate,
+        prune_interval_s=duration(ctx, f"{key}.prune_interval", value.get("prune_interval", "1h")),
+        gc_grace_s=duration(ctx, f"{key}.gc_grace", value.get("gc_grace", "1h")),
+    )
+
+
 #: Every TOML key: its Settings attribute, its SPEC.md default (as TOML would spell it), its parser.
 _KEYS: dict[str, _Key] = {
     "watch_root": _Key("watch_root", "/srv/fl", _parse_path),
@@ -533,6 +604,7 @@ _KEYS: dict[str, _Key] = {
     "log_format": _Key("log_format", "auto", _parse_choice("json", "console", "auto")),
     "log_level": _Key("log_level", "info", _parse_choice("debug", "info", "warning", "error")),
     "clients": _Key("clients", [], _parse_clients),
+    "replica": _Key("replica", {}, _parse_replica),
 }
 
 #: SPEC.md's default for every key, as TOML values: what a config file gets for a key it omits.

@@ -61,6 +61,9 @@ SCAN_FAILED = "scan.failed"
 STORE_ORPHANS_REMOVED = "store.orphans_removed"
 SOCKET_BOUND = "socket.bound"
 CONFIG_INVALID = "config.invalid"
+REPLICA_UPLOADED = "replica.uploaded"  # docs/REPLICA.md
+REPLICA_FAILED = "replica.failed"
+REPLICA_PRUNED = "replica.pruned"
 
 #: Every event chunkd emits; tests check the set against the constants above and SPEC.md.
 ALL_EVENTS: tuple[str, ...] = (
@@ -94,6 +97,9 @@ ALL_EVENTS: tuple[str, ...] = (
     STORE_ORPHANS_REMOVED,
     SOCKET_BOUND,
     CONFIG_INVALID,
+    REPLICA_UPLOADED,
+    REPLICA_FAILED,
+    REPLICA_PRUNED,
 )
 
 LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")

@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "prune": 6,
     "export": 7,
     "summary": 7,
+    "replica": 7,  # chunkd/replica/: engine level, above store and restore
     "daemon": 9,
     "cli": 9,
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from chunkd.cli import options
+from chunkd.cli import options, replica
 from chunkd.cli.client import DaemonClient
 from chunkd.cli.render import format_bytes, format_ratio, format_table, print_json
 from chunkd.store import ChunkStore
@@ -28,10 +28,13 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         "--client", type=options.client_id, metavar="ID", help="show this client's rounds"
     )
     p.add_argument("--db", type=Path, metavar="PATH", help="read this database, without the daemon")
+    replica.add_options(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.replica is not None:  # docs/REPLICA.md
+        return replica.run_list(args)
     if args.db is not None:
         with ChunkStore.open_reader(args.db) as store:
             document = {"clients": [summarize_store(args.client or args.db.name, store)]}

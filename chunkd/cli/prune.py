@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from chunkd.cli import options
+from chunkd.cli import options, replica
 from chunkd.cli.client import DaemonClient
 from chunkd.cli.render import format_bytes, print_json
 from chunkd.errors import RequestError
@@ -37,10 +37,13 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         metavar="N",
         help="with --db: keep the N newest rounds (0 keeps all)",
     )
+    replica.add_options(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.replica is not None:  # docs/REPLICA.md: the bucket's retention and chunk sweep
+        return replica.run_prune(args)
     if args.db is not None:
         document = _prune_offline(args)
     else:

@@ -17,7 +17,7 @@ import select
 from dataclasses import dataclass
 from pathlib import Path
 
-from chunkd.cli import options
+from chunkd.cli import options, replica
 from chunkd.cli.client import DaemonClient
 from chunkd.cli.output import STDOUT, Output
 from chunkd.cli.render import Progress, format_bytes, print_json
@@ -66,6 +66,7 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         help="restore straight from this database, without the daemon",
     )
     options.add_transfer(p)
+    replica.add_options(p)
     p.set_defaults(run=run)
 
 
@@ -75,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     with Output.open(args.output) as out, Progress("restore") as progress:
         if args.db is not None:
             done = _restore_offline(args, out, progress)
+        elif args.replica is not None:  # docs/REPLICA.md: from the bucket, no daemon
+            done = Transfer.of(replica.restore(args, out.write))
         else:
             done = restore_through_daemon(args, "restore", out, progress)
         progress.update(done.bytes_written, force=True)

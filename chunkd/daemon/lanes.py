@@ -101,6 +101,7 @@ class ClientLane:
         leased: Callable[[str], frozenset[int]],
         ingest_slots: threading.Semaphore,
         pool: Executor,
+        on_round: Callable[[str, int], None] | None = None,
     ) -> None:
         self.client_id = client_id
         self.directory = directory
@@ -112,6 +113,7 @@ class ClientLane:
         self._leased = leased
         self._slots = ingest_slots
         self._pool = pool
+        self._on_round = on_round  # the replica stage's hook: returns at once
         self._inbox: queue.Queue[_Offer | _Job | None] = queue.Queue(QUEUE_LIMIT)
         self._pending: dict[Path, _Pending] = {}  # lane thread only
         self._stopping = threading.Event()
@@ -369,6 +371,8 @@ class ClientLane:
                 generation=result.generation,
             )
         self._log.info(log.CHECKPOINT_INGESTED, **fields)
+        if self._on_round is not None and result.round_num is not None:
+            self._on_round(self.client_id, result.round_num)
 
     def _reject(self, store: ChunkStore, path: Path, error: CheckpointError) -> None:
         self.stats.rejected += 1

@@ -32,6 +32,7 @@ from chunkd.config import Settings
 from chunkd.daemon import sdnotify
 from chunkd.daemon.lanes import ClientLane, utc_now_iso
 from chunkd.daemon.leases import LeaseTable
+from chunkd.daemon.replication import ReplicaStage
 from chunkd.daemon.scheduler import build_scheduler
 from chunkd.daemon.state import ClientInfo
 from chunkd.daemon.watcher import Watcher
@@ -72,6 +73,7 @@ class Daemon:
         self._notifier = sdnotify.Notifier()
         self._log = structlog.get_logger("chunkd.daemon")
         self.ready = False
+        self._replica = ReplicaStage.from_settings(settings, self._client_dbs)  # docs/REPLICA.md
 
     # -- DaemonState -----------------------------------------------------------------------------
     def clients(self) -> Mapping[str, ClientInfo]:
@@ -80,6 +82,9 @@ class Daemon:
                 cid: ClientInfo(cid, lane.directory, lane.db_path)
                 for cid, lane in self._lanes.items()
             }
+
+    def _client_dbs(self) -> dict[str, Path]:
+        return {cid: info.db_path for cid, info in self.clients().items()}
 
     def _lane(self, client_id: str) -> ClientLane:
         with self._lanes_lock:
@@ -132,6 +137,7 @@ class Daemon:
             "dropped_offers": self._watcher.dropped_offers,
             "last_ingest": last_ingest,
             "clients": per_client,
+            "replica": self._replica.status() if self._replica is not None else None,
         }
 
     # -- callbacks from other threads: enqueue only ----------------------------------------------
@@ -186,6 +192,7 @@ class Daemon:
             leased=self.leases.leased,
             ingest_slots=self._ingest_slots,
             pool=self._pool,
+            on_round=self._replica.round_committed if self._replica is not None else None,
         )
         try:
             lane.open()
@@ -231,6 +238,8 @@ class Daemon:
             self.add_client(client_id, directory, at_start=True)
         self._watcher.start()
         self.scan_all()  # files written between the first scan and the observers' start
+        if self._replica is not None:
+            self._replica.start()  # compares every client with the bucket first: resumes
 
     def run_forever(self) -> None:
         interval = sdnotify.watchdog_interval_s()
@@ -284,6 +293,8 @@ class Daemon:
             lanes = list(self._lanes.values())
         for lane in lanes:
             lane.stop()
+        if self._replica is not None:
+            self._replica.stop()
         self._pool.shutdown(wait=True)
         self._notifier.close()
 
