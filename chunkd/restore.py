@@ -23,14 +23,28 @@ import bisect
 import hashlib
 import json
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
-from chunkd.deltas import RECENT
+from chunkd.deltas import RECENT, RecentChunks
 from chunkd.errors import IntegrityError
 from chunkd.manifest import RoundLayout
-from chunkd.store import ChunkRef, ChunkStore
+from chunkd.store import ChunkRef
+
+
+class RoundSource(Protocol):
+    """What a restore reads: a :class:`~chunkd.store.ChunkStore`, or a replica's bucket."""
+
+    def read_round(
+        self, round_num: int, generation: int | None = None
+    ) -> tuple[RoundLayout, bytes, list[ChunkRef]]: ...
+
+    def read_raw_chunk(
+        self, chunk_hash: str, known: Mapping[str, bytes] | None = None
+    ) -> bytes: ...
+
 
 #: Decoded chunks kept for reuse; checkpoint order equals file order in practice, so 2 suffice.
 CACHE_CHUNKS = 2
@@ -57,15 +71,17 @@ class _ChunkReader:
 
     def __init__(
         self,
-        store: ChunkStore,
+        store: RoundSource,
         round_num: int,
         layout: RoundLayout,
         chunks: list[ChunkRef],
         worker: Executor,
         verify_chunks: bool = True,
+        recent: RecentChunks | None = RECENT,
     ) -> None:
         self.store = store
         self.verify_chunks = verify_chunks
+        self.recent = recent
         self.round_num = round_num
         self.chunks = chunks
         self.starts = _chunk_byte_starts(round_num, layout, chunks)
@@ -93,11 +109,10 @@ class _ChunkReader:
         ref = self.chunks[index]
         expected_size = self.starts[index + 1] - self.starts[index]
         try:
-            if ref.chunk_hash in RECENT:  # just ingested: no read, no decode
-                raw = RECENT[ref.chunk_hash]
+            if self.recent is not None and ref.chunk_hash in self.recent:
+                raw = self.recent[ref.chunk_hash]  # just ingested: no read, no decode
             else:
-                stored = self.store.read_chunk(ref.chunk_hash)
-                raw = self.store.decode_chunk(stored, known=RECENT)
+                raw = self.store.read_raw_chunk(ref.chunk_hash, known=self.recent)
         except IntegrityError as e:
             raise IntegrityError(f"round {self.round_num} chunk {ref.chunk_id}: {e}") from None
         if len(raw) != expected_size or (
@@ -169,22 +184,25 @@ def _chunk_byte_starts(round_num: int, layout: RoundLayout, chunks: list[ChunkRe
 
 
 def restore_round(
-    store: ChunkStore,
+    store: RoundSource,
     round_num: int,
     write: Write,
     *,
     generation: int | None = None,
     verify_chunks: bool = True,
+    recent: RecentChunks | None = RECENT,
 ) -> RestoreResult:
     """Write round ``round_num`` of ``store`` through ``write``; see the module docstring.
 
     ``generation``: an earlier version of a rewritten round (None: the current one).
     ``verify_chunks``: check each chunk's SHA-256 before writing its bytes (streams); without
     it only the whole file is checked, and a mismatch is then traced to its chunk.
+    ``recent``: raw chunks at hand by hash (the ingest cache); None to read every chunk from
+    ``store`` (a replica's restore proves the bucket, not this process's memory).
     """
     layout, residue, chunks = store.read_round(round_num, generation)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-restore") as worker:
-        reader = _ChunkReader(store, round_num, layout, chunks, worker, verify_chunks)
+        reader = _ChunkReader(store, round_num, layout, chunks, worker, verify_chunks, recent)
         try:
             return _write_file(reader, round_num, layout, residue, write)
         except IntegrityError:
@@ -193,7 +211,7 @@ def restore_round(
             raise
 
 
-def _name_the_bad_chunk(store: ChunkStore, round_num: int, chunks: list[ChunkRef]) -> None:
+def _name_the_bad_chunk(store: RoundSource, round_num: int, chunks: list[ChunkRef]) -> None:
     """After a whole-file mismatch: re-hash each chunk and raise for the first that is wrong."""
     for ref in chunks:
         try:

@@ -126,4 +126,3 @@ def choose_round(
             f"{highest_stored} leaves no next round number"
         )
     return highest_stored + 1
-

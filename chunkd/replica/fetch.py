@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import zstandard
@@ -106,8 +107,12 @@ class ReplicaRoundSource:
         self._bases: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def read_round(self, round_num: int) -> tuple[RoundLayout, bytes, list[ChunkRef]]:
+    def read_round(
+        self, round_num: int, generation: int | None = None
+    ) -> tuple[RoundLayout, bytes, list[ChunkRef]]:
         m = self.manifest
+        if generation is not None:
+            raise NotFoundError("the replica keeps the current version of each round only")
         if round_num != m.round_num:
             raise NotFoundError(f"round {round_num} is not this manifest's ({m.round_num})")
         try:
@@ -131,8 +136,9 @@ class ReplicaRoundSource:
         form = ChunkForm.from_metadata(chunk_hash, meta)
         return StoredChunk(chunk_hash, form.codec, data, form.raw_size, form.base)
 
-    def read_raw_chunk(self, chunk_hash: str) -> bytes:
-        """The chunk's raw bytes (the caller checks their SHA-256)."""
+    def read_raw_chunk(self, chunk_hash: str, known: Mapping[str, bytes] | None = None) -> bytes:
+        """The chunk's raw bytes (the caller checks their SHA-256); ``known`` (local decoded
+        chunks) does not apply to a bucket."""
         return self._decode(chunk_hash, 0)
 
     def _decode(self, chunk_hash: str, depth: int) -> bytes:
@@ -168,4 +174,4 @@ def restore_from_replica(
         round_num = latest_round(bucket, host, client_id)
     manifest = read_manifest(bucket, host, client_id, round_num)
     source = ReplicaRoundSource(bucket, manifest)
-    return restore_round(source, round_num, write)  # type: ignore[arg-type]  # duck-typed store
+    return restore_round(source, round_num, write, recent=None)

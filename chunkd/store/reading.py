@@ -199,9 +199,10 @@ class StoreReading:
         codec_name, data, raw_size, base_hash = rows[0]
         return StoredChunk(chunk_hash, codec_name, data, raw_size, base_hash)
 
-    def read_raw_chunk(self, chunk_hash: str) -> bytes:
-        """A chunk's raw bytes, decoded (its delta chain applied); not hash-checked."""
-        return self.decode_chunk(self.read_chunk(chunk_hash))
+    def read_raw_chunk(self, chunk_hash: str, known: Mapping[str, bytes] | None = None) -> bytes:
+        """A chunk's raw bytes, decoded (its delta chain applied); not hash-checked. ``known``:
+        raw bytes already at hand, by hash, where a chain may stop early."""
+        return self.decode_chunk(self.read_chunk(chunk_hash), known)
 
     def decode_chunk(self, stored: StoredChunk, known: Mapping[str, bytes] | None = None) -> bytes:
         """Decode ``stored``, applying its delta chain from the nearest key chunk (or from a

@@ -64,7 +64,9 @@ def restore_bytes(bucket: Bucket, host: str, client: str, round_num: int) -> byt
 
 
 def test_retention_removes_only_what_no_kept_round_needs(bucket: Bucket, tmp_path: Path) -> None:
-    a = ingest_rounds(tmp_path / "a.db", tmp_path / "a", range(1, 6), delta=True)
+    """Delta chains run up to KEY_INTERVAL (4) rounds: of rounds 1-8 keeping 7 and 8, round 5 is
+    a key chunk the kept ones chain to, so rounds 5 and 6 must keep their chunks."""
+    a = ingest_rounds(tmp_path / "a.db", tmp_path / "a", range(1, 9), delta=True)
     b = ingest_rounds(tmp_path / "b.db", tmp_path / "b", range(1, 3))
     with a, b:
         upload(bucket, a, "hostA", "1", PresentCache())
@@ -72,14 +74,14 @@ def test_retention_removes_only_what_no_kept_round_needs(bucket: Bucket, tmp_pat
     before = chunk_hashes(bucket)
     time.sleep(1.1)  # LastModified has one-second resolution: a chunk of this second is in grace
     dry = prune_replica(bucket, host="hostA", keep_rounds=lambda c: 2, grace_s=0, dry_run=True)
-    assert dry.rounds_removed == {"1": [1, 2, 3]} and dry.chunks_removed > 0
+    assert dry.rounds_removed == {"1": [1, 2, 3, 4, 5, 6]} and dry.chunks_removed > 0
     assert chunk_hashes(bucket) == before  # a dry run changes nothing
-    assert [e.round_num for e in list_rounds(bucket, host="hostA")] == [1, 2, 3, 4, 5]
+    assert [e.round_num for e in list_rounds(bucket, host="hostA")] == list(range(1, 9))
 
     result = prune_replica(bucket, host="hostA", keep_rounds=lambda c: 2, grace_s=0)
-    assert result.rounds_removed == {"1": [1, 2, 3]}
+    assert result.rounds_removed == {"1": [1, 2, 3, 4, 5, 6]}
     assert result.chunks_removed == dry.chunks_removed > 0
-    assert [e.round_num for e in list_rounds(bucket, host="hostA")] == [4, 5]
+    assert [e.round_num for e in list_rounds(bucket, host="hostA")] == [7, 8]
     assert [e.round_num for e in list_rounds(bucket, host="hostB")] == [1, 2]  # not ours
     after = chunk_hashes(bucket)
     assert after == referenced(bucket)  # everything needed stays, nothing else
@@ -89,7 +91,7 @@ def test_retention_removes_only_what_no_kept_round_needs(bucket: Bucket, tmp_pat
         ChunkStore.open_reader(tmp_path / "b.db") as b_store,
     ):
         for host, client, store, rounds in (
-            ("hostA", "1", a_store, (4, 5)),
+            ("hostA", "1", a_store, (7, 8)),
             ("hostB", "2", b_store, (1, 2)),
         ):
             for r in rounds:
