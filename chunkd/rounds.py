@@ -34,7 +34,7 @@ from chunkd.errors import CheckpointError
 #: * starts the name and has at most 6 digits: ``12_model.pt``, ``12.pth``;
 #: * ends the name (before the extension, if any), has at most 6 digits and follows ``_``:
 #:   ``model_12.pt`` -- unless the word before names a participant (``client_3.pth``,
-#:   ``site_2``, ``node_1``, ``rank_0``, ``worker_4``, ``party_1``) or a shard (``_00002_of_00004``);
+#:   ``site_2``, ``node_1``, ``rank_0``, ``worker_4``, ``party_1``) or a shard (``_of_00004``);
 #: * ends the name after ``-`` only behind ``model``, ``checkpoint`` or ``ckpt`` (``model-12.pt``,
 #:   Hugging Face's ``checkpoint-500``), because ``resnet-50``, ``vgg-16`` or ``gpt-2`` name an
 #:   architecture, not a round.
@@ -92,11 +92,11 @@ def round_from_name(name: str, pattern: re.Pattern[str]) -> int | None:
     """The round number in a file name, or None if ``pattern`` finds none.
 
     ``name`` may be a base name or a path; only the part after the last ``/`` is searched, so a
-    directory such as ``client_3/`` can never supply the round. The first match that is not part of a date or timestamp
-    (:data:`DATE_OR_TIME`) counts. The
-    ``round`` group must be ASCII digits (``int()`` would also take ``+1``, ``1_0`` or Arabic-Indic
-    digits, which no FL framework writes) and at most :data:`MAX_ROUND`; otherwise the name has no
-    round and the next rule in :func:`choose_round` applies. Never raises for any ``name``.
+    directory such as ``client_3/`` can never supply the round. The first match that is not part
+    of a date or timestamp (:data:`DATE_OR_TIME`) counts. Its ``round`` group must be ASCII digits
+    (``int()`` would also take ``+1``, ``1_0`` or Arabic-Indic digits, which no FL framework
+    writes) and at most :data:`MAX_ROUND`; otherwise the name has no round and the next rule in
+    :func:`choose_round` applies. Never raises for any ``name``.
 
     Raises ValueError if ``pattern`` has no group named ``round`` (config validates that).
     """
