@@ -35,6 +35,7 @@ DAEMON_STARTED = "daemon.started"
 DAEMON_READY = "daemon.ready"
 DAEMON_STOPPING = "daemon.stopping"
 DAEMON_STOPPED = "daemon.stopped"
+DAEMON_FAILED = "daemon.failed"
 CLIENT_ADDED = "client.added"
 CLIENT_REMOVED = "client.removed"
 CHECKPOINT_DETECTED = "checkpoint.detected"
@@ -61,6 +62,8 @@ SCAN_FAILED = "scan.failed"
 STORE_ORPHANS_REMOVED = "store.orphans_removed"
 SOCKET_BOUND = "socket.bound"
 CONFIG_INVALID = "config.invalid"
+WATCH_ROOT_MISSING = "watch_root.missing"
+CHECKPOINT_PROGRESS = "checkpoint.progress"
 
 #: Every event chunkd emits; tests check the set against the constants above and SPEC.md.
 ALL_EVENTS: tuple[str, ...] = (
@@ -68,6 +71,7 @@ ALL_EVENTS: tuple[str, ...] = (
     DAEMON_READY,
     DAEMON_STOPPING,
     DAEMON_STOPPED,
+    DAEMON_FAILED,
     CLIENT_ADDED,
     CLIENT_REMOVED,
     CHECKPOINT_DETECTED,
@@ -94,6 +98,8 @@ ALL_EVENTS: tuple[str, ...] = (
     STORE_ORPHANS_REMOVED,
     SOCKET_BOUND,
     CONFIG_INVALID,
+    WATCH_ROOT_MISSING,
+    CHECKPOINT_PROGRESS,
 )
 
 LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")

@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from chunkd.cli import options
+from chunkd.cli import offline, options
 from chunkd.cli.client import DaemonClient
 from chunkd.cli.render import format_bytes, format_ratio, format_table, print_json
-from chunkd.store import ChunkStore
-from chunkd.summary import summarize_store
 
 
 def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> None:
@@ -33,8 +31,11 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
 
 def run(args: argparse.Namespace) -> int:
     if args.db is not None:
-        with ChunkStore.open_reader(args.db) as store:
-            document = {"clients": [summarize_store(args.client or args.db.name, store)]}
+        from chunkd.summary import summarize_store
+
+        client_id = offline.client_for_db(args, args.db)
+        with offline.open_db(args.db) as store:
+            document = {"clients": [summarize_store(client_id, store)]}
     else:
         with DaemonClient.connect(options.socket_path(args)) as client:
             document = client.call("list", client=args.client)

@@ -72,10 +72,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def add_client_and_round(parser: argparse.ArgumentParser) -> None:
-    """``--client ID`` (required) and ``--round N|latest`` (default latest), as every command
-    that reads one round spells them."""
-    parser.add_argument("--client", required=True, type=client_id, metavar="ID")
+def add_client_and_round(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """``--client ID`` and ``--round N|latest`` (default latest), as every command that reads one
+    round spells them. ``required=False`` for commands whose ``--db`` names the client itself."""
+    parser.add_argument(
+        "--client",
+        required=required,
+        type=client_id,
+        metavar="ID",
+        help=None if required else "the client (with --db: taken from the database's name)",
+    )
     parser.add_argument(
         "--round",
         type=round_or_latest,
