@@ -208,6 +208,14 @@ class _SafeJSONRenderer:
             return json.dumps(fallback)
 
 
+def _paths_as_text(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """The console renderer shows values by ``repr``: ``path=/x.pth``, not ``PosixPath(...)``."""
+    for key, value in event_dict.items():
+        if isinstance(value, PurePath):
+            event_dict[key] = str(value)
+    return event_dict
+
+
 def _is_tty(stream: TextIO) -> bool:
     try:
         return bool(stream.isatty())
@@ -221,7 +229,7 @@ def _build_formatter(log_format: str, stream: TextIO) -> structlog.stdlib.Proces
     if log_format == "console" or (log_format == "auto" and _is_tty(stream)):
         # ConsoleRenderer formats exc_info itself (and better than a dict would read on a tty).
         renderer = structlog.dev.ConsoleRenderer(colors=_is_tty(stream))
-        tail = [renderer]
+        tail = [_paths_as_text, renderer]
     else:
         # Locals are off: they would copy chunk buffers and client data into the journal.
         exceptions = structlog.processors.ExceptionRenderer(
