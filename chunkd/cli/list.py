@@ -8,6 +8,7 @@ round. ``--db PATH`` reads one database directly (no daemon); the document is th
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 from chunkd.cli import offline, options
@@ -144,11 +145,12 @@ def _files_note(entries: list[dict[str, object]]) -> str:
     if not files:
         return ""
     size = sum(_int(e.get("files_on_disk_bytes")) for e in entries)
-    return (
-        f"\n{files} checkpoint file(s), {format_bytes(size)}, are still in the client "
+    note = (
+        f"{files} checkpoint file(s), {format_bytes(size)}, are still in the client "
         "directories beside the databases: with delete_after_ingest = false chunkd adds to the "
         "disk use rather than replacing them."
     )
+    return "\n" + textwrap.fill(note, width=100)
 
 
 def _int(value: object) -> int:
