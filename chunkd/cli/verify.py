@@ -89,26 +89,28 @@ def _steps(count: int) -> str:
 
 
 def _verify_through_daemon(args: argparse.Namespace) -> list[dict[str, object]]:
+    """One request per client; the bar counts database bytes checked (from ``list``), so its
+    total, rate and ETA mean something when clients differ in size."""
     with DaemonClient.connect(options.socket_path(args)) as client:
-        if args.client is not None:
-            ids = [args.client]
-        else:
-            listed = client.call("list")["clients"]
-            assert isinstance(listed, list)
-            ids = [str(entry["client"]) for entry in listed]
+        listed = client.call("list", client=args.client)["clients"]
+        assert isinstance(listed, list)
+        sizes = {str(entry["client"]): _size(entry) for entry in listed}
         entries: list[dict[str, object]] = []
-        with Progress("verify", len(ids), fmt=_clients) as bar:
-            for done, client_id in enumerate(ids):
+        done = 0
+        with Progress("verify", sum(sizes.values()) or None) as bar:
+            for client_id, size in sizes.items():
                 bar.update(done, force=True)
                 result = client.call("verify", client=client_id)
                 found = result["clients"]
                 assert isinstance(found, list)
                 entries.extend(found)
+                done += size
     return entries
 
 
-def _clients(count: int) -> str:
-    return f"{count} client{'s' if count != 1 else ''}"
+def _size(entry: dict[str, object]) -> int:
+    size = entry.get("db_bytes")
+    return size if isinstance(size, int) and size > 0 else 1
 
 
 def _problems(entry: dict[str, object]) -> list[dict[str, object]]:
