@@ -51,10 +51,10 @@ def summarize_store(
     and its journal/WAL on disk, ``disk_ratio`` the checkpoints' bytes over it. That ratio is
     split into ``dedup_ratio`` (tensor bytes referenced by rounds over the distinct bytes kept)
     and ``compression_ratio`` (the rest: compression, deltas and the database's own overhead),
-    so that their product is ``disk_ratio`` and each is at least 1 whenever the database is
-    smaller than the checkpoints. With ``client_dir``, ``files_on_disk`` counts the checkpoint
-    files (``file_patterns``) still in it, which chunkd leaves there unless
-    ``delete_after_ingest``.
+    so that each is at least 1 and their product is ``disk_ratio`` whenever the database is
+    smaller than the checkpoints (otherwise both are 1 and ``disk_ratio`` is below 1). With
+    ``client_dir``, ``files_on_disk`` counts the checkpoint files (``file_patterns``) still in it,
+    which chunkd leaves there unless ``delete_after_ingest``.
     """
     on_disk = _checkpoints_on_disk(client_dir, file_patterns)
     if store is None:
@@ -79,7 +79,9 @@ def summarize_store(
     dedup = max(1.0, stats.dedup_ratio)
     if disk_ratio is not None:
         dedup = min(dedup, max(1.0, disk_ratio))
-        compression = disk_ratio / dedup
+        # Below 1 only when the database outgrew the checkpoints (a tiny model's page overhead):
+        # then no split into savings exists, both stay 1 and disk_ratio says the truth.
+        compression = max(1.0, disk_ratio / dedup)
     else:
         compression = 1.0
     return {
