@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import tempfile
 from pathlib import Path
 
 from chunkd.cli import guard, offline, options
@@ -72,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
 def _export_offline(args: argparse.Namespace, out: Output, progress: Progress) -> Transfer:
     """safetensors writes by path (a new file, mode 0600): export to a private temporary file,
     then copy it into ``out``, which is the caller's file with the caller's mode, or stdout."""
+    import tempfile
+
     from chunkd.export import export_safetensors  # numpy, then torch: imported only here
 
     with (

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
 import stat
 import sys
 from pathlib import Path
@@ -54,7 +53,7 @@ class Output:
         target = Path(spec)
         if target.is_dir():
             raise RequestError(f"{target} is a directory; give a file name with -o")
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+        tmp = target.with_name(f".{target.name}.{os.urandom(4).hex()}.partial")
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except (FileNotFoundError, NotADirectoryError):
