@@ -5,6 +5,7 @@ config's ``delta``, wrong paths get their proper exit status, and ratios are hon
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -41,15 +42,48 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def db_with_rounds(workdir: Path, chunkd_run: Callable[..., object]) -> Path:
-    """``client_4_chunks.db`` with rounds 1, 2, 3, ingested with ``chunkd ingest --db``."""
-    db = workdir / "client_4_chunks.db"
+@pytest.fixture(scope="module")
+def built_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``client_4_chunks.db`` with rounds 1, 2, 3, built once with ``chunkd ingest --db``."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("db-forms")
+    (root / CONFIG).write_text('watch_root = "fl"\nsocket = "run/c.sock"\n')
+    db = root / "client_4_chunks.db"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("CHUNKD_CONFIG", None)
     for round_num in (1, 2, 3):
-        path = workdir / f"model_round_{round_num}.pth"
+        path = root / f"model_round_{round_num}.pth"
         save(path, round_num, elements=5000)
-        result = chunkd_run("ingest", path, "--client", "4", "--db", db, cwd=workdir)
-        assert result.returncode == 0, result.stderr
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "chunkd.cli.main",
+                "ingest",
+                str(path),
+                "--client",
+                "4",
+                "--db",
+                str(db),
+                "--config",
+                str(root / CONFIG),
+            ],
+            check=True,
+            capture_output=True,
+            cwd=root,
+            env=env,
+            timeout=120,
+        )
+    return db
+
+
+@pytest.fixture
+def db_with_rounds(built_db: Path, workdir: Path) -> Path:
+    """A copy of :func:`built_db` in this test's own directory, which it may change."""
+    db = workdir / built_db.name
+    shutil.copy(built_db, db)
     return db
 
 
