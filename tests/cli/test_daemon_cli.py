@@ -177,3 +177,13 @@ def test_prune_dry_run_changes_nothing(make_daemon) -> None:
     assert entry["rounds_removed"] == [1] and entry["dry_run"] is True
     with sqlite3.connect(daemon.db("1")) as conn:
         assert conn.execute("SELECT COUNT(*) FROM rounds").fetchone()[0] == 2
+
+
+def test_prune_dry_run_is_not_refused_as_a_change(make_daemon) -> None:
+    daemon = make_daemon(allowed_uids=[os.getuid() + 4242])  # we are not an admin here
+    save_model(daemon.watch_root / "client_1" / "model_round_1.pth", 1)
+    ingested_rounds(daemon, "1", 1)
+    dry = daemon.cli("prune", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    real = daemon.cli("prune")
+    assert real.returncode == 6  # a real prune still needs an admin
