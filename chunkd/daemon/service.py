@@ -333,14 +333,17 @@ def run(settings: Settings) -> int:
         watch_root=str(settings.watch_root),
         socket=str(settings.socket),
     )
-    daemon = Daemon(settings)
+    try:
+        daemon = Daemon(settings)
+        server = Server(daemon)
+    except Exception as e:  # e.g. no inotify instance left: still one line and a status
+        return report_startup_failure(e)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         daemon.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = Server(daemon)
     scheduler = None
     try:
         try:
