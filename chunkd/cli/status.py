@@ -112,6 +112,8 @@ def _clients(clients: dict[str, object]) -> str:
 def _event_text(event: dict[str, object]) -> str:
     """``round 12 of /srv/fl/client_1/m.pth at 12:00:01 UTC`` / ``/x.pth: reason (12:00 UTC)``."""
     at = _value("at", event.get("at")) if event.get("at") is not None else None
+    if isinstance(event.get("at"), str) and len(str(at)) >= 19 and str(at)[10] == "T":
+        at = str(at)[:19].replace("T", " ") + " UTC"  # ISO 8601 from the daemon, to the second
     path = event.get("path")
     if "error" in event:
         head = f"client {event['client']}: " if "client" in event else ""
