@@ -10,6 +10,8 @@ is reported as a refusal with its reason and exit status 4, never as "nothing ch
 from __future__ import annotations
 
 import argparse
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from chunkd.cli import offline, options
@@ -48,8 +50,16 @@ def run(args: argparse.Namespace) -> int:
     if args.db is not None:
         document = _ingest_offline(args, path)
     else:
-        with DaemonClient.connect(options.socket_path(args)) as client:
-            document = client.call("ingest", client=args.client, path=str(path), round=args.round)
+        socket_path = options.socket_path(args)
+        size = path.stat().st_size if path.is_file() else None
+        with DaemonClient.connect(socket_path) as client, Progress("ingest", size) as bar:
+            document = client.call(
+                "ingest",
+                client=args.client,
+                path=str(path),
+                round=args.round,
+                on_wait=_follow(socket_path, path, bar) if bar.enabled else None,
+            )
             if _was_refused(document):
                 raise CheckpointError(_refusal(document, _daemon_reason(client, args.client, path)))
     if _was_refused(document):
@@ -85,6 +95,30 @@ def _ingest_offline(args: argparse.Namespace, path: Path) -> dict[str, object]:
             progress=lambda done, total: bar.update(done),
         )
     return summarize_ingest(client_id, result)
+
+
+def _follow(socket_path: Path, path: Path, bar: Progress) -> Callable[[], None]:
+    """While the daemon ingests, ask its ``status`` (on a second connection, at most twice a
+    second) how far this file has got, and move the bar."""
+    last = 0.0
+
+    def on_wait() -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < 0.5:
+            return
+        last = now
+        try:
+            with DaemonClient.connect(socket_path) as probe:
+                under_way = probe.call("status").get("ingesting")
+        except ChunkdError:
+            return
+        for item in under_way if isinstance(under_way, list) else []:
+            if isinstance(item, dict) and item.get("path") == str(path):
+                done = item.get("bytes_done")
+                bar.update(done if isinstance(done, int) else 0)
+
+    return on_wait
 
 
 def _was_refused(document: dict[str, object]) -> bool:

@@ -74,7 +74,7 @@ def render_status(status: dict[str, object]) -> str:
             pairs = [(_label(k), _value(k, v)) for k, v in value.items()]
             parts.append(f"{_label(key)}:\n" + _fit(format_pairs(pairs, indent=2)))
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            parts.append(f"{_label(key)}:\n{_table([], value, '')}")
+            parts.append(f"{_label(key)}:\n" + _fit(_table([], value, "")))
         elif isinstance(value, list):
             parts.append(format_pairs([(_label(key), ", ".join(map(str, value)) or "-")]))
     return "\n\n".join(parts)

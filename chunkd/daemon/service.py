@@ -32,6 +32,7 @@ from chunkd.config import Settings
 from chunkd.daemon import sdnotify
 from chunkd.daemon.lanes import ClientLane, utc_now_iso
 from chunkd.daemon.leases import LeaseTable
+from chunkd.daemon.progress import in_progress
 from chunkd.daemon.scheduler import build_scheduler
 from chunkd.daemon.startup import report_startup_failure, startup_key
 from chunkd.daemon.state import ClientInfo, CountingLogger, ErrorLedger
@@ -142,6 +143,7 @@ class Daemon:
             "dropped_offers": self._watcher.dropped_offers,
             "last_ingest": last_ingest,
             "last_error": last_error,
+            "ingesting": in_progress(),
             "warnings": list(self.warnings),
             "clients": per_client,
         }

@@ -131,3 +131,14 @@ def test_ingest_progress_logs_only_for_long_files() -> None:
     assert fields["percent"] == 25.0 and fields["bytes_total"] == 120 << 20
     assert fields["eta_s"] is not None and fields["eta_s"] > 0
     json.dumps(fields)  # a log line's fields are plain JSON values
+
+
+def test_ingests_under_way_are_listed_until_done() -> None:
+    from chunkd.daemon.progress import in_progress
+
+    progress = IngestProgress(_Lines(), "/srv/fl/client_9/under_way.pth")
+    progress(10, 40)
+    (entry,) = [e for e in in_progress() if e["path"] == "/srv/fl/client_9/under_way.pth"]
+    assert (entry["bytes_done"], entry["bytes_total"]) == (10, 40)
+    progress(40, 40)
+    assert all(e["path"] != "/srv/fl/client_9/under_way.pth" for e in in_progress())
