@@ -4,6 +4,7 @@ config's ``delta``, wrong paths get their proper exit status, and ratios are hon
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -199,3 +200,46 @@ def test_ingest_progress_is_silent_on_a_pipe(workdir: Path, chunkd_run) -> None:
     result = chunkd_run("ingest", path, "--client", "1", "--db", workdir / "c.db", cwd=workdir)
     assert result.returncode == 0
     assert result.stderr == b""  # no bar, no carriage returns: stderr is a pipe here
+
+
+def test_restore_draws_total_and_percent_on_a_terminal(db_with_rounds: Path) -> None:
+    """stderr a pseudo-terminal: the bar appears, with the round's size and 100% at the end."""
+    import pty
+    import subprocess
+    import sys
+
+    cwd = db_with_rounds.parent
+    leader, follower = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("CHUNKD_CONFIG", None)
+    out = cwd / "restored.pth"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chunkd.cli.main",
+            "restore",
+            "--db",
+            str(db_with_rounds),
+            "-o",
+            str(out),
+            "--config",
+            str(cwd / CONFIG),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    os.close(follower)
+    drawn = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(leader, 65536):
+            drawn += chunk
+    os.close(leader)
+    assert proc.returncode == 0
+    text = drawn.decode(errors="replace")
+    assert "restore" in text and "100%" in text and " / " in text
+    assert text.rstrip(" ").endswith("\x1b[K")  # the line is cleared when done
