@@ -142,3 +142,16 @@ def test_ingests_under_way_are_listed_until_done() -> None:
     assert (entry["bytes_done"], entry["bytes_total"]) == (10, 40)
     progress(40, 40)
     assert all(e["path"] != "/srv/fl/client_9/under_way.pth" for e in in_progress())
+
+
+def test_console_log_lines_show_paths_as_text() -> None:
+    from chunkd.log import configure_logging, get_logger
+
+    stream = io.StringIO()
+    configure_logging("console", "info", stream=stream)
+    try:
+        get_logger("chunkd.test").info(log.CHECKPOINT_DETECTED, path=Path("/srv/fl/c_1/m.pth"))
+    finally:
+        configure_logging("json", "info")
+    line = stream.getvalue()
+    assert "path=/srv/fl/c_1/m.pth" in line and "PosixPath" not in line
