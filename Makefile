@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # benchmarks are measured with (the package itself accepts torch>=2.2).
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup run test lint bench torture integration clean
+.PHONY: setup run test campaign lint bench torture integration clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,13 @@ lint: setup
 	$(BIN)/ruff format --check chunkd tests benchmarks examples
 	PATH="$(abspath $(BIN)):$$PATH" bash systemd/verify.sh
 
+# Everything but the long reliability campaigns (about 9 minutes on a loaded 2-core machine;
+# `make campaign` runs their short forms, `make torture` their full size).
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not campaign" --durations=10
+
+campaign: setup
+	$(BIN)/python -m pytest -q -m campaign tests/reliability
 
 bench: setup
 	$(BIN)/pip install --quiet -e '.[bench]'

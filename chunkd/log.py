@@ -35,6 +35,7 @@ DAEMON_STARTED = "daemon.started"
 DAEMON_READY = "daemon.ready"
 DAEMON_STOPPING = "daemon.stopping"
 DAEMON_STOPPED = "daemon.stopped"
+DAEMON_FAILED = "daemon.failed"
 CLIENT_ADDED = "client.added"
 CLIENT_REMOVED = "client.removed"
 CHECKPOINT_DETECTED = "checkpoint.detected"
@@ -64,6 +65,8 @@ CONFIG_INVALID = "config.invalid"
 REPLICA_UPLOADED = "replica.uploaded"  # docs/REPLICA.md
 REPLICA_FAILED = "replica.failed"
 REPLICA_PRUNED = "replica.pruned"
+WATCH_ROOT_MISSING = "watch_root.missing"
+CHECKPOINT_PROGRESS = "checkpoint.progress"
 
 #: Every event chunkd emits; tests check the set against the constants above and SPEC.md.
 ALL_EVENTS: tuple[str, ...] = (
@@ -71,6 +74,7 @@ ALL_EVENTS: tuple[str, ...] = (
     DAEMON_READY,
     DAEMON_STOPPING,
     DAEMON_STOPPED,
+    DAEMON_FAILED,
     CLIENT_ADDED,
     CLIENT_REMOVED,
     CHECKPOINT_DETECTED,
@@ -100,6 +104,8 @@ ALL_EVENTS: tuple[str, ...] = (
     REPLICA_UPLOADED,
     REPLICA_FAILED,
     REPLICA_PRUNED,
+    WATCH_ROOT_MISSING,
+    CHECKPOINT_PROGRESS,
 )
 
 LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")
@@ -208,6 +214,14 @@ class _SafeJSONRenderer:
             return json.dumps(fallback)
 
 
+def _paths_as_text(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """The console renderer shows values by ``repr``: ``path=/x.pth``, not ``PosixPath(...)``."""
+    for key, value in event_dict.items():
+        if isinstance(value, PurePath):
+            event_dict[key] = str(value)
+    return event_dict
+
+
 def _is_tty(stream: TextIO) -> bool:
     try:
         return bool(stream.isatty())
@@ -221,7 +235,7 @@ def _build_formatter(log_format: str, stream: TextIO) -> structlog.stdlib.Proces
     if log_format == "console" or (log_format == "auto" and _is_tty(stream)):
         # ConsoleRenderer formats exc_info itself (and better than a dict would read on a tty).
         renderer = structlog.dev.ConsoleRenderer(colors=_is_tty(stream))
-        tail = [renderer]
+        tail = [_paths_as_text, renderer]
     else:
         # Locals are off: they would copy chunk buffers and client data into the journal.
         exceptions = structlog.processors.ExceptionRenderer(

@@ -24,20 +24,53 @@ from collections.abc import Mapping
 
 from chunkd.errors import CheckpointError
 
-#: The default ``round_regex``. Tried with ``re.search`` on the file's base name; the ``round``
-#: group is the number. It accepts a number that
+#: The default ``round_regex``. Tried with ``re.search`` on the file's base name, ignoring case;
+#: the ``round`` group is the number. It accepts a number that
 #:
 #: * follows a round word (``round``, ``rnd``, ``r``, ``epoch``, ``ep``) at the start of the name or
-#:   after ``_``/``.``/``-``, optionally joined by ``_`` or ``-``: ``model_round_12.pth``,
-#:   ``round-12.pt``, ``r12.pth``, ``epoch12.pth``, ``client_3_round_12.pth``;
-#: * starts the name: ``12_model.pt``, ``12.pth``;
-#: * is the last part before the extension after ``_``/``-``: ``model_12.pt`` -- unless that
-#:   separator follows ``client``, because ``client_3.pth`` names the client, not a round.
+#:   after ``_``/``.``/``-``, optionally joined by ``_``, ``-`` or ``=``: ``model_round_12.pth``,
+#:   ``round-12.pt``, ``r12.pth``, ``epoch12.pth``, ``client_3_round_12.pth``, Lightning's
+#:   ``epoch=3-step=1200.ckpt`` (3);
+#: * starts the name and has at most 6 digits: ``12_model.pt``, ``12.pth``;
+#: * ends the name (before the extension, if any), has at most 6 digits and follows ``_``:
+#:   ``model_12.pt`` -- unless the word before names a participant (``client_3.pth``,
+#:   ``site_2``, ``node_1``, ``rank_0``, ``worker_4``, ``party_1``) or a shard (``_of_00004``);
+#: * ends the name after ``-`` only behind ``model``, ``checkpoint`` or ``ckpt`` (``model-12.pt``,
+#:   Hugging Face's ``checkpoint-500``), because ``resnet-50``, ``vgg-16`` or ``gpt-2`` name an
+#:   architecture, not a round.
 #:
-#: The number must end at a separator or the end of the name, so ``resnet18.pth`` has no round.
+#: The number must end at a separator or the end of the name, so ``resnet18.pth``, ``t5-small.pt``,
+#: ``model_bf16.pt`` and ``model_v2.pth`` have no round. Bare counters stop at 6 digits so that a
+#: date (``ckpt-20240601``) or a Unix time (``run_1717200000``) cannot pose as one; whatever the
+#: pattern, :func:`round_from_name` also skips a number that is part of a date or timestamp
+#: (:data:`DATE_OR_TIME`).
 DEFAULT_ROUND_REGEX: str = (
-    r"(?:(?:^|[_.-])(?:round|rnd|r|epoch|ep)[_-]?|^|(?<!client)[_-](?=\d+\.\w+$))"
-    r"(?P<round>\d+)(?=[_.-]|$)"
+    r"(?i)(?:"
+    r"(?:^|[_.-])(?:round|rnd|r|epoch|ep)[_=-]?"
+    r"|^(?=\d{1,6}(?:[_.=-]|$))"
+    r"|(?<!client)(?<!site)(?<!node)(?<!rank)(?<!worker)(?<!party)(?<![_-]of)"
+    r"_(?=\d{1,6}(?:\.\w+)?$)"
+    r"|(?:model|checkpoint|ckpt)-(?=\d{1,6}(?:\.\w+)?$)"
+    r")(?P<round>\d+)(?=[_.=-]|$)"
+)
+
+#: A date or a timestamp inside a name: ``2024-06-01``, ``2024_06_01``, ``20240601``, optionally
+#: with a time (``20240601T1230``, ``2024-06-01_12-30-00``), a year and month (``2024-06``), or
+#: Unix time in s/ms/us/ns from 2001 to 2033 (``1717200000``). A round number never lies inside
+#: one (SPEC.md, "Rounds"). Six-digit ``YYMMDD`` forms are not dates here: they are as likely to
+#: be step counters (``checkpoint-240000``).
+DATE_OR_TIME: re.Pattern[str] = re.compile(
+    r"""
+    (?<!\d)
+    (?:
+        (?:19|20)\d\d (?P<sep>[-_.]?) (?:0[1-9]|1[0-2]) (?P=sep) (?:0[1-9]|[12]\d|3[01])
+        (?: [tT_ -]? (?:[01]\d|2[0-3]) [-_:.]? [0-5]\d (?: [-_:.]? [0-5]\d )? )?
+      | (?:19|20)\d\d [-_.] (?:0[1-9]|1[0-2]) (?![-_.]?\d)
+      | 1\d{9} (?:\d{3}){0,3}
+    )
+    (?!\d)
+    """,
+    re.VERBOSE,
 )
 
 #: The largest round number: SQLite stores ``round_num`` as a signed 64-bit integer.
@@ -59,21 +92,29 @@ def round_from_name(name: str, pattern: re.Pattern[str]) -> int | None:
     """The round number in a file name, or None if ``pattern`` finds none.
 
     ``name`` may be a base name or a path; only the part after the last ``/`` is searched, so a
-    directory such as ``client_3/`` can never supply the round. Only the first match counts. The
-    ``round`` group must be ASCII digits (``int()`` would also take ``+1``, ``1_0`` or Arabic-Indic
-    digits, which no FL framework writes) and at most :data:`MAX_ROUND`; otherwise the name has no
-    round and the next rule in :func:`choose_round` applies. Never raises for any ``name``.
+    directory such as ``client_3/`` can never supply the round. The first match that is not part
+    of a date or timestamp (:data:`DATE_OR_TIME`) counts. Its ``round`` group must be ASCII digits
+    (``int()`` would also take ``+1``, ``1_0`` or Arabic-Indic digits, which no FL framework
+    writes) and at most :data:`MAX_ROUND`; otherwise the name has no round and the next rule in
+    :func:`choose_round` applies. Never raises for any ``name``.
 
     Raises ValueError if ``pattern`` has no group named ``round`` (config validates that).
     """
     if "round" not in pattern.groupindex:
         raise ValueError(f"round pattern {pattern.pattern!r} has no group named 'round'")
     base = name.rpartition("/")[2]
-    match = pattern.search(base)
-    if match is None:
-        return None
-    digits = match.group("round")
-    if digits is None or not (digits.isascii() and digits.isdigit()):
+    dates = [m.span() for m in DATE_OR_TIME.finditer(base)]
+    for match in pattern.finditer(base):
+        start, end = match.span("round")
+        if start < 0 or any(lo < end and start < hi for lo, hi in dates):
+            continue  # no round group, or part of a date: the next match may still name a round
+        return _parse_round(match.group("round"))
+    return None
+
+
+def _parse_round(digits: str) -> int | None:
+    """ASCII digits as a round number, or None if they are not or do not fit."""
+    if not (digits.isascii() and digits.isdigit()):
         return None
     significant = digits.lstrip("0") or "0"
     if len(significant) > _MAX_ROUND_DIGITS:

@@ -8,6 +8,13 @@ sizes are bytes; ratios are plain floats, never NaN or infinity (those are not J
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
 from chunkd.ingest import IngestResult
 from chunkd.prune import PruneResult
 from chunkd.store import ChunkStore, RoundInfo
@@ -31,8 +38,25 @@ def summarize_round(info: RoundInfo) -> dict[str, object]:
     }
 
 
-def summarize_store(client_id: str, store: ChunkStore | None) -> dict[str, object]:
-    """One client's rounds and space figures; ``store`` None is a client with no database yet."""
+def summarize_store(
+    client_id: str,
+    store: ChunkStore | None,
+    *,
+    client_dir: Path | None = None,
+    file_patterns: Sequence[str] = (),
+) -> dict[str, object]:
+    """One client's rounds and space figures; ``store`` None is a client with no database yet.
+
+    Space is reported as the disk sees it (issue 10, item 2): ``db_bytes`` is the database file
+    and its journal/WAL on disk, ``disk_ratio`` the checkpoints' bytes over it. That ratio is
+    split into ``dedup_ratio`` (tensor bytes referenced by rounds over the distinct bytes kept)
+    and ``compression_ratio`` (the rest: compression, deltas and the database's own overhead),
+    so that each is at least 1 and their product is ``disk_ratio`` whenever the database is
+    smaller than the checkpoints (otherwise both are 1 and ``disk_ratio`` is below 1). With
+    ``client_dir``, ``files_on_disk`` counts the checkpoint files (``file_patterns``) still in it,
+    which chunkd leaves there unless ``delete_after_ingest``.
+    """
+    on_disk = _checkpoints_on_disk(client_dir, file_patterns)
     if store is None:
         return {
             "client": client_id,
@@ -43,11 +67,23 @@ def summarize_store(client_id: str, store: ChunkStore | None) -> dict[str, objec
             "stored_bytes": 0,
             "db_bytes": 0,
             "chunks": 0,
+            "disk_ratio": None,
             "dedup_ratio": 1.0,
             "compression_ratio": 1.0,
+            **on_disk,
         }
     rounds = store.list_rounds()
     stats = store.stats()
+    db_bytes = _db_bytes_on_disk(store.path, stats.db_file_bytes)
+    disk_ratio = stats.file_bytes / db_bytes if db_bytes and stats.file_bytes else None
+    dedup = max(1.0, stats.dedup_ratio)
+    if disk_ratio is not None:
+        dedup = min(dedup, max(1.0, disk_ratio))
+        # Below 1 only when the database outgrew the checkpoints (a tiny model's page overhead):
+        # then no split into savings exists, both stay 1 and disk_ratio says the truth.
+        compression = max(1.0, disk_ratio / dedup)
+    else:
+        compression = 1.0
     return {
         "client": client_id,
         "rounds": [summarize_round(r) for r in rounds],
@@ -55,11 +91,43 @@ def summarize_store(client_id: str, store: ChunkStore | None) -> dict[str, objec
         "latest_round": rounds[-1].round_num if rounds else None,
         "file_bytes": stats.file_bytes,
         "stored_bytes": stats.stored_bytes,
-        "db_bytes": stats.db_file_bytes,
+        "db_bytes": db_bytes,
         "chunks": stats.chunks,
-        "dedup_ratio": round(stats.dedup_ratio, 3),
-        "compression_ratio": round(stats.compression_ratio, 3),
+        "disk_ratio": None if disk_ratio is None else round(disk_ratio, 3),
+        "dedup_ratio": round(dedup, 3),
+        "compression_ratio": round(compression, 3),
+        **on_disk,
     }
+
+
+def _db_bytes_on_disk(path: Path, db_file_bytes: int) -> int:
+    """The database file plus whatever journal or WAL sits beside it now."""
+    total = db_file_bytes
+    for suffix in ("-journal", "-wal"):
+        with contextlib.suppress(OSError):
+            total += os.stat(f"{path}{suffix}").st_size
+    return total
+
+
+def _checkpoints_on_disk(
+    client_dir: Path | None, file_patterns: Sequence[str]
+) -> dict[str, object]:
+    """``files_on_disk`` / ``files_on_disk_bytes``: checkpoint files still in the client's
+    directory (None when the directory is not known here)."""
+    if client_dir is None or not file_patterns:
+        return {"files_on_disk": None, "files_on_disk_bytes": None}
+    count = size = 0
+    for root, dirs, files in os.walk(client_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.startswith(".") or not any(fnmatch.fnmatch(name, p) for p in file_patterns):
+                continue
+            with contextlib.suppress(OSError):
+                st = os.stat(os.path.join(root, name), follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
+                    count += 1
+                    size += st.st_size
+    return {"files_on_disk": count, "files_on_disk_bytes": size}
 
 
 def summarize_verify(client_id: str, report: VerifyReport | None) -> dict[str, object]:

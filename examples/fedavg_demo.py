@@ -64,6 +64,7 @@ def client_process(client_id: int, out_dir: Path, inbox: mp.Queue, outbox: mp.Qu
     labels = torch.randint(0, 10, (256,))
     model = SmallCNN()
     out_dir.mkdir(parents=True, exist_ok=True)
+    outbox.put(("ready", client_id))
     while True:
         message = inbox.get()
         if message is None:
@@ -88,7 +89,8 @@ def client_process(client_id: int, out_dir: Path, inbox: mp.Queue, outbox: mp.Qu
         tmp = final.with_suffix(".pth.tmp")
         torch.save({"cur_round": round_num, "model": state}, tmp)
         os.replace(tmp, final)
-        outbox.put((client_id, {k: v.clone() for k, v in state.items()}, float(loss)))
+        # .item() of a detached loss: a scalar without autograd's "requires_grad" warning
+        outbox.put((client_id, {k: v.clone() for k, v in state.items()}, loss.detach().item()))
 
 
 def fedavg(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -102,6 +104,11 @@ def fedavg(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         stacked = torch.stack([s[key].float() for s in states])
         averaged[key] = stacked.mean(0).to(first.dtype)
     return averaged
+
+
+def say(text: str) -> None:
+    """A progress line, flushed at once (stdout may be a pipe, as under `make run | tee`)."""
+    print(text, flush=True)
 
 
 def chunkd_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -152,10 +159,12 @@ def main() -> int:
     args = parser.parse_args()
 
     settings = load_settings(None)
-    print(f"chunkd data home: {settings.watch_root.parent}\nwatch root: {settings.watch_root}\n")
+    say(f"chunkd data home: {settings.watch_root.parent}\nwatch root: {settings.watch_root}\n")
+    say("[demo] starting chunkd serve ...")
     daemon = subprocess.Popen([sys.executable, "-m", "chunkd.cli.main", "serve"])
     try:
         wait_for_daemon(daemon)
+        say("[demo] chunkd is ready")
         ctx = mp.get_context("spawn")
         inboxes = [ctx.Queue() for _ in range(args.clients)]
         outbox = ctx.Queue()
@@ -166,16 +175,25 @@ def main() -> int:
             )
             for i in range(args.clients)
         ]
+        say(f"[demo] starting {args.clients} client processes (each imports torch: a few seconds)")
         for w in workers:
             w.start()
+        for _ in workers:
+            _, client_id = outbox.get(timeout=300)
+            say(f"[client {client_id}] ready")
         global_state = SmallCNN().state_dict()
         for round_num in range(1, args.rounds + 1):
+            say(f"[fedavg] round {round_num}: global model sent to {len(inboxes)} clients")
             for inbox in inboxes:
                 inbox.put((round_num, global_state))
-            results = [outbox.get(timeout=300) for _ in workers]
+            results = []
+            for _ in workers:
+                client_id, state, loss = outbox.get(timeout=300)
+                say(f"[client {client_id}] round {round_num}: saved model_round_{round_num}.pth")
+                results.append((client_id, state, loss))
             global_state = fedavg([state for _, state, _ in sorted(results, key=lambda r: r[0])])
             mean_loss = sum(loss for *_, loss in results) / len(results)
-            print(f"[fedavg] round {round_num}: {len(results)} clients, mean loss {mean_loss:.3f}")
+            say(f"[fedavg] round {round_num}: {len(results)} clients, mean loss {mean_loss:.3f}")
         for inbox in inboxes:
             inbox.put(None)
         for w in workers:

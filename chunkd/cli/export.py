@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import tempfile
 from pathlib import Path
 
-from chunkd.cli import options
+from chunkd.cli import guard, offline, options
 from chunkd.cli.output import STDOUT, Output
 from chunkd.cli.render import Progress, format_bytes, print_json
-from chunkd.cli.restore import Transfer, restore_through_daemon
-from chunkd.errors import RequestError
+from chunkd.cli.restore import Transfer, not_stored_message, restore_through_daemon
+from chunkd.errors import NotFoundError, RequestError
 from chunkd.protocol import EXPORT_FORMATS
-from chunkd.store import ChunkStore
 
 _COPY_BLOCK_BYTES = 1 << 20
 
@@ -30,7 +28,7 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         help="write the named tensors of a round (safetensors)",
         description="Write the named tensors of a stored round in another format.",
     )
-    options.add_client_and_round(p)
+    options.add_client_and_round(p, required=False)
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS, dest="export_format")
     p.add_argument("-o", "--output", required=True, metavar="FILE|-")
     p.add_argument(
@@ -40,17 +38,25 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         help="export straight from this database, without the daemon",
     )
     options.add_transfer(p)
+    guard.add_force(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.json and args.output == STDOUT:
         raise RequestError("--json prints on stdout: use it with -o FILE, not -o -")
+    if args.db is None and args.client is None:
+        raise RequestError("--client is required (or --db PATH to export from a database)")
+    if args.db is not None:
+        args.client = offline.client_for_db(args, args.db)
+    guard.check_output(args.output, args)  # before anything is created next to the target
     with Output.open(args.output) as out, Progress("export") as progress:
         if args.db is not None:
-            done = _export_offline(args, out)
+            done = _export_offline(args, out, progress)
         else:
             done = restore_through_daemon(args, "export", out, progress, format=args.export_format)
+        progress.total = done.bytes_written  # the round's size was only an estimate of it
+        progress.update(done.bytes_written, force=True)
         out.commit(done.sha256)
     if args.json:
         print_json({**done.result, "output": str(out.target) if out.target else STDOUT})
@@ -62,25 +68,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_offline(args: argparse.Namespace, out: Output) -> Transfer:
+def _export_offline(args: argparse.Namespace, out: Output, progress: Progress) -> Transfer:
     """safetensors writes by path (a new file, mode 0600): export to a private temporary file,
     then copy it into ``out``, which is the caller's file with the caller's mode, or stdout."""
+    import tempfile
+
     from chunkd.export import export_safetensors  # numpy, then torch: imported only here
 
     with (
-        ChunkStore.open_reader(args.db) as store,
+        offline.open_db(args.db) as store,
         tempfile.TemporaryDirectory(prefix="chunkd-export-") as tmp,
     ):
+        stored = store.round_numbers()
         round_num = args.round if args.round is not None else store.latest_round()
+        if round_num not in stored:
+            raise NotFoundError(not_stored_message(round_num, stored, f"in {args.db}"))
         path = Path(tmp) / "export.safetensors"
         tensors = export_safetensors(store, round_num, path)
         digest = hashlib.sha256()
         size = 0
+        progress.total = path.stat().st_size
         with open(path, "rb") as f:
             while block := f.read(_COPY_BLOCK_BYTES):
                 digest.update(block)
                 out.write(block)
                 size += len(block)
+                progress.update(size)
     return Transfer.of(
         {
             "client": args.client,

@@ -2,20 +2,26 @@
 
 Through the daemon, the absolute path is sent and the client's lane ingests it (no settle delay);
 the daemon only reads inside the client's directory. Offline, ``--db PATH`` ingests into that
-database here, with the chunking settings of the config, as the daemon would.
+database here, with the chunking, compression, ``delta`` and ``round_regex`` settings of the
+config, as the daemon would. A file the daemon rejected earlier (and that has not changed since)
+is reported as a refusal with its reason and exit status 4, never as "nothing changed".
 """
 
 from __future__ import annotations
 
 import argparse
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from chunkd.cli import options
+from chunkd.cli import offline, options
 from chunkd.cli.client import DaemonClient
-from chunkd.cli.render import format_bytes, print_json
-from chunkd.ingest import OUTCOME_DUPLICATE, OUTCOME_SEEN, IngestOptions, ingest_file
-from chunkd.store import ChunkStore
-from chunkd.summary import summarize_ingest
+from chunkd.cli.render import Progress, format_bytes, print_json
+from chunkd.errors import CheckpointError, ChunkdError
+
+#: ``outcome`` values of an ingest answer (chunkd.ingest's, without importing the engine here).
+OUTCOME_SEEN = "seen"
+OUTCOME_DUPLICATE = "duplicate"
 
 
 def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> None:
@@ -42,24 +48,105 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
 def run(args: argparse.Namespace) -> int:
     path = args.path.absolute()
     if args.db is not None:
-        settings = options.load_cli_settings(args)
-        ingest_options = IngestOptions(
-            chunk_num=settings.chunk_num,
-            max_chunk_bytes=settings.max_chunk_bytes,
-            compression=settings.compression,
-            round_regex=settings.round_regex,
-        )
-        with ChunkStore.open_writer(args.db) as store:
-            result = ingest_file(path, store, ingest_options, round_num=args.round)
-        document = summarize_ingest(args.client, result)
+        document = _ingest_offline(args, path)
     else:
-        with DaemonClient.connect(options.socket_path(args)) as client:
-            document = client.call("ingest", client=args.client, path=str(path), round=args.round)
+        socket_path = options.socket_path(args)
+        size = path.stat().st_size if path.is_file() else None
+        with DaemonClient.connect(socket_path) as client, Progress("ingest", size) as bar:
+            document = client.call(
+                "ingest",
+                client=args.client,
+                path=str(path),
+                round=args.round,
+                on_wait=_follow(socket_path, path, bar) if bar.enabled else None,
+            )
+            if _was_refused(document):
+                raise CheckpointError(_refusal(document, _daemon_reason(client, args.client, path)))
+    if _was_refused(document):
+        raise CheckpointError(_refusal(document, None))
     if args.json:
         print_json(document)
     else:
         print(render_result(document))
     return 0
+
+
+def _ingest_offline(args: argparse.Namespace, path: Path) -> dict[str, object]:
+    """Ingest here, with the config's chunking, compression, delta and round rules."""
+    from chunkd.ingest import IngestOptions, ingest_file
+    from chunkd.summary import summarize_ingest
+
+    settings = options.load_cli_settings(args)
+    ingest_options = IngestOptions(
+        chunk_num=settings.chunk_num,
+        max_chunk_bytes=settings.max_chunk_bytes,
+        compression=settings.compression,
+        delta=settings.delta,
+        round_regex=settings.round_regex,
+    )
+    client_id = offline.client_for_db(args, args.db)
+    size = path.stat().st_size if path.is_file() else None
+    with offline.open_db(args.db, writer=True) as store, Progress("ingest", size) as bar:
+        result = ingest_file(
+            path,
+            store,
+            ingest_options,
+            round_num=args.round,
+            progress=lambda done, total: bar.update(done),
+        )
+    return summarize_ingest(client_id, result)
+
+
+def _follow(socket_path: Path, path: Path, bar: Progress) -> Callable[[], None]:
+    """While the daemon ingests, ask its ``status`` (on a second connection, at most twice a
+    second) how far this file has got, and move the bar."""
+    last = 0.0
+
+    def on_wait() -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < 0.5:
+            return
+        last = now
+        try:
+            with DaemonClient.connect(socket_path) as probe:
+                under_way = probe.call("status").get("ingesting")
+        except ChunkdError:
+            return
+        for item in under_way if isinstance(under_way, list) else []:
+            if isinstance(item, dict) and item.get("path") == str(path):
+                done = item.get("bytes_done")
+                bar.update(done if isinstance(done, int) else 0)
+
+    return on_wait
+
+
+def _was_refused(document: dict[str, object]) -> bool:
+    """A file taken before and not stored then (rejected, or failed) comes back ``seen`` with
+    no round: that is a refusal, not "nothing changed" (issue 10, item 3)."""
+    return document.get("outcome") == OUTCOME_SEEN and document.get("round") is None
+
+
+def _refusal(document: dict[str, object], reason: str | None) -> str:
+    why = f": {reason}" if reason else ""
+    return (
+        f"{document.get('path')} was not stored: the daemon rejected this version of the file "
+        f"when it first took it{why}. Change or replace the file and ingest it again; "
+        "`chunkd status` and the checkpoint.rejected log line say why"
+    )
+
+
+def _daemon_reason(client: DaemonClient, client_id: str, path: Path) -> str | None:
+    """The reason the daemon recorded for ``path`` (``chunkd status``'s last error), if any."""
+    try:
+        clients = client.call("status").get("clients")
+    except ChunkdError:
+        return None
+    entry = clients.get(client_id) if isinstance(clients, dict) else None
+    error = entry.get("last_error") if isinstance(entry, dict) else None
+    if isinstance(error, dict) and error.get("path") == str(path):
+        return str(error.get("error") or "") or None
+    return None
 
 
 def render_result(doc: dict[str, object]) -> str:

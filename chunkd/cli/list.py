@@ -8,13 +8,12 @@ round. ``--db PATH`` reads one database directly (no daemon); the document is th
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
-from chunkd.cli import options, replica
+from chunkd.cli import offline, options, replica
 from chunkd.cli.client import DaemonClient
 from chunkd.cli.render import format_bytes, format_ratio, format_table, print_json
-from chunkd.store import ChunkStore
-from chunkd.summary import summarize_store
 
 
 def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> None:
@@ -36,8 +35,13 @@ def run(args: argparse.Namespace) -> int:
     if args.replica is not None:  # docs/REPLICA.md
         return replica.run_list(args)
     if args.db is not None:
-        with ChunkStore.open_reader(args.db) as store:
-            document = {"clients": [summarize_store(args.client or args.db.name, store)]}
+        from chunkd.summary import summarize_store
+
+        client_id = offline.client_for_db(args, args.db)
+        client_dir, patterns = _client_dir_of(args, args.db)
+        with offline.open_db(args.db) as store:
+            entry = summarize_store(client_id, store, client_dir=client_dir, file_patterns=patterns)
+        document = {"clients": [entry]}
     else:
         with DaemonClient.connect(options.socket_path(args)) as client:
             document = client.call("list", client=args.client)
@@ -53,7 +57,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_dir_of(args: argparse.Namespace, db: Path) -> tuple[Path | None, tuple[str, ...]]:
+    """The client directory beside ``--db`` when ``db_path`` puts databases there."""
+    from chunkd.errors import ChunkdError
+
+    try:
+        settings = options.load_cli_settings(args)
+    except ChunkdError:
+        return None, ()
+    if settings.db_path.startswith("{client_dir}/") and settings.db_path.count("/") == 1:
+        return db.absolute().parent, tuple(settings.file_patterns)
+    return None, ()
+
+
 def render_clients(clients: list[dict[str, object]]) -> str:
+    """One line per client; RATIO is checkpoint bytes over the database's bytes on disk (the
+    headline), = DEDUP x COMPRESSION; .PTH LEFT is what is still on disk beside it."""
     if not clients:
         return "no clients"
     rows = [
@@ -62,14 +81,27 @@ def render_clients(clients: list[dict[str, object]]) -> str:
             str(c["round_count"]),
             "-" if c["latest_round"] is None else str(c["latest_round"]),
             format_bytes(_int(c["file_bytes"])),
-            format_bytes(_int(c["stored_bytes"])),
+            format_bytes(_int(c.get("db_bytes"))),
+            format_ratio(_float(c.get("disk_ratio"))),
             format_ratio(_float(c["dedup_ratio"])),
             format_ratio(_float(c["compression_ratio"])),
+            _files_left(c),
         ]
         for c in clients
     ]
-    headers = ["CLIENT", "ROUNDS", "LATEST", "CHECKPOINTS", "STORED", "DEDUP", "COMPRESSION"]
-    return format_table(headers, rows, right={1, 2, 3, 4, 5, 6})
+    headers = [
+        "CLIENT",
+        "ROUNDS",
+        "LATEST",
+        "CHECKPOINTS",
+        "DATABASE",
+        "RATIO",
+        "DEDUP",
+        "COMPRESSION",
+        ".PTH LEFT",
+    ]
+    table = format_table(headers, rows, right={1, 2, 3, 4, 5, 6, 7, 8})
+    return table + _files_note(clients)
 
 
 def render_client(entry: dict[str, object]) -> str:
@@ -77,11 +109,14 @@ def render_client(entry: dict[str, object]) -> str:
     assert isinstance(rounds, list)
     summary = (
         f"client {entry['client']}: {len(rounds)} rounds, "
-        f"{format_bytes(_int(entry['file_bytes']))} of checkpoints stored in "
-        f"{format_bytes(_int(entry['stored_bytes']))} ({entry['chunks']} chunks), "
-        f"dedup {format_ratio(_float(entry['dedup_ratio']))}, "
-        f"compression {format_ratio(_float(entry['compression_ratio']))}"
+        f"{format_bytes(_int(entry['file_bytes']))} of checkpoints in a "
+        f"{format_bytes(_int(entry.get('db_bytes')))} database "
+        f"(ratio {format_ratio(_float(entry.get('disk_ratio')))} = "
+        f"dedup {format_ratio(_float(entry['dedup_ratio']))} x "
+        f"compression and overhead {format_ratio(_float(entry['compression_ratio']))}; "
+        f"{format_bytes(_int(entry['stored_bytes']))} of chunk data in {entry['chunks']} chunks)"
     )
+    summary += _files_note([entry])
     if not rounds:
         return summary
     rows = [
@@ -97,6 +132,28 @@ def render_client(entry: dict[str, object]) -> str:
     ]
     headers = ["ROUND", "SIZE", "CHUNKS", "NEW", "CREATED", "SHA256"]
     return summary + "\n" + format_table(headers, rows, right={0, 1, 2, 3})
+
+
+def _files_left(entry: dict[str, object]) -> str:
+    count = entry.get("files_on_disk")
+    if not isinstance(count, int):
+        return "-"
+    return f"{count} ({format_bytes(_int(entry.get('files_on_disk_bytes')))})" if count else "0"
+
+
+def _files_note(entries: list[dict[str, object]]) -> str:
+    """Say plainly that checkpoint files left in place still use their own space."""
+    counts = [e.get("files_on_disk") for e in entries]
+    files = sum(c for c in counts if isinstance(c, int))
+    if not files:
+        return ""
+    size = sum(_int(e.get("files_on_disk_bytes")) for e in entries)
+    note = (
+        f"{files} checkpoint file(s), {format_bytes(size)}, are still in the client "
+        "directories beside the databases: with delete_after_ingest = false chunkd adds to the "
+        "disk use rather than replacing them."
+    )
+    return "\n" + textwrap.fill(note, width=100)
 
 
 def _int(value: object) -> int:

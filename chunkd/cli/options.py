@@ -3,7 +3,9 @@
 Each command parser inherits :func:`common_options` (``--config``, ``--socket``, ``--json``), so
 they are accepted after the command name, where SPEC.md's examples put them. Argument types
 reject a bad client id or round at parse time, which makes it a usage error (exit 2) with
-argparse's one-line message rather than a daemon round trip.
+argparse's one-line message rather than a daemon round trip. :mod:`chunkd.config` (tomllib,
+dataclasses, fractions) is imported only when a command needs it: ``chunkd status --socket``
+does not (issue 10, item 9).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chunkd.config import Settings, check_client_id, load_settings, resolve_config_path
 from chunkd.errors import RequestError
 from chunkd.protocol import LATEST, MAX_ROUND, TRANSFER_FD, TRANSFERS
 
 if TYPE_CHECKING:
+    from chunkd.config import Settings
+
     #: What ``add_subparsers`` returns; each command module adds its parser to it.
     Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -38,6 +41,8 @@ def common_options() -> argparse.ArgumentParser:
 
 def client_id(text: str) -> str:
     """argparse type for ``--client``: the same rule as the config and the protocol."""
+    from chunkd.config import check_client_id  # config is imported only when it is needed
+
     try:
         check_client_id(text)
     except RequestError as e:
@@ -72,10 +77,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def add_client_and_round(parser: argparse.ArgumentParser) -> None:
-    """``--client ID`` (required) and ``--round N|latest`` (default latest), as every command
-    that reads one round spells them."""
-    parser.add_argument("--client", required=True, type=client_id, metavar="ID")
+def add_client_and_round(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """``--client ID`` and ``--round N|latest`` (default latest), as every command that reads one
+    round spells them. ``required=False`` for commands whose ``--db`` names the client itself."""
+    parser.add_argument(
+        "--client",
+        required=required,
+        type=client_id,
+        metavar="ID",
+        help=None if required else "the client (with --db: taken from the database's name)",
+    )
     parser.add_argument(
         "--round",
         type=round_or_latest,
@@ -97,6 +108,8 @@ def add_transfer(parser: argparse.ArgumentParser) -> None:
 
 def load_cli_settings(args: argparse.Namespace) -> Settings:
     """The Settings ``--config`` (or its default chain) names; ConfigError if invalid."""
+    from chunkd.config import load_settings, resolve_config_path
+
     return load_settings(resolve_config_path(args.config))
 
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
 import stat
 import sys
 from pathlib import Path
 from typing import Final
 
-from chunkd.errors import ChunkdError, IntegrityError, RequestError
+from chunkd.errors import ChunkdError, ForbiddenError, IntegrityError, RequestError
 
 STDOUT: Final = "-"
 _READ_BLOCK_BYTES: Final = 1 << 20
@@ -54,9 +53,15 @@ class Output:
         target = Path(spec)
         if target.is_dir():
             raise RequestError(f"{target} is a directory; give a file name with -o")
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+        tmp = target.with_name(f".{target.name}.{os.urandom(4).hex()}.partial")
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except (FileNotFoundError, NotADirectoryError):
+            raise RequestError(
+                f"cannot create {target}: no directory {target.parent}; create it first"
+            ) from None
+        except PermissionError as e:  # a directory the caller may not write: exit 6
+            raise ForbiddenError(f"cannot create {target}: {e.strerror}") from None
         except OSError as e:
             raise ChunkdError(f"cannot create {target}: {e.strerror}") from None
         return cls(fd, target, tmp)

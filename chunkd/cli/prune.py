@@ -1,8 +1,9 @@
 """``chunkd prune``: apply retention now, or with ``--dry-run`` show what it would remove.
 
 Through the daemon the client's lane does it (the database's only writer), with the daemon's
-``chunk_keep_rounds`` and its restore leases. Offline, ``--db PATH --keep N`` prunes one database
-that no daemon holds (a running daemon's lock makes it ``busy``, exit 7); a dry run only reads.
+``chunk_keep_rounds`` and its restore leases. Offline, ``--db PATH`` prunes one database that no
+daemon holds (a running daemon's lock makes it ``busy``, exit 7), keeping ``--keep N`` rounds or
+else the config's ``chunk_keep_rounds``; a dry run only reads.
 """
 
 from __future__ import annotations
@@ -10,13 +11,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from chunkd.cli import options, replica
+from chunkd.cli import offline, options, replica
 from chunkd.cli.client import DaemonClient
 from chunkd.cli.render import format_bytes, print_json
 from chunkd.errors import RequestError
-from chunkd.prune import prune_store
-from chunkd.store import ChunkStore
-from chunkd.summary import summarize_prune
 
 
 def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> None:
@@ -35,7 +33,7 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         "--keep",
         type=options.non_negative_int,
         metavar="N",
-        help="with --db: keep the N newest rounds (0 keeps all)",
+        help="with --db: keep the N newest rounds (0 keeps all; default: chunk_keep_rounds)",
     )
     replica.add_options(p)
     p.set_defaults(run=run)
@@ -61,12 +59,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _prune_offline(args: argparse.Namespace) -> dict[str, object]:
-    if args.keep is None:
-        raise RequestError("--db needs --keep N (how many of the newest rounds to keep)")
-    opener = ChunkStore.open_reader if args.dry_run else ChunkStore.open_writer
-    with opener(args.db) as store:
-        result = prune_store(store, args.keep, dry_run=args.dry_run)
-    entry = summarize_prune(args.client or args.db.name, result)
+    from chunkd.prune import prune_store
+    from chunkd.summary import summarize_prune
+
+    keep = args.keep if args.keep is not None else options.load_cli_settings(args).chunk_keep_rounds
+    client_id = offline.client_for_db(args, args.db)
+    with offline.open_db(args.db, writer=not args.dry_run) as store:
+        result = prune_store(store, keep, dry_run=args.dry_run)
+    entry = summarize_prune(client_id, result)
     return {"dry_run": args.dry_run, "clients": [entry]}
 
 

@@ -82,7 +82,10 @@ def print_json(document: object, stream: TextIO | None = None) -> None:
 
 
 class Progress:
-    """A one-line progress bar on stderr, drawn only when stderr is a terminal.
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal: label, bar, %,
+    done / total, rate and ETA (``restore [###---]  42%  1.2 GiB / 2.9 GiB  310 MiB/s  ETA 5 s``).
+    Nothing at all on a pipe or a file. (Hand-written rather than tqdm: it is 60 lines, and the
+    CLI's start-up stays free of imports it does not need.)
 
     ``total`` None draws a counter without a bar (the size is not known yet). ``fmt`` renders
     an amount (bytes by default). Use as a context manager: the line is cleared at the end.
@@ -133,8 +136,12 @@ class Progress:
             parts.append(f"{self._fmt(done)} / {self._fmt(self.total)}")
         else:
             parts.append(self._fmt(done))
-        if self._fmt is format_bytes and elapsed_s > 0.5:
-            parts.append(f"{format_bytes(done / elapsed_s)}/s")
+        if elapsed_s > 0.5 and done > 0:
+            rate = done / elapsed_s
+            unit = "/s" if self._fmt is format_bytes else " /s"
+            parts.append(f"{self._fmt(int(rate))}{unit}")
+            if self.total and done < self.total:
+                parts.append(f"ETA {format_duration((self.total - done) / rate)}")
         return "  ".join(parts)
 
     def close(self) -> None:

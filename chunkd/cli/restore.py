@@ -17,14 +17,12 @@ import select
 from dataclasses import dataclass
 from pathlib import Path
 
-from chunkd.cli import options, replica
+from chunkd.cli import guard, offline, options, replica
 from chunkd.cli.client import DaemonClient
 from chunkd.cli.output import STDOUT, Output
 from chunkd.cli.render import Progress, format_bytes, print_json
-from chunkd.errors import ChunkdError, RequestError
+from chunkd.errors import ChunkdError, NotFoundError, RequestError
 from chunkd.protocol import TRANSFER_FD
-from chunkd.restore import restore_round
-from chunkd.store import ChunkStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +49,7 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         help="write a stored round, byte-identical",
         description="Write a stored round of a client as the original .pth, byte for byte.",
     )
-    options.add_client_and_round(p)
+    options.add_client_and_round(p, required=False)
     p.add_argument(
         "-o",
         "--output",
@@ -67,12 +65,18 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
     )
     options.add_transfer(p)
     replica.add_options(p)
+    guard.add_force(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.json and args.output == STDOUT:
         raise RequestError("--json prints on stdout: use it with -o FILE, not -o -")
+    if args.db is None and args.client is None:
+        raise RequestError("--client is required (or --db PATH to restore from a database)")
+    if args.db is not None:
+        args.client = offline.client_for_db(args, args.db)
+    guard.check_output(args.output, args)  # before anything is created next to the target
     with Output.open(args.output) as out, Progress("restore") as progress:
         if args.db is not None:
             done = _restore_offline(args, out, progress)
@@ -87,8 +91,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _restore_offline(args: argparse.Namespace, out: Output, progress: Progress) -> Transfer:
-    with ChunkStore.open_reader(args.db) as store:
+    from chunkd.restore import restore_round
+
+    with offline.open_db(args.db) as store:
+        stored = store.round_numbers()
         round_num = args.round if args.round is not None else store.latest_round()
+        if round_num not in stored:
+            raise NotFoundError(not_stored_message(round_num, stored, f"in {args.db}"))
         progress.total = store.get_round(round_num).file_size
         written = 0
 
@@ -103,39 +112,103 @@ def _restore_offline(args: argparse.Namespace, out: Output, progress: Progress) 
     return Transfer.of({**result, "bytes": restored.bytes_written, "sha256": restored.file_sha256})
 
 
+def not_stored_message(round_num: int, stored: list[int], where: str) -> str:
+    """``round 99 is not stored in X; stored rounds: 1, 2, 5`` (issue 10: say what is there)."""
+    if not stored:
+        return f"round {round_num} is not stored {where}; no rounds are stored"
+    shown = ", ".join(map(str, stored[-20:]))
+    more = f" (and {len(stored) - 20} older)" if len(stored) > 20 else ""
+    return f"round {round_num} is not stored {where}; stored rounds: {shown}{more}"
+
+
+def _round_sizes(client: DaemonClient, client_id: str) -> dict[int, int] | None:
+    """The client's stored rounds and their file sizes (for the bar's total and for "not
+    stored" messages); None when the daemon does not say."""
+    try:
+        listed = client.call("list", client=client_id)
+    except ChunkdError:
+        return None
+    entries = listed.get("clients")
+    if not isinstance(entries, list) or not entries or not isinstance(entries[0], dict):
+        return None
+    rounds = entries[0].get("rounds")
+    if not isinstance(rounds, list):
+        return None
+    return {
+        int(r["round"]): int(r.get("file_size") or 0)
+        for r in rounds
+        if isinstance(r, dict) and isinstance(r.get("round"), int)
+    }
+
+
+def _protected_paths(client: DaemonClient) -> list[tuple[str | None, str | None]]:
+    """Each client's directory and database as the daemon reports them (for :mod:`guard`)."""
+    try:
+        clients = client.call("status").get("clients")
+    except ChunkdError:
+        return []
+    if not isinstance(clients, dict):
+        return []
+    return [
+        (str(c.get("dir") or "") or None, str(c.get("db") or "") or None)
+        for c in clients.values()
+        if isinstance(c, dict)
+    ]
+
+
 def restore_through_daemon(
     args: argparse.Namespace, cmd: str, out: Output, progress: Progress, **fields: object
 ) -> Transfer:
     """Run ``restore`` or ``export`` on the daemon into ``out``; what the daemon reported."""
     request = {"client": args.client, "round": args.round, **fields}
     with DaemonClient.connect(options.socket_path(args)) as client:
-        if args.transfer == TRANSFER_FD:
+        guard.check_output(args.output, args, _protected_paths(client))
+        sizes = _round_sizes(client, args.client)
+        if sizes:
+            wanted = args.round if args.round is not None else max(sizes)
+            progress.total = sizes.get(wanted) or None
+        try:
+            return _transfer(args, client, cmd, out, progress, request)
+        except NotFoundError as e:
+            if sizes is not None and args.round is not None and args.round not in sizes:
+                where = f"for client {args.client}"
+                raise NotFoundError(not_stored_message(args.round, sorted(sizes), where)) from e
+            raise
 
-            def on_wait() -> None:
-                progress.update(out.bytes_so_far())
-                _stop_if_output_closed(out)
 
-            try:
-                return Transfer.of(client.restore_to_fd(cmd, out.fd, on_wait=on_wait, **request))
-            except ChunkdError:
-                _stop_if_output_closed(out)  # the daemon met EPIPE on our stdout: say so
-                raise
-        received = 0
+def _transfer(
+    args: argparse.Namespace,
+    client: DaemonClient,
+    cmd: str,
+    out: Output,
+    progress: Progress,
+    request: dict[str, object],
+) -> Transfer:
+    if args.transfer == TRANSFER_FD:
 
-        def sink(payload: memoryview) -> None:
-            nonlocal received
-            out.write(payload)
-            received += len(payload)
-            progress.update(received)
+        def on_wait() -> None:
+            progress.update(out.bytes_so_far())
+            _stop_if_output_closed(out)
 
-        def on_header(header: dict[str, object]) -> None:
-            size = header.get("bytes")
-            progress.total = size if isinstance(size, int) else None
+        try:
+            return Transfer.of(client.restore_to_fd(cmd, out.fd, on_wait=on_wait, **request))
+        except ChunkdError:
+            _stop_if_output_closed(out)  # the daemon met EPIPE on our stdout: say so
+            raise
+    received = 0
 
-        stream = client.restore_frames(cmd, sink, on_header=on_header, **request)
-        return Transfer.of(
-            {**stream.header, "bytes": stream.bytes_received, "sha256": stream.sha256}
-        )
+    def sink(payload: memoryview) -> None:
+        nonlocal received
+        out.write(payload)
+        received += len(payload)
+        progress.update(received)
+
+    def on_header(header: dict[str, object]) -> None:
+        size = header.get("bytes")
+        progress.total = size if isinstance(size, int) else None
+
+    stream = client.restore_frames(cmd, sink, on_header=on_header, **request)
+    return Transfer.of({**stream.header, "bytes": stream.bytes_received, "sha256": stream.sha256})
 
 
 def _stop_if_output_closed(out: Output) -> None:

@@ -41,22 +41,103 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The human table fits a terminal this wide (issue 10: it used to take over 200 columns).
+WIDTH = 100
+#: Per-client fields shown as table columns, in this order, with their short headers; the rest
+#: (directories, database paths, nested objects) are in ``--json``.
+_CLIENT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("queue_depth", "QUEUE"),
+    ("ingested", "INGESTED"),
+    ("duplicates", "DUPL"),
+    ("rejected", "REJECTED"),
+    ("errors", "ERRORS"),
+)
+
+
 def render_status(status: dict[str, object]) -> str:
-    """Scalars as aligned ``key  value`` lines, then each nested object: a table when it maps
-    names (client ids) to objects, else indented lines. ``--json`` shows everything."""
+    """Scalars as aligned ``key  value`` lines, warnings, then the clients as a table no wider
+    than :data:`WIDTH` with each client's last error below it. Other nested objects: a table
+    when they map names to objects, else indented lines. ``--json`` shows everything."""
     scalars = [(_label(k), _value(k, v)) for k, v in status.items() if not _is_container(v)]
-    parts = [format_pairs(scalars)] if scalars else []
+    parts = [_fit(format_pairs(scalars))] if scalars else []
     for key, value in status.items():
-        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+        if key == "clients" and isinstance(value, dict):
+            parts.append(_clients(value))
+        elif key == "warnings" and isinstance(value, list):
+            if value:
+                parts.append("warnings:\n" + "\n".join(_fit(f"  ! {w}") for w in value))
+        elif key in ("last_ingest", "last_error") and isinstance(value, dict):
+            parts.append(_fit(f"{_label(key)}: {_event_text(value)}"))
+        elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
             parts.append(f"{_label(key)}:\n{_table(list(value), list(value.values()), 'ID')}")
         elif isinstance(value, dict):
             pairs = [(_label(k), _value(k, v)) for k, v in value.items()]
-            parts.append(f"{_label(key)}:\n" + format_pairs(pairs, indent=2))
+            parts.append(f"{_label(key)}:\n" + _fit(format_pairs(pairs, indent=2)))
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            parts.append(f"{_label(key)}:\n{_table([], value, '')}")
+            parts.append(f"{_label(key)}:\n" + _fit(_table([], value, "")))
         elif isinstance(value, list):
             parts.append(format_pairs([(_label(key), ", ".join(map(str, value)) or "-")]))
     return "\n\n".join(parts)
+
+
+def _clients(clients: dict[str, object]) -> str:
+    """One row per client: counters and the last ingest; then each client's last error."""
+    if not clients:
+        return "clients: none"
+    headers = ["CLIENT", *(h for _, h in _CLIENT_COLUMNS), "LAST INGEST"]
+    rows = []
+    errors = []
+    for cid, entry in clients.items():
+        fields = entry if isinstance(entry, dict) else {}
+        last = fields.get("last_ingest")
+        rows.append(
+            [
+                _clip(cid, 20),
+                *(_value(k, fields.get(k)) for k, _ in _CLIENT_COLUMNS),
+                _event_text(last) if isinstance(last, dict) else "-",
+            ]
+        )
+        error = fields.get("last_error")
+        if isinstance(error, dict):
+            errors.append(_fit(f"  client {cid}: {_event_text(error)}"))
+        elif isinstance(error, str):
+            errors.append(_fit(f"  client {cid}: {error}"))
+    table = format_table(headers, rows, right=set(range(1, len(_CLIENT_COLUMNS) + 1)))
+    text = "clients:\n" + "\n".join(_fit(line) for line in table.splitlines())
+    if errors:
+        text += "\n\nlast errors:\n" + "\n".join(errors)
+    return text
+
+
+def _event_text(event: dict[str, object]) -> str:
+    """``round 12 of /srv/fl/client_1/m.pth at 12:00:01 UTC`` / ``/x.pth: reason (12:00 UTC)``."""
+    at = _value("at", event.get("at")) if event.get("at") is not None else None
+    if isinstance(event.get("at"), str) and len(str(at)) >= 19 and str(at)[10] == "T":
+        at = str(at)[:19].replace("T", " ") + " UTC"  # ISO 8601 from the daemon, to the second
+    path = event.get("path")
+    if "error" in event:
+        head = f"client {event['client']}: " if "client" in event else ""
+        where = f"{path}: " if path else ""
+        when = f" ({at})" if at else ""
+        return f"{head}{where}{event['error']}{when}"
+    parts = []
+    if "client" in event:
+        parts.append(f"client {event['client']}")
+    if event.get("round") is not None:
+        parts.append(f"round {event['round']}")
+    text = " ".join(parts)
+    if at:
+        text += f" at {at}"
+    return text or "-"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _fit(text: str) -> str:
+    """Every line at most :data:`WIDTH` columns (a long path or message is cut with ``…``)."""
+    return "\n".join(_clip(line, WIDTH) for line in text.splitlines())
 
 
 def _table(names: list[str], items: list[dict[str, object]], name_header: str) -> str:

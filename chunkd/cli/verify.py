@@ -9,15 +9,13 @@ database directly.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
-from chunkd.cli import options
+from chunkd.cli import offline, options
 from chunkd.cli.client import DaemonClient
 from chunkd.cli.render import Progress, print_json
 from chunkd.errors import IntegrityError
-from chunkd.store import ChunkStore
-from chunkd.summary import summarize_verify
-from chunkd.verify import verify_store
 
 
 def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> None:
@@ -48,33 +46,71 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _verify_offline(args: argparse.Namespace) -> list[dict[str, object]]:
-    with ChunkStore.open_reader(args.db) as store, Progress("verify", 1, fmt=_clients) as bar:
-        bar.update(0, force=True)
-        report = verify_store(store)
-    return [summarize_verify(args.client or args.db.name, report)]
+    from chunkd.summary import summarize_verify
+    from chunkd.verify import verify_store
+
+    client_id = offline.client_for_db(args, args.db)
+    with offline.open_db(args.db) as store:
+        stats = store.stats()
+        with Progress("verify", stats.chunks + stats.rounds, fmt=_steps) as bar:
+            bar.update(0, force=True)
+            report = verify_store(_Counted(store, bar))  # type: ignore[arg-type]
+    return [summarize_verify(client_id, report)]
+
+
+class _Counted:
+    """The store, as :func:`verify_store` reads it, advancing a bar per chunk and per round."""
+
+    def __init__(self, store: object, bar: Progress) -> None:
+        self._store = store
+        self._bar = bar
+        self._done = 0
+
+    def _step(self) -> None:
+        self._done += 1
+        self._bar.update(self._done)
+
+    def iter_chunks(self) -> Iterator[object]:
+        for chunk in self._store.iter_chunks():  # type: ignore[attr-defined]
+            yield chunk
+            self._step()
+
+    def round_numbers(self) -> Iterator[int]:
+        for round_num in self._store.round_numbers():  # type: ignore[attr-defined]
+            yield round_num
+            self._step()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+def _steps(count: int) -> str:
+    return f"{count} chunks+rounds"
 
 
 def _verify_through_daemon(args: argparse.Namespace) -> list[dict[str, object]]:
+    """One request per client; the bar counts database bytes checked (from ``list``), so its
+    total, rate and ETA mean something when clients differ in size."""
     with DaemonClient.connect(options.socket_path(args)) as client:
-        if args.client is not None:
-            ids = [args.client]
-        else:
-            listed = client.call("list")["clients"]
-            assert isinstance(listed, list)
-            ids = [str(entry["client"]) for entry in listed]
+        listed = client.call("list", client=args.client)["clients"]
+        assert isinstance(listed, list)
+        sizes = {str(entry["client"]): _size(entry) for entry in listed}
         entries: list[dict[str, object]] = []
-        with Progress("verify", len(ids), fmt=_clients) as bar:
-            for done, client_id in enumerate(ids):
+        done = 0
+        with Progress("verify", sum(sizes.values()) or None) as bar:
+            for client_id, size in sizes.items():
                 bar.update(done, force=True)
                 result = client.call("verify", client=client_id)
                 found = result["clients"]
                 assert isinstance(found, list)
                 entries.extend(found)
+                done += size
     return entries
 
 
-def _clients(count: int) -> str:
-    return f"{count} client{'s' if count != 1 else ''}"
+def _size(entry: dict[str, object]) -> int:
+    size = entry.get("db_bytes")
+    return size if isinstance(size, int) and size > 0 else 1
 
 
 def _problems(entry: dict[str, object]) -> list[dict[str, object]]:

@@ -305,7 +305,14 @@ def list_clients(state: DaemonState, request: Request, conn: Connection) -> Resu
     for info in _selected_clients(state, request.client_id):
         store = _open_store_if_any(info)
         try:
-            entries.append(summarize_store(info.client_id, store))
+            entries.append(
+                summarize_store(
+                    info.client_id,
+                    store,
+                    client_dir=info.directory,
+                    file_patterns=state.settings.file_patterns,
+                )
+            )
         finally:
             if store is not None:
                 store.close()

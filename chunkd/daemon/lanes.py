@@ -33,6 +33,7 @@ from pathlib import Path
 import structlog
 
 from chunkd import log
+from chunkd.daemon.progress import IngestProgress
 from chunkd.errors import BusyError, CheckpointError, ChunkdError
 from chunkd.ingest import (
     OUTCOME_DUPLICATE,
@@ -252,7 +253,13 @@ class ClientLane:
             return
         try:
             result = self._with_slot(
-                lambda: ingest_file(path, store, self._options, pool=self._pool)
+                lambda: ingest_file(
+                    path,
+                    store,
+                    self._options,
+                    pool=self._pool,
+                    progress=IngestProgress(self._log, path),  # ops: checkpoint.progress
+                )
             )
         except CheckpointError as e:
             if e.retryable and pending.attempts < len(RETRY_DELAYS_S):
@@ -311,7 +318,12 @@ class ClientLane:
         try:
             result = self._with_slot(
                 lambda: ingest_file(
-                    path, store, self._options, round_num=round_num, pool=self._pool
+                    path,
+                    store,
+                    self._options,
+                    round_num=round_num,
+                    pool=self._pool,
+                    progress=IngestProgress(self._log, path),
                 )
             )
         except CheckpointError as e:

@@ -420,8 +420,8 @@ class Server:
         return True
 
     def _authorize(self, request: Request, peer: Peer) -> None:
-        if request.cmd not in MUTATING_COMMANDS:
-            return
+        if request.cmd not in MUTATING_COMMANDS or (request.cmd == "prune" and request.dry_run):
+            return  # a dry run changes nothing (ops, issue 10 item 4)
         settings = self._state.settings
         if not settings.allowed_uids and not settings.allowed_gids:
             return

@@ -32,9 +32,11 @@ from chunkd.config import Settings
 from chunkd.daemon import sdnotify
 from chunkd.daemon.lanes import ClientLane, utc_now_iso
 from chunkd.daemon.leases import LeaseTable
+from chunkd.daemon.progress import in_progress
 from chunkd.daemon.replication import ReplicaStage
 from chunkd.daemon.scheduler import build_scheduler
-from chunkd.daemon.state import ClientInfo
+from chunkd.daemon.startup import report_startup_failure, startup_key
+from chunkd.daemon.state import ClientInfo, CountingLogger, ErrorLedger
 from chunkd.daemon.watcher import Watcher
 from chunkd.errors import BusyError, ChunkdError, NotFoundError
 from chunkd.ingest import IngestOptions, IngestResult
@@ -56,6 +58,8 @@ class Daemon:
         self.started_at = utc_now_iso()
         self._started_mono = time.monotonic()
         self._lanes: dict[str, ClientLane] = {}
+        #: Each client's errors as logged (lane thread and start-up), for ``chunkd status``.
+        self._ledgers: dict[str, ErrorLedger] = {}
         self._lanes_lock = threading.Lock()  # lanes are added by the main thread, read by all
         self._control: queue.Queue[tuple[str, object]] = queue.Queue()
         self._stop = threading.Event()
@@ -74,6 +78,8 @@ class Daemon:
         self._log = structlog.get_logger("chunkd.daemon")
         self.ready = False
         self._replica = ReplicaStage.from_settings(settings, self._client_dbs)  # docs/REPLICA.md
+        #: What an operator should know although the daemon runs (shown by ``chunkd status``).
+        self.warnings: list[str] = []
 
     # -- DaemonState -----------------------------------------------------------------------------
     def clients(self) -> Mapping[str, ClientInfo]:
@@ -106,8 +112,10 @@ class Daemon:
             lanes = dict(self._lanes)
         per_client = {}
         last_ingest: dict[str, object] | None = None
+        last_error: dict[str, object] | None = None
         for cid, lane in sorted(lanes.items()):
             st = lane.stats
+            ledger = self._ledgers.get(cid) or ErrorLedger()
             per_client[cid] = {
                 "dir": str(lane.directory),
                 "db": str(lane.db_path),
@@ -115,12 +123,15 @@ class Daemon:
                 "ingested": st.ingested,
                 "duplicates": st.duplicates,
                 "rejected": st.rejected,
-                "errors": st.errors,
+                "errors": ledger.errors,
                 "last_ingest": st.last_ingest,
-                "last_error": st.last_error,
+                "last_error": ledger.last_error,
             }
             if st.last_ingest and (last_ingest is None or st.last_ingest["at"] > last_ingest["at"]):  # type: ignore[operator]
                 last_ingest = {"client": cid, **st.last_ingest}
+            error = ledger.last_error
+            if error and (last_error is None or error["at"] > last_error["at"]):  # type: ignore[operator]
+                last_error = {"client": cid, **error}
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -136,6 +147,9 @@ class Daemon:
             "errors": sum(c["errors"] for c in per_client.values()),  # type: ignore[misc]
             "dropped_offers": self._watcher.dropped_offers,
             "last_ingest": last_ingest,
+            "last_error": last_error,
+            "ingesting": in_progress(),
+            "warnings": list(self.warnings),
             "clients": per_client,
             "replica": self._replica.status() if self._replica is not None else None,
         }
@@ -181,6 +195,8 @@ class Daemon:
             self._watcher.scan_client(client_id, directory)
             return
         db_path = self.settings.db_path_for(client_id, directory)
+        ledger = self._ledgers.setdefault(client_id, ErrorLedger())
+        clog = CountingLogger(self._log.bind(client=client_id), ledger)
         lane = ClientLane(
             client_id,
             directory,
@@ -194,18 +210,18 @@ class Daemon:
             pool=self._pool,
             on_round=self._replica.round_committed if self._replica is not None else None,
         )
+        lane._log = CountingLogger(lane._log, ledger)  # status counts what the lane logs
         try:
             lane.open()
-        except BusyError:
+        except BusyError as e:
             if at_start:
+                e.startup_key = "db_path"  # type: ignore[attr-defined]
                 raise  # another daemon writes these databases: refuse to start
-            self._log.error(
-                log.INGEST_FAILED,
-                client=client_id,
-                error=f"database {db_path} is held by another writer; retrying",
+            clog.error(
+                log.INGEST_FAILED, error=f"database {db_path} is held by another writer; retrying"
             )
         except ChunkdError as e:  # unreadable or read-only: reported, never fatal for others
-            self._log.error(log.INGEST_FAILED, client=client_id, error=str(e), error_code=e.code)
+            clog.error(log.INGEST_FAILED, error=str(e), error_code=e.code)
         lane.start()
         with self._lanes_lock:
             self._lanes[client_id] = lane
@@ -231,15 +247,28 @@ class Daemon:
 
     def start(self) -> None:
         settings = self.settings
-        settings.watch_root.mkdir(parents=True, exist_ok=True)
+        self._ensure_watch_root()
         for client in settings.clients:
-            self.add_client(client.id, client.dir, at_start=True)
+            with startup_key("clients"):
+                self.add_client(client.id, client.dir, at_start=True)
         for client_id, directory in self._watcher.discover_clients():
             self.add_client(client_id, directory, at_start=True)
         self._watcher.start()
         self.scan_all()  # files written between the first scan and the observers' start
         if self._replica is not None:
             self._replica.start()  # compares every client with the bucket first: resumes
+
+    def _ensure_watch_root(self) -> None:
+        """Create a missing ``watch_root`` (the watcher needs it), but say so: a typo in the
+        config otherwise looks like a healthy daemon with no clients (issue 10)."""
+        root = self.settings.watch_root
+        if root.is_dir():
+            return
+        with startup_key("watch_root"):
+            root.mkdir(parents=True, exist_ok=True)
+        warning = f"watch_root {root} did not exist; created it empty"
+        self.warnings.append(warning)
+        self._log.warning(log.WATCH_ROOT_MISSING, watch_root=str(root), created=True)
 
     def run_forever(self) -> None:
         interval = sdnotify.watchdog_interval_s()
@@ -300,7 +329,12 @@ class Daemon:
 
 
 def run(settings: Settings) -> int:
-    """``chunkd serve``: run until SIGTERM/SIGINT; the exit status for the CLI."""
+    """``chunkd serve``: run until SIGTERM/SIGINT; the exit status for the CLI.
+
+    A failure before ``READY=1`` is one log line (:func:`report_startup_failure`) naming the
+    config key at fault, and exit status 78 when the configuration is the cause, so that systemd's
+    ``RestartPreventExitStatus=78`` stops a restart loop that could never succeed.
+    """
     from chunkd.daemon.server import Server
 
     configure_logging(settings.log_format, settings.log_level)
@@ -312,25 +346,33 @@ def run(settings: Settings) -> int:
         watch_root=str(settings.watch_root),
         socket=str(settings.socket),
     )
-    daemon = Daemon(settings)
+    try:
+        daemon = Daemon(settings)
+        server = Server(daemon)
+    except Exception as e:  # e.g. no inotify instance left: still one line and a status
+        return report_startup_failure(e)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         daemon.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = Server(daemon)
-    server.start()  # BusyError if a live daemon owns the socket: refuse before touching databases
     scheduler = None
     try:
-        daemon.start()
-        scheduler = build_scheduler(
-            retention_interval_s=settings.retention_interval_s,
-            rescan_interval_s=settings.rescan_interval_s,
-            run_retention=daemon._run_retention,
-            run_rescan=daemon.request_rescan,
-        )
-        scheduler.start()
+        try:
+            with startup_key("socket"):
+                # BusyError if a live daemon owns the socket: refuse before touching databases
+                server.start()
+            daemon.start()
+            scheduler = build_scheduler(
+                retention_interval_s=settings.retention_interval_s,
+                rescan_interval_s=settings.rescan_interval_s,
+                run_retention=daemon._run_retention,
+                run_rescan=daemon.request_rescan,
+            )
+            scheduler.start()
+        except Exception as e:  # the start-up boundary: every failure is one line and a status
+            return report_startup_failure(e)
         daemon.notify_ready()
         logger.info(log.DAEMON_READY, clients=len(daemon.clients()), socket=str(settings.socket))
         daemon.run_forever()

@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from chunkd import log
 from chunkd.config import Settings
 from chunkd.daemon.leases import LeaseTable
 from chunkd.ingest import IngestResult
@@ -48,3 +50,89 @@ class DaemonState(Protocol):
     def submit_prune(self, client_id: str, dry_run: bool) -> Future[PruneResult]:
         """Run retention on the client's lane; BusyError if the queue is full or stopping."""
         ...
+
+
+#: Error events that ``chunkd status`` counts; each names a failure on the daemon's side.
+ERROR_EVENTS: frozenset[str] = frozenset({log.INGEST_FAILED, log.RETENTION_FAILED})
+#: Events that end a file's error: it has since been stored (or found already stored).
+_SUCCESS_EVENTS: frozenset[str] = frozenset({log.CHECKPOINT_INGESTED, log.CHECKPOINT_DUPLICATE})
+
+
+@dataclass(slots=True)
+class ErrorLedger:
+    """One client's errors as its log reports them, for ``chunkd status`` (issue 10, item 7).
+
+    Fed by :class:`CountingLogger` from the very log calls that write the lines, so the status
+    can never say 0 errors while ``ingest.failed`` lines go by. ``last_error`` names the file
+    (when there is one) and is cleared once that file, or for an error without a file any file,
+    is stored after all. Written by the lane thread, read by status requests: plain values, each
+    replaced whole.
+    """
+
+    errors: int = 0
+    rejected: int = 0
+    last_error: dict[str, object] | None = None
+
+    def note(self, event: str, fields: Mapping[str, object]) -> None:
+        if event in ERROR_EVENTS or event == log.CHECKPOINT_REJECTED:
+            if event == log.CHECKPOINT_REJECTED:
+                self.rejected += 1
+            else:
+                self.errors += 1
+            path = fields.get("path")
+            self.last_error = {
+                "event": event,
+                "path": None if path is None else str(path),
+                "error": str(fields.get("error", "")),
+                "at": datetime.now(timezone.utc)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
+            }
+        elif event in _SUCCESS_EVENTS and self.last_error is not None:
+            failed_path = self.last_error.get("path")
+            if failed_path is None or failed_path == str(fields.get("path")):
+                self.last_error = None
+
+
+class CountingLogger:
+    """A structlog logger that also tells an :class:`ErrorLedger` what it logs.
+
+    Wraps a lane's bound logger; every method the lanes call (``debug`` ... ``exception``,
+    ``bind``) logs exactly as before.
+    """
+
+    __slots__ = ("_ledger", "_logger")
+
+    def __init__(self, logger: Any, ledger: ErrorLedger) -> None:
+        self._logger = logger
+        self._ledger = ledger
+
+    def _log(self, method: str, event: str, fields: dict[str, Any]) -> Any:
+        self._ledger.note(event, fields)
+        return getattr(self._logger, method)(event, **fields)
+
+    def debug(self, event: str, **fields: Any) -> Any:
+        return self._log("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> Any:
+        return self._log("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> Any:
+        return self._log("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> Any:
+        return self._log("error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> Any:
+        return self._log("exception", event, fields)
+
+    def bind(self, **values: Any) -> CountingLogger:
+        return CountingLogger(self._logger.bind(**values), self._ledger)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
+
+
+def _utc_now_iso() -> str:
+    """ISO 8601 UTC with a Z, as ``last_ingest.at`` (so the two sort together)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

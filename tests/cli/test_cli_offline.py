@@ -301,13 +301,14 @@ def _umask() -> int:
 USAGE_ERRORS = {
     "no command": [],
     "unknown command": ["frobnicate"],
-    "missing --client": ["restore", "--db", "x.db"],
+    "missing --client": ["restore", "-o", "x.pth"],
     "traversal client": ["restore", "--client", "../../etc", "--db", "x.db"],
     "negative round": ["restore", "--client", "1", "--round", "-1", "--db", "x.db"],
     "word round": ["restore", "--client", "1", "--round", "five", "--db", "x.db"],
     "bad format": ["export", "--client", "1", "--format", "onnx", "-o", "x"],
     "json to stdout": ["restore", "--client", "1", "--db", "x.db", "-o", "-", "--json"],
-    "prune --db without --keep": ["prune", "--db", "x.db"],
+    "prune --keep without --db": ["prune", "--keep", "3"],
+    "export without --client": ["export", "--format", "safetensors", "-o", "x"],
 }
 
 
