@@ -30,7 +30,7 @@ lint: setup
 # Everything but the long reliability campaigns (about 9 minutes on a loaded 2-core machine;
 # `make campaign` runs their short forms, `make torture` their full size).
 test: lint
-	$(BIN)/python -m pytest -q -m "not campaign" --durations=10
+	$(BIN)/python -m pytest -q -m "not campaign and not integration" --durations=10
 
 campaign: setup
 	$(BIN)/python -m pytest -q -m campaign tests/reliability
