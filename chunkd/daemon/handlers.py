@@ -25,15 +25,17 @@ import functools
 import hashlib
 import os
 import select
+import sqlite3
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 from chunkd import __version__, log
 from chunkd.daemon.state import ClientInfo, DaemonState
@@ -44,6 +46,9 @@ from chunkd.restore import Write, restore_round
 from chunkd.store import ChunkStore
 from chunkd.summary import summarize_ingest, summarize_prune, summarize_store, summarize_verify
 from chunkd.verify import verify_store
+
+if TYPE_CHECKING:
+    from chunkd.daemon.access import Access
 
 #: How long a request waits for its ingest or prune on the lane before answering ``busy``.
 LANE_TIMEOUT_S: Final = 300.0
@@ -84,6 +89,11 @@ class Connection(Protocol):
         """The longest any single write to the client (socket or passed fd) may take."""
         ...
 
+    @property
+    def access(self) -> Access:
+        """What the peer may do: admin, or read the clients whose directory it owns."""
+        ...
+
     def take_fd(self) -> int | None:
         """The descriptor sent with the request (SCM_RIGHTS), now owned by the caller."""
         ...
@@ -111,20 +121,27 @@ Handler = Callable[[DaemonState, Request, Connection], Result]
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _client(state: DaemonState, client_id: str | None) -> ClientInfo:
+def _client(state: DaemonState, client_id: str | None, access: Access) -> ClientInfo:
+    """The client asked for, if it exists and the peer may read it (else not_found, forbidden).
+
+    Whether a client exists is no secret (``status`` counts them); its data is.
+    """
     assert client_id is not None  # parse_request requires it for every command that calls this
     info = state.clients().get(client_id)
     if info is None:
         raise NotFoundError(f"no client {client_id!r} is watched by this daemon")
+    access.check_read(info)
     return info
 
 
-def _selected_clients(state: DaemonState, client_id: str | None) -> list[ClientInfo]:
-    """The one client asked for, or every client in id order."""
+def _selected_clients(
+    state: DaemonState, client_id: str | None, access: Access
+) -> list[ClientInfo]:
+    """The one client asked for, or every client the peer may read, in id order."""
     if client_id is not None:
-        return [_client(state, client_id)]
+        return [_client(state, client_id, access)]
     clients = state.clients()
-    return [clients[key] for key in sorted(clients)]
+    return access.readable(clients[key] for key in sorted(clients))
 
 
 def _has_database(info: ClientInfo) -> bool:
@@ -297,30 +314,96 @@ def ping(state: DaemonState, request: Request, conn: Connection) -> Result:
 
 
 def status(state: DaemonState, request: Request, conn: Connection) -> Result:
-    return dict(state.status())
+    result = dict(state.status())
+    damaged = DAMAGED.snapshot()
+    if damaged:
+        errors = result.get("errors", 0)
+        result["errors"] = (errors if isinstance(errors, int) else 0) + len(damaged)
+    result["damaged_databases"] = damaged
+    return result
 
 
-def list_clients(state: DaemonState, request: Request, conn: Connection) -> Result:
-    entries = []
-    for info in _selected_clients(state, request.client_id):
+class DamagedDatabases:
+    """Clients whose database a read request could not open or read, until one succeeds again.
+
+    ``list`` answers for every healthy client and reports a damaged one in place; this table is
+    what ``status`` adds to its ``errors`` count, so the damage shows in health checks too.
+    Any request thread writes it; the lock guards the dict.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_client: dict[str, str] = {}
+
+    def mark(self, client_id: str, message: str) -> None:
+        with self._lock:
+            self._by_client[client_id] = message
+
+    def clear(self, client_id: str) -> None:
+        with self._lock:
+            self._by_client.pop(client_id, None)
+
+    def snapshot(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._by_client)
+
+
+#: The daemon's table (one daemon per process).
+DAMAGED: Final = DamagedDatabases()
+
+
+def _summary_or_error(info: ClientInfo) -> dict[str, object]:
+    """One client's ``list`` entry; a database that cannot be read is reported in place.
+
+    The entry then has the figures of an empty client and an ``error`` object (code, message),
+    so one damaged file never hides every other client.
+    """
+    try:
         store = _open_store_if_any(info)
         try:
-            entries.append(summarize_store(info.client_id, store))
+            entry = summarize_store(info.client_id, store)
         finally:
             if store is not None:
                 store.close()
-    return {"clients": entries}
+    except (ChunkdError, sqlite3.Error, OSError) as e:
+        code = e.code if isinstance(e, ChunkdError) else "internal"
+        message = f"database {info.db_path} cannot be read: {type(e).__name__}: {e}"
+        DAMAGED.mark(info.client_id, message)
+        _log.error(log.REQUEST_FAILED, client=info.client_id, error_code=code, error=message)
+        return {
+            **summarize_store(info.client_id, None),
+            "error": {"code": code, "message": message},
+        }
+    DAMAGED.clear(info.client_id)
+    return entry
+
+
+def list_clients(state: DaemonState, request: Request, conn: Connection) -> Result:
+    infos = _selected_clients(state, request.client_id, conn.access)
+    return {"clients": [_summary_or_error(info) for info in infos]}
 
 
 def verify(state: DaemonState, request: Request, conn: Connection) -> Result:
     entries = []
-    for info in _selected_clients(state, request.client_id):
-        store = _open_store_if_any(info)
-        if store is None:
-            entries.append(summarize_verify(info.client_id, None))
+    for info in _selected_clients(state, request.client_id, conn.access):
+        try:
+            store = _open_store_if_any(info)
+            if store is None:
+                entries.append(summarize_verify(info.client_id, None))
+                continue
+            with store:
+                hold = functools.partial(state.leases.hold, info.client_id)
+                report = verify_store(store, hold=hold)
+        except (ChunkdError, sqlite3.Error, OSError) as e:
+            # A database that cannot even be opened fails its verify; the others still run.
+            message = f"database {info.db_path} cannot be read: {type(e).__name__}: {e}"
+            DAMAGED.mark(info.client_id, message)
+            _log.error(log.VERIFY_FAILED, client=info.client_id, problems=[message])
+            problem = {"round": None, "chunk_id": None, "chunk_hash": None, "problem": message}
+            entries.append(
+                {**summarize_verify(info.client_id, None), "ok": False, "problems": [problem]}
+            )
             continue
-        with store:
-            report = verify_store(store, hold=functools.partial(state.leases.hold, info.client_id))
         entry = summarize_verify(info.client_id, report)
         if report.ok:
             _log.info(
@@ -336,7 +419,7 @@ def verify(state: DaemonState, request: Request, conn: Connection) -> Result:
 
 
 def restore(state: DaemonState, request: Request, conn: Connection) -> Result:
-    info = _client(state, request.client_id)
+    info = _client(state, request.client_id, conn.access)
     started = time.monotonic()
     with _open_store(info) as store:
         round_num = _round_to_serve(store, request)
@@ -377,7 +460,7 @@ def restore(state: DaemonState, request: Request, conn: Connection) -> Result:
 
 
 def export(state: DaemonState, request: Request, conn: Connection) -> Result:
-    info = _client(state, request.client_id)
+    info = _client(state, request.client_id, conn.access)
     with _open_store(info) as store:
         round_num = _round_to_serve(store, request)
         with (
@@ -405,7 +488,7 @@ def export(state: DaemonState, request: Request, conn: Connection) -> Result:
 
 
 def prune(state: DaemonState, request: Request, conn: Connection) -> Result:
-    infos = _selected_clients(state, request.client_id)
+    infos = _selected_clients(state, request.client_id, conn.access)
     # Submit every lane first: they prune in parallel while we wait on each in turn.
     futures = [(info, state.submit_prune(info.client_id, request.dry_run)) for info in infos]
     entries = [
@@ -416,7 +499,7 @@ def prune(state: DaemonState, request: Request, conn: Connection) -> Result:
 
 
 def ingest(state: DaemonState, request: Request, conn: Connection) -> Result:
-    info = _client(state, request.client_id)
+    info = _client(state, request.client_id, conn.access)
     assert request.path is not None  # required by parse_request
     # The daemon reads only inside its configured paths (SPEC.md): the path, symlinks resolved,
     # must lie in the client's own directory, whatever the caller could read elsewhere.
