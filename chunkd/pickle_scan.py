@@ -22,9 +22,29 @@ from dataclasses import dataclass, field
 
 from chunkd.errors import NotACheckpointError, UnsafePickleError
 
-#: data.pkl of a real checkpoint is kilobytes to a few MiB; more opcodes than this is hostile.
-MAX_OPS = 20_000_000
-MAX_PICKLE_BYTES = 256 << 20
+# -- the reader's budget ---------------------------------------------------------------------
+# Sized to real checkpoints with a wide margin: a state_dict of a large model has thousands of
+# tensors (a 7B-parameter LLM: ~300; ResNet-152: ~900; with optimizer state, ~3x that), and its
+# data.pkl is ~100 bytes and ~30 opcodes per tensor. Anything past a limit is refused with
+# :class:`PickleBudgetError`, before it costs more than about a second of CPU and ~100 MB of
+# memory (figures: docs/RELIABILITY.md, "Pickle reader budget").
+
+#: data.pkl of a real checkpoint is kilobytes to a few MiB.
+MAX_PICKLE_BYTES = 64 << 20
+#: Opcodes interpreted (every opcode is O(1) except those that build from a mark).
+MAX_OPS = 5_000_000
+#: Tensors built (``_rebuild_tensor*``) and tensor paths found while naming them; each tensor
+#: also costs ~6 containers (its argument, shape and stride tuples, ...).
+MAX_TENSORS = 50_000
+#: Containers built (dicts, lists, tuples, sets, and the list each MARK opens): each costs
+#: ~60-200 bytes of memory.
+MAX_CONTAINERS = 500_000
+#: Values pushed (scalars, strings, containers, tensors): bounds the stack and the tree.
+MAX_OBJECTS = 3_000_000
+#: Memo entries (PUT/MEMOIZE): each keeps its object alive until the end.
+MAX_MEMO = 1_000_000
+#: Characters of one tensor's path (``model.layer.0.weight``); real ones are < 200.
+MAX_NAME_CHARS = 4096
 MAX_DIMS = 64
 #: Containers nested deeper than this are refused: walking them would exhaust Python's stack.
 MAX_DEPTH = 256
@@ -82,6 +102,17 @@ _DTYPE_ALIASES = {
     "cdouble": "complex128",
     "chalf": "complex32",
 }
+
+
+class PickleBudgetError(NotACheckpointError):
+    """data.pkl asks for more work than any real checkpoint needs (see the budget above)."""
+
+
+def _over_budget(what: str, limit: int) -> PickleBudgetError:
+    return PickleBudgetError(
+        f"data.pkl exceeds the reader's budget: more than {limit:,} {what} (real checkpoints "
+        "need far fewer); refused without reading further"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +199,26 @@ _CONTAINER_GLOBALS = {
 }
 
 
+#: Opcodes that push a new value (charged against MAX_OBJECTS); REDUCE may build a container.
+_PUSHING_OPS = frozenset(
+    {
+        "BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "BINFLOAT", "FLOAT",
+        "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+        "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "NONE", "NEWTRUE",
+        "NEWFALSE", "EMPTY_DICT", "EMPTY_LIST", "EMPTY_TUPLE", "EMPTY_SET", "TUPLE", "TUPLE1",
+        "TUPLE2", "TUPLE3", "LIST", "DICT", "FROZENSET", "GLOBAL", "STACK_GLOBAL", "BINPERSID",
+        "REDUCE", "MARK",
+    }
+)  # fmt: skip
+#: Opcodes that build a container (charged against MAX_CONTAINERS too).
+_CONTAINER_OPS = frozenset(
+    {
+        "EMPTY_DICT", "EMPTY_LIST", "EMPTY_TUPLE", "EMPTY_SET", "TUPLE", "TUPLE1", "TUPLE2",
+        "TUPLE3", "LIST", "DICT", "FROZENSET", "REDUCE", "MARK",
+    }
+)  # fmt: skip
+
+
 def _allowed_global(module: str, name: str) -> _Global:
     if module == "__builtin__":  # protocol 2 (torch.save's default) names builtins the Py2 way
         module = "builtins"
@@ -193,12 +244,15 @@ def scan_pickle(data: bytes) -> ScannedPickle:
     :class:`NotACheckpointError` for a malformed stream.
     """
     if len(data) > MAX_PICKLE_BYTES:
-        raise NotACheckpointError(f"data.pkl is {len(data)} bytes, more than any checkpoint's")
+        raise PickleBudgetError(
+            f"data.pkl is {len(data):,} bytes, more than the reader's budget of "
+            f"{MAX_PICKLE_BYTES:,} (real checkpoints: kilobytes to a few MiB)"
+        )
     machine = _Machine()
     try:
         for count, (op, arg, _pos) in enumerate(_genops(data)):
-            if count > MAX_OPS:
-                raise NotACheckpointError("data.pkl has too many opcodes")
+            if count >= MAX_OPS:
+                raise _over_budget("opcodes", MAX_OPS)
             if machine.step(op.name, arg):
                 return ScannedPickle(root=machine.result, storages=machine.storages)
     except (UnsafePickleError, NotACheckpointError):
@@ -224,6 +278,20 @@ class _Machine:
         self.memo: dict[int, object] = {}
         self.storages: dict[str, StorageRef] = {}
         self.result: object = None
+        # the budget spent so far (see MAX_* above)
+        self.objects = 0
+        self.containers = 0
+        self.tensors = 0
+
+    def _spend(self, name: str) -> None:
+        """Charge one opcode's new value against the budget, before it is built."""
+        self.objects += 1
+        if self.objects > MAX_OBJECTS:
+            raise _over_budget("values", MAX_OBJECTS)
+        if name in _CONTAINER_OPS:
+            self.containers += 1
+            if self.containers > MAX_CONTAINERS:
+                raise _over_budget("containers", MAX_CONTAINERS)
 
     # -- stack helpers -------------------------------------------------------------------------
     def _pop_mark(self) -> list[object]:
@@ -235,6 +303,8 @@ class _Machine:
         stack = self.stack
         if name in ("PROTO", "FRAME"):
             return False
+        if name in _PUSHING_OPS:
+            self._spend(name)
         if name == "STOP":
             self.result = stack.pop()
             return True
@@ -323,9 +393,9 @@ class _Machine:
         elif name == "DUP":
             stack.append(stack[-1])
         elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            self.memo[int(arg)] = stack[-1]  # type: ignore[arg-type]
+            self._memoize(int(arg), stack[-1])  # type: ignore[arg-type]
         elif name == "MEMOIZE":
-            self.memo[len(self.memo)] = stack[-1]
+            self._memoize(len(self.memo), stack[-1])
         elif name in ("GET", "BINGET", "LONG_BINGET"):
             stack.append(self.memo[int(arg)])  # type: ignore[arg-type]
         elif name == "GLOBAL":
@@ -356,6 +426,11 @@ class _Machine:
         else:
             raise UnsafePickleError(f"pickle opcode {name} is not allowed in a checkpoint")
         return False
+
+    def _memoize(self, index: int, value: object) -> None:
+        if index not in self.memo and len(self.memo) >= MAX_MEMO:
+            raise _over_budget("memo entries", MAX_MEMO)
+        self.memo[index] = value
 
     def _persistent_load(self, pid: object) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -389,6 +464,9 @@ class _Machine:
             raise NotACheckpointError(f"REDUCE arguments for {func.name} are not a tuple")
         name = func.name
         if name in _TENSOR_REBUILDERS:
+            self.tensors += 1
+            if self.tensors > MAX_TENSORS:
+                raise _over_budget("tensors", MAX_TENSORS)
             return _rebuild_tensor(name, args)
         if name in _PARAMETER_REBUILDERS:
             if not args or not isinstance(args[0], TensorRef):
@@ -552,14 +630,35 @@ class NamedStorage:
         return self.storage.nbytes // self.itemsize
 
 
-def unique_name(name: str, used: set[str]) -> str:
-    """``name``, or ``name~1``, ``name~2``, ... if taken; records the result in ``used``."""
-    candidate, n = name, 1
-    while candidate in used:
-        candidate = f"{name}~{n}"
-        n += 1
-    used.add(candidate)
-    return candidate
+class UniqueNames:
+    """Hands out ``name``, or ``name~1``, ``name~2``, ... if taken: the first free one.
+
+    O(1) amortized per name: each base name remembers the next suffix to try, and a suffix is
+    only ever skipped because that exact name is taken (names are never given back), so every
+    name is skipped at most once for its base. The old linear probe from ``~1`` made
+    thousands of tensors that spell the same dotted path quadratic (issue 9). The names are
+    the same as the probe's, so stored rounds keep their tensor names.
+    """
+
+    __slots__ = ("_next", "_used")
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+        self._next: dict[str, int] = {}
+
+    def take(self, name: str) -> str:
+        if len(name) > MAX_NAME_CHARS:
+            raise _over_budget("characters in one tensor's path", MAX_NAME_CHARS)
+        candidate = name
+        if candidate in self._used:
+            n = self._next.get(name, 1)
+            candidate = f"{name}~{n}"
+            while candidate in self._used:
+                n += 1
+                candidate = f"{name}~{n}"
+            self._next[name] = n + 1
+        self._used.add(candidate)
+        return candidate
 
 
 def walk_tensors(root: object) -> list[tuple[str, TensorRef]]:
@@ -570,11 +669,13 @@ def walk_tensors(root: object) -> list[tuple[str, TensorRef]]:
     """
     found: list[tuple[str, TensorRef]] = []
     seen_containers: set[int] = set()
-    used: set[str] = set()
+    names = UniqueNames()
 
     def visit(obj: object, path: str, depth: int) -> None:
         if isinstance(obj, TensorRef):
-            found.append((unique_name(path, used), obj))
+            if len(found) >= MAX_TENSORS:  # one tensor may be referenced from many places
+                raise _over_budget("tensor paths", MAX_TENSORS)
+            found.append((names.take(path), obj))
             return
         if isinstance(obj, (dict, list, tuple)):
             if id(obj) in seen_containers:  # shared containers via memo: visit once
@@ -584,6 +685,8 @@ def walk_tensors(root: object) -> list[tuple[str, TensorRef]]:
             seen_containers.add(id(obj))
             items = obj.items() if isinstance(obj, dict) else enumerate(obj)
             for key, value in items:
+                if len(path) > MAX_NAME_CHARS:  # deep paths of long keys: stop before growing
+                    raise _over_budget("characters in one tensor's path", MAX_NAME_CHARS)
                 visit(value, f"{path}.{key}" if path else str(key), depth + 1)
 
     visit(root, "", 0)
@@ -599,7 +702,7 @@ def name_storages(scanned: ScannedPickle) -> list[NamedStorage]:
     """
     result: list[NamedStorage] = []
     by_key: dict[str, NamedStorage] = {}
-    used_names: set[str] = set()
+    used_names = UniqueNames()
 
     for path, tensor in walk_tensors(scanned.root):
         key = tensor.storage.key
@@ -618,7 +721,7 @@ def name_storages(scanned: ScannedPickle) -> list[NamedStorage]:
             and _is_contiguous(tensor.shape, tensor.stride)
         )
         named = NamedStorage(
-            name=unique_name(path or "tensor", used_names),
+            name=used_names.take(path or "tensor"),
             storage=tensor.storage,
             dtype=dtype,
             shape=tensor.shape if covers else (numel,),
@@ -628,7 +731,7 @@ def name_storages(scanned: ScannedPickle) -> list[NamedStorage]:
     for key, storage in scanned.storages.items():
         if key not in by_key:
             named = NamedStorage(
-                name=unique_name(f"_storage.{key}", used_names),
+                name=used_names.take(f"_storage.{key}"),
                 storage=storage,
                 dtype=storage.dtype,
                 shape=(storage.numel,),

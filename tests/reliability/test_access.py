@@ -89,6 +89,7 @@ def test_access_matrix(tenant_daemon, figures) -> None:
         row["ping"] = _ask(daemon, who, "ping", None)
         matrix[name] = row
     figures["access_matrix"] = matrix
+    figures.save()
 
     # alice reads her own client only, changes nothing
     for cmd in READS:
@@ -136,6 +137,7 @@ def test_connection_cap_is_per_uid_not_per_process(tenant_daemon, figures) -> No
         (answer,) = tenant_requests(daemon.socket, ALICE, {"cmd": "ping"})
         assert answer["ok"], answer  # another tenant is not locked out
     figures["connections_per_uid"] = 64
+    figures.save()
 
 
 def test_tenants_cannot_lock_admins_out(tenant_daemon, figures) -> None:
@@ -155,6 +157,7 @@ def test_tenants_cannot_lock_admins_out(tenant_daemon, figures) -> None:
         (answer,) = tenant_requests(daemon.socket, OPERATOR, {"cmd": "ping"})
         assert answer["ok"], answer
     figures.update(tenant_connections_held=held, admin_reserved_slots=16)
+    figures.save()
 
 
 def test_access_survives_a_renamed_directory(tenant_daemon) -> None:
