@@ -27,11 +27,10 @@ import os
 import select
 import sqlite3
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 from chunkd import __version__, log
 from chunkd.daemon.state import ClientInfo, DaemonState
 from chunkd.errors import BusyError, ChunkdError, ForbiddenError, NotFoundError, RequestError
-from chunkd.export import export_safetensors
+from chunkd.export import StoredRound, plan_safetensors, stream_safetensors
 from chunkd.protocol import MAX_FRAME_BYTES, TRANSFER_FD, Request
 from chunkd.restore import Write, restore_round
 from chunkd.store import ChunkStore
@@ -52,8 +51,6 @@ if TYPE_CHECKING:
 
 #: How long a request waits for its ingest or prune on the lane before answering ``busy``.
 LANE_TIMEOUT_S: Final = 300.0
-#: Export streams its temporary file in blocks of this size (memory stays bounded).
-EXPORT_BLOCK_BYTES: Final = 1 << 20
 #: Largest single write into a pipe or socket: at most this much fits once poll says "writable"
 #: (PIPE_BUF), so a write never blocks behind a reader that stopped reading.
 _NONBLOCKING_WRITE_BYTES: Final = select.PIPE_BUF
@@ -460,30 +457,28 @@ def restore(state: DaemonState, request: Request, conn: Connection) -> Result:
 
 
 def export(state: DaemonState, request: Request, conn: Connection) -> Result:
+    """Stream the round's tensors as safetensors: no temporary file, memory bounded by the
+    largest strided tensor's storage (:mod:`chunkd.export`)."""
     info = _client(state, request.client_id, conn.access)
     with _open_store(info) as store:
         round_num = _round_to_serve(store, request)
         with (
             state.leases.hold(info.client_id, round_num),
-            tempfile.TemporaryDirectory(prefix="chunkd-export-") as tmp,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-export") as worker,
         ):
-            target = Path(tmp) / "export.safetensors"
-            tensors = export_safetensors(store, round_num, target)
+            stored = StoredRound(store, round_num, worker)
+            plan = plan_safetensors(stored)
             header: dict[str, object] = {
                 "transfer": request.transfer,
                 "client": info.client_id,
                 "round": round_num,
                 "format": request.export_format,
-                "tensors": tensors,
-                "bytes": target.stat().st_size,
+                "tensors": plan.tensor_count,
+                "bytes": plan.total_bytes,
             }
-            with open(target, "rb") as f:
-
-                def copy(write: Write) -> None:
-                    while block := f.read(EXPORT_BLOCK_BYTES):
-                        write(block)
-
-                sent = _send_output(conn, request, header, copy)
+            sent = _send_output(
+                conn, request, header, lambda write: stream_safetensors(stored, plan, write)
+            )
     return _answer(request, header, sent)
 
 
