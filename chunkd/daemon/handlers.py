@@ -33,10 +33,10 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
-from chunkd import __version__, log
+from chunkd import __version__, log, safepath
 from chunkd.daemon.state import ClientInfo, DaemonState
 from chunkd.errors import BusyError, ChunkdError, ForbiddenError, NotFoundError, RequestError
 from chunkd.export import StoredRound, plan_safetensors, stream_safetensors
@@ -496,19 +496,34 @@ def prune(state: DaemonState, request: Request, conn: Connection) -> Result:
 def ingest(state: DaemonState, request: Request, conn: Connection) -> Result:
     info = _client(state, request.client_id, conn.access)
     assert request.path is not None  # required by parse_request
-    # The daemon reads only inside its configured paths (SPEC.md): the path, symlinks resolved,
-    # must lie in the client's own directory, whatever the caller could read elsewhere.
-    real = Path(request.path).resolve()
-    if not real.is_relative_to(info.directory.resolve()):
+    # The daemon reads only beneath the client's directory (SPEC.md), and never by resolving
+    # a path and opening it later: the path is taken lexically (the directory as configured,
+    # or as the caller may have spelled it resolved) and opened here, and again by the lane,
+    # component by component without following links (chunkd.safepath).
+    requested = Path(request.path)
+    relative = _relative_in(requested, info.directory)
+    if relative is None:
+        relative = _relative_in(requested, info.directory.resolve())
+    if relative is None:
         raise ForbiddenError(
             f"{request.path} is outside the directory of client {info.client_id!r} "
             f"({info.directory}); the daemon ingests only from there"
         )
-    if not real.is_file():
-        raise NotFoundError(f"no checkpoint file at {request.path}")
-    future = state.submit_ingest(info.client_id, Path(request.path), request.round_num)
+    path = info.directory / relative
+    try:
+        safepath.open_beneath(info.directory, path).close()
+    except FileNotFoundError:
+        raise NotFoundError(f"no checkpoint file at {request.path}") from None
+    future = state.submit_ingest(info.client_id, path, request.round_num)
     result = _wait(future, f"ingest of {request.path}")
     return summarize_ingest(info.client_id, result)
+
+
+def _relative_in(path: Path, directory: Path) -> PurePath | None:
+    try:
+        return safepath.relative_to_directory(path, directory)
+    except ForbiddenError:
+        return None
 
 
 #: The dispatch table: every command of :data:`chunkd.protocol.COMMANDS`.

@@ -14,6 +14,16 @@ settle_delay``; a later event pushes it back. When the deadline passes, the file
 must equal what they were at the last look, else the deadline moves again. A file that still
 fails validation in a way that may mean "still being written" (truncated, CRC mismatch, changed
 while read) is retried with backoff before it is rejected.
+
+Every file is opened beneath the client directory without following links
+(:mod:`chunkd.safepath`), read through that descriptor, and deleted (``delete_after_ingest``)
+through it too, so a tenant swapping a path component for a symlink reaches nothing outside.
+Before streaming, the attempt is recorded durably (:mod:`chunkd.daemon.attempts`): a file that
+killed the daemon :data:`~chunkd.daemon.attempts.MAX_ATTEMPTS` times is set aside.
+
+Liveness: ``stats.last_progress`` moves on every loop of an idle lane and on every chunk an
+ingest stores (the ``progress`` callback), so :meth:`ClientLane.healthy` measures progress, not
+the length of a job: a long ingest that keeps storing chunks is healthy.
 """
 
 from __future__ import annotations
@@ -32,8 +42,15 @@ from pathlib import Path
 
 import structlog
 
-from chunkd import log
-from chunkd.errors import BusyError, CheckpointError, ChunkdError
+from chunkd import log, safepath
+from chunkd.daemon.attempts import MAX_ATTEMPTS, AttemptLog
+from chunkd.errors import (
+    BusyError,
+    CheckpointError,
+    ChunkdError,
+    ForbiddenError,
+    NotACheckpointError,
+)
 from chunkd.ingest import (
     OUTCOME_DUPLICATE,
     OUTCOME_REPLACED,
@@ -118,6 +135,7 @@ class ClientLane:
         self._thread = threading.Thread(target=self._run, name=f"lane-{client_id}", daemon=True)
         self._store: ChunkStore | None = None
         self.stats = LaneStats()
+        self._attempts = AttemptLog(db_path)
         self._log = structlog.get_logger("chunkd.lane").bind(client=client_id)
 
     # -- other threads ---------------------------------------------------------------------------
@@ -169,9 +187,15 @@ class ClientLane:
         return self._inbox.qsize() + len(self._pending)
 
     def healthy(self, stall_s: float) -> bool:
-        """False if the lane has been inside one job for longer than ``stall_s``."""
+        """False if the lane's job has made no progress for ``stall_s`` (not: ran that long)."""
         busy = self.stats.busy_since
-        return busy is None or time.monotonic() - busy < stall_s
+        if busy is None:
+            return True
+        return time.monotonic() - max(busy, self.stats.last_progress) < stall_s
+
+    def _beat(self, bytes_done: int, bytes_total: int) -> None:
+        """ingest_file's progress callback (lane thread): a chunk was stored."""
+        self.stats.last_progress = time.monotonic()
 
     # -- the lane thread -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -249,9 +273,7 @@ class ClientLane:
             pending.deadline = time.monotonic() + REOPEN_DELAY_S
             return
         try:
-            result = self._with_slot(
-                lambda: ingest_file(path, store, self._options, pool=self._pool)
-            )
+            self._take(store, path, None, delete=self._delete_after_ingest)
         except CheckpointError as e:
             if e.retryable and pending.attempts < len(RETRY_DELAYS_S):
                 delay = RETRY_DELAYS_S[pending.attempts]
@@ -299,24 +321,54 @@ class ClientLane:
             self._record(store, path, "failed")  # not retried until the file changes
             return
         del self._pending[path]
-        self._report(result)
-        if self._delete_after_ingest and result.outcome != OUTCOME_SEEN:
-            self._delete_verified(store, path, result)
 
     def _ingest_now(self, store: ChunkStore, path: Path, round_num: int | None) -> IngestResult:
         """An explicit ``ingest`` request: no settle, no retry; errors go back to the caller."""
         self._pending.pop(path, None)
         try:
-            result = self._with_slot(
-                lambda: ingest_file(
-                    path, store, self._options, round_num=round_num, pool=self._pool
-                )
-            )
+            return self._take(store, path, round_num, delete=False)
         except CheckpointError as e:
             self._reject(store, path, e)
             raise
-        self._report(result)
-        return result
+
+    def _take(
+        self, store: ChunkStore, path: Path, round_num: int | None, *, delete: bool
+    ) -> IngestResult:
+        """Open beneath the directory, record the attempt, ingest through the descriptor,
+        report, and (``delete``) remove the file through the same descriptor's directory."""
+        try:
+            beneath = safepath.open_beneath(self.directory, path)
+        except ForbiddenError as e:
+            raise NotACheckpointError(str(e)) from None
+        with beneath:
+            source = str(path.absolute())
+            identity = FileIdentity.of(beneath.stat)
+            earlier = self._attempts.previous(source, identity)
+            if earlier >= MAX_ATTEMPTS:
+                self._attempts.end()
+                raise CrashedDaemonError(
+                    f"{path}: the daemon died {earlier} times while ingesting this version of "
+                    "the file; it is set aside until the file changes"
+                )
+            self._attempts.begin(source, identity, earlier + 1)
+            try:
+                result = self._with_slot(
+                    lambda: ingest_file(
+                        path,
+                        store,
+                        self._options,
+                        round_num=round_num,
+                        pool=self._pool,
+                        fd=beneath.fd,
+                        progress=self._beat,
+                    )
+                )
+            finally:
+                self._attempts.end()
+            self._report(result)
+            if delete and result.outcome != OUTCOME_SEEN:
+                self._delete_verified(store, beneath, result)
+            return result
 
     def _with_slot(self, work: Callable[[], IngestResult]) -> IngestResult:
         with self._slots:
@@ -387,14 +439,18 @@ class ClientLane:
             except ChunkdError as e:
                 self._log.error(log.INGEST_FAILED, path=str(path), error=str(e))
 
-    def _delete_verified(self, store: ChunkStore, path: Path, result: IngestResult) -> None:
-        """Remove the client's file only once its round restores byte-identical to it."""
+    def _delete_verified(
+        self, store: ChunkStore, beneath: safepath.BeneathFile, result: IngestResult
+    ) -> None:
+        """Remove the client's file only once its round restores byte-identical to it, and
+        only while its name in the client's directory is still the file that was read."""
         if result.round_num is None:
             return
+        path = beneath.path
         digest = hashlib.sha256()
         try:
             restored = restore_round(store, result.round_num, digest.update)
-            on_disk = _file_sha256(path)
+            on_disk = _fd_sha256(beneath.fd)
         except (ChunkdError, OSError) as e:
             self._log.error(log.INGEST_FAILED, path=str(path), error=f"not deleted: {e}")
             return
@@ -405,7 +461,18 @@ class ClientLane:
                 error="not deleted: the file changed since it was ingested",
             )
             return
-        path.unlink(missing_ok=True)
+        try:
+            removed = beneath.unlink_if_same()
+        except OSError as e:
+            self._log.error(log.INGEST_FAILED, path=str(path), error=f"not deleted: {e}")
+            return
+        if not removed:
+            self._log.warning(
+                log.INGEST_FAILED,
+                path=str(path),
+                error="not deleted: the name no longer refers to the file that was ingested",
+            )
+            return
         self._log.info(log.CHECKPOINT_DELETED, path=str(path), round=result.round_num)
 
     def _prune(self, store: ChunkStore, *, dry_run: bool) -> PruneResult:
@@ -490,9 +557,16 @@ def _stat_key(path: Path) -> FileIdentity | None:
     return FileIdentity.of(st)
 
 
-def _file_sha256(path: Path) -> str:
+def _fd_sha256(fd: int) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
+    offset = 0
+    while block := os.pread(fd, 8 << 20, offset):
+        digest.update(block)
+        offset += len(block)
     return digest.hexdigest()
+
+
+class CrashedDaemonError(CheckpointError):
+    """Ingesting this version of the file ended with the daemon's death too often."""
+
+    retryable = False
