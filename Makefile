@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # benchmarks are measured with (the package itself accepts torch>=2.2).
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup run test lint bench torture clean
+.PHONY: setup run test lint bench torture clean install
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: setup
 
 torture: setup
 	$(BIN)/python -m pytest -q tests/reliability --torture
+
+# System files (unit, sysusers, tmpfiles, config, docs); the package itself: pip install.
+PREFIX  ?= /usr/local
+install:
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" sh systemd/install.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
