@@ -10,18 +10,28 @@ the same file means that many earlier attempts died with the daemon: after
 and recorded as such, so it is not offered again until it changes.
 
 One file per lane (a lane ingests one file at a time), written only by the lane's thread.
+
+Also here, the other end of a lane's attempt: :func:`delete_verified` (``delete_after_ingest``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
-from chunkd.store import FileIdentity
+from structlog.typing import FilteringBoundLogger as BoundLogger
+
+from chunkd import log
+from chunkd.errors import CheckpointError, ChunkdError
+from chunkd.ingest import IngestResult
+from chunkd.restore import restore_round
+from chunkd.safepath import BeneathFile
+from chunkd.store import ChunkStore, FileIdentity
 
 #: Attempts that may end with the daemon's death before the file is set aside.
 MAX_ATTEMPTS: Final = 3
@@ -84,3 +94,55 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class CrashedDaemonError(CheckpointError):
+    """Ingesting this version of the file ended with the daemon's death too often."""
+
+    retryable = False
+
+
+def delete_verified(
+    store: ChunkStore, beneath: BeneathFile, result: IngestResult, logger: BoundLogger
+) -> None:
+    """Remove the client's file only once its round restores byte-identical to it, and
+    only while its name in the client's directory is still the file that was read."""
+    if result.round_num is None:
+        return
+    path = beneath.path
+    digest = hashlib.sha256()
+    try:
+        restored = restore_round(store, result.round_num, digest.update)
+        on_disk = _fd_sha256(beneath.fd)
+    except (ChunkdError, OSError) as e:
+        logger.error(log.INGEST_FAILED, path=str(path), error=f"not deleted: {e}")
+        return
+    if restored.file_sha256 != result.file_sha256 or on_disk != result.file_sha256:
+        logger.warning(
+            log.INGEST_FAILED,
+            path=str(path),
+            error="not deleted: the file changed since it was ingested",
+        )
+        return
+    try:
+        removed = beneath.unlink_if_same()
+    except OSError as e:
+        logger.error(log.INGEST_FAILED, path=str(path), error=f"not deleted: {e}")
+        return
+    if not removed:
+        logger.warning(
+            log.INGEST_FAILED,
+            path=str(path),
+            error="not deleted: the name no longer refers to the file that was ingested",
+        )
+        return
+    logger.info(log.CHECKPOINT_DELETED, path=str(path), round=result.round_num)
+
+
+def _fd_sha256(fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while block := os.pread(fd, 8 << 20, offset):
+        digest.update(block)
+        offset += len(block)
+    return digest.hexdigest()

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from chunkd.daemon.handlers import PeerGoneError
+from chunkd.daemon.output import PeerGoneError
 from chunkd.protocol import (
     FRAME_END,
     FRAME_ERROR,

@@ -29,7 +29,6 @@ the length of a job: a long ingest that keeps storing chunks is healthy.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import queue
 import threading
@@ -43,7 +42,7 @@ from pathlib import Path
 import structlog
 
 from chunkd import log, safepath
-from chunkd.daemon.attempts import MAX_ATTEMPTS, AttemptLog
+from chunkd.daemon.attempts import MAX_ATTEMPTS, AttemptLog, CrashedDaemonError, delete_verified
 from chunkd.errors import (
     BusyError,
     CheckpointError,
@@ -60,7 +59,6 @@ from chunkd.ingest import (
     ingest_file,
 )
 from chunkd.prune import PruneResult, prune_store
-from chunkd.restore import restore_round
 from chunkd.store import ChunkStore, FileIdentity, SourceRecord
 
 QUEUE_LIMIT = 10_000
@@ -442,38 +440,7 @@ class ClientLane:
     def _delete_verified(
         self, store: ChunkStore, beneath: safepath.BeneathFile, result: IngestResult
     ) -> None:
-        """Remove the client's file only once its round restores byte-identical to it, and
-        only while its name in the client's directory is still the file that was read."""
-        if result.round_num is None:
-            return
-        path = beneath.path
-        digest = hashlib.sha256()
-        try:
-            restored = restore_round(store, result.round_num, digest.update)
-            on_disk = _fd_sha256(beneath.fd)
-        except (ChunkdError, OSError) as e:
-            self._log.error(log.INGEST_FAILED, path=str(path), error=f"not deleted: {e}")
-            return
-        if restored.file_sha256 != result.file_sha256 or on_disk != result.file_sha256:
-            self._log.warning(
-                log.INGEST_FAILED,
-                path=str(path),
-                error="not deleted: the file changed since it was ingested",
-            )
-            return
-        try:
-            removed = beneath.unlink_if_same()
-        except OSError as e:
-            self._log.error(log.INGEST_FAILED, path=str(path), error=f"not deleted: {e}")
-            return
-        if not removed:
-            self._log.warning(
-                log.INGEST_FAILED,
-                path=str(path),
-                error="not deleted: the name no longer refers to the file that was ingested",
-            )
-            return
-        self._log.info(log.CHECKPOINT_DELETED, path=str(path), round=result.round_num)
+        delete_verified(store, beneath, result, self._log)
 
     def _prune(self, store: ChunkStore, *, dry_run: bool) -> PruneResult:
         leased = self._leased(self.client_id)
@@ -555,18 +522,3 @@ def _stat_key(path: Path) -> FileIdentity | None:
     except OSError:
         return None
     return FileIdentity.of(st)
-
-
-def _fd_sha256(fd: int) -> str:
-    digest = hashlib.sha256()
-    offset = 0
-    while block := os.pread(fd, 8 << 20, offset):
-        digest.update(block)
-        offset += len(block)
-    return digest.hexdigest()
-
-
-class CrashedDaemonError(CheckpointError):
-    """Ingesting this version of the file ended with the daemon's death too often."""
-
-    retryable = False

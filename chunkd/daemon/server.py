@@ -55,7 +55,7 @@ from chunkd.daemon.connection import (
     close_fds,
     send_nowait,
 )
-from chunkd.daemon.handlers import Connection, PeerGoneError, Result, Streamed
+from chunkd.daemon.output import Connection, PeerGoneError, Result, Streamed
 from chunkd.daemon.socketfile import SOCKET_MODE, SocketFile
 from chunkd.daemon.state import DaemonState
 from chunkd.errors import BusyError, ChunkdError, RequestError

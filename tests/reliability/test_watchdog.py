@@ -32,7 +32,7 @@ def test_a_long_ingest_that_keeps_storing_chunks_is_healthy(tmp_path: Path, figu
     directory = tmp_path / "client_1"
     directory.mkdir()
     path = directory / "round_1.pth"
-    torch.save({"w": torch.randn(192 << 18)}, path)  # 192 MiB: ~770 chunks of 256 KiB
+    torch.save({"w": torch.randn(384 << 18)}, path)  # 384 MiB: ~1,500 chunks of 256 KiB
     pool = ThreadPoolExecutor(max_workers=2)
     lane = ClientLane(
         "1",
