@@ -87,8 +87,3 @@ class Access:
                 f"uid {self.peer.uid} may not read client {info.client_id!r}: it does not own "
                 f"{info.directory} and is not an admin (allowed_uids, allowed_gids)"
             )
-
-
-#: The access of a trusted in-process caller (tests that call handlers directly).
-def full_access() -> Access:
-    return Access(Peer(os.getpid(), os.geteuid(), os.getegid(), frozenset()), admin=True)

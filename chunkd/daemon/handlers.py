@@ -136,12 +136,24 @@ def ping(state: DaemonState, request: Request, conn: Connection) -> Result:
 
 
 def status(state: DaemonState, request: Request, conn: Connection) -> Result:
+    """Daemon health for anyone; per-client details only for the clients the peer may read
+    (file paths and errors of other tenants are theirs). The totals stay daemon-wide."""
     result = dict(state.status())
     damaged = DAMAGED.snapshot()
     if damaged:
         errors = result.get("errors", 0)
         result["errors"] = (errors if isinstance(errors, int) else 0) + len(damaged)
     result["damaged_databases"] = damaged
+    if not conn.access.admin:
+        clients = state.clients()
+        readable = {info.client_id for info in conn.access.readable(clients.values())}
+        per_client = result.get("clients")
+        if isinstance(per_client, dict):
+            result["clients"] = {k: v for k, v in per_client.items() if k in readable}
+        last = result.get("last_ingest")
+        if isinstance(last, dict) and last.get("client") not in readable:
+            result["last_ingest"] = None
+        result["damaged_databases"] = {k: v for k, v in damaged.items() if k in readable}
     return result
 
 

@@ -119,6 +119,9 @@ def test_list_and_verify_show_only_own_clients(tenant_daemon) -> None:
     assert restore["payload_sha256"] == daemon.shas["a"]
     (nothing,) = tenant_requests(daemon.socket, MALLORY, {"cmd": "list"})
     assert nothing["result"]["clients"] == []
+    (status,) = tenant_requests(daemon.socket, ALICE, {"cmd": "status"})
+    assert set(status["result"]["clients"]) == {"a"}  # other tenants' paths are not hers
+    assert status["result"]["clients_watched"] == 3
     (everything,) = tenant_requests(daemon.socket, OPERATOR, {"cmd": "list"})
     assert [c["client"] for c in everything["result"]["clients"]] == ["a", "b", "c"]
     reply, _ = request(daemon.socket, {"cmd": "list"})  # root, the daemon's own uid
