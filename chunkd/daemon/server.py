@@ -7,7 +7,8 @@ thread from a bounded pool for exactly that request, then handed back. So a hund
 trickling clients cannot starve a ``ping``, and a request never waits behind another client's
 line. Past ``max_connections`` (or ``max_connections_per_uid`` for one user) a new connection is
 answered ``busy`` and closed; the last ``admin_reserved_connections`` slots are kept for admins,
-so no tenant (nor every tenant together) can lock root out of its own daemon. Past
+so no tenant (nor every tenant together) can lock root out of its own daemon, and one admin
+process may hold at most ``max_connections_per_admin_process``. Past
 ``max_active_requests`` a request is answered ``busy`` and the connection stays open.
 
 Timeouts. A connection must complete a request line within ``idle_timeout_s`` of becoming idle
@@ -87,6 +88,9 @@ class ServerLimits:
     max_connections_per_uid: int = 64
     #: The last slots of ``max_connections``, open to admins only (root can always get in).
     admin_reserved_connections: int = 16
+    #: Connections one admin *process* may hold (admins share a uid, root, so a per-uid cap
+    #: would let one runaway admin process lock out every other admin command).
+    max_connections_per_admin_process: int = 128
     max_active_requests: int = 64
     idle_timeout_s: float = 30.0
     write_timeout_s: float = 30.0
@@ -242,6 +246,10 @@ class Server:
         if self._access(peer).admin:
             if total >= limits.max_connections:
                 return "too many connections to chunkd; try again later"
+            mine = sum(1 for c in self._idle.values() if c.peer.pid == peer.pid)
+            mine += sum(1 for c in busy if c.peer.pid == peer.pid)
+            if mine >= limits.max_connections_per_admin_process:
+                return f"this process holds too many connections to chunkd ({mine})"
             return None
         if total >= limits.max_connections - limits.admin_reserved_connections:
             return "too many connections to chunkd; try again later"
