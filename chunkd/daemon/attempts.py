@@ -63,7 +63,13 @@ class AttemptLog:
     def previous(self, path: str, identity: FileIdentity) -> int:
         """How many earlier attempts at this version of ``path`` died with the daemon."""
         try:
-            raw = json.loads(self.path.read_text())
+            # O_NOFOLLOW: with databases in the client directories (the seed's layout) a tenant
+            # could plant a link here; it must not make the daemon read another file.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                raw = json.loads(os.read(fd, 1 << 16))
+            finally:
+                os.close(fd)
             attempt = Attempt(**raw)
         except (OSError, ValueError, TypeError):
             return 0
@@ -73,7 +79,10 @@ class AttemptLog:
         """Durably record attempt number ``count`` (written, fsynced, renamed, dir fsynced)."""
         attempt = Attempt(path, identity.size, identity.mtime_ns, identity.ctime_ns, count)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # a stale one, or a planted link: unlink never follows it
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600)
         try:
             os.write(fd, json.dumps(asdict(attempt)).encode())
             os.fsync(fd)

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from chunkd.daemon.attempts import MAX_ATTEMPTS
+from chunkd.daemon.attempts import MAX_ATTEMPTS, AttemptLog
 from chunkd.daemon.lanes import ClientLane
 from chunkd.ingest import IngestOptions
+from chunkd.store import FileIdentity
 
 from .conftest import model_bytes, request, wait_for, write_atomic
 
@@ -101,3 +102,21 @@ def test_a_file_that_killed_the_daemon_three_times_is_set_aside(daemon_factory, 
     daemon.wait_event(lambda e: e["event"] == "checkpoint.ingested")
     figures.update(deaths_before_set_aside=MAX_ATTEMPTS)
     figures.save()
+
+
+def test_a_planted_link_beside_the_database_is_never_followed(tmp_path: Path) -> None:
+    """With databases in the client directories (the seed's layout) a tenant can plant links
+    where the attempt record goes; the daemon neither writes nor reads through them."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    attempts = AttemptLog(tmp_path / "client_1_chunks.db")
+    (tmp_path / "client_1_chunks.db.attempt.tmp").symlink_to(victim)
+    identity = FileIdentity(1, 2, 3)
+    attempts.begin("/srv/fl/client_1/round_1.pth", identity, 1)
+    assert victim.read_text() == "keep"
+    assert attempts.previous("/srv/fl/client_1/round_1.pth", identity) == 1
+    attempts.path.unlink()
+    attempts.path.symlink_to(victim)
+    assert attempts.previous("/srv/fl/client_1/round_1.pth", identity) == 0
+    attempts.end()
+    assert victim.read_text() == "keep"
