@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,12 @@ def have_setpriv() -> bool:
     return shutil.which("setpriv") is not None
 
 
+def require_root() -> None:
+    """Tenants need root to exist (setpriv, chown); CI runs as root. Elsewhere: skip, saying so."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run clients as other uids (setpriv) and chown their dirs")
+
+
 def as_user(uid: int, gid: int, groups: tuple[int, ...] = ()) -> list[str]:
     """The ``setpriv`` prefix that runs a command as ``uid``/``gid`` with exactly ``groups``."""
     if not have_setpriv():
@@ -135,6 +142,7 @@ def holding(
 @contextlib.contextmanager
 def shared_root() -> Iterator[Path]:
     """A directory every uid can traverse (0711), removed afterwards."""
+    require_root()
     root = Path(tempfile.mkdtemp(prefix="chunkd-tenants-"))
     try:
         root.chmod(0o711)
