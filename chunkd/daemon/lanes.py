@@ -348,25 +348,36 @@ class ClientLane:
                     f"{path}: the daemon died {earlier} times while ingesting this version of "
                     "the file; it is set aside until the file changes"
                 )
-            self._attempts.begin(source, identity, earlier + 1)
-            try:
-                result = self._with_slot(
-                    lambda: ingest_file(
-                        path,
-                        store,
-                        self._options,
-                        round_num=round_num,
-                        pool=self._pool,
-                        fd=beneath.fd,
-                        progress=self._beat,
-                    )
+
+            def attempt() -> IngestResult:
+                # Recorded once this lane holds an ingest slot: waiting for one is no attempt.
+                self._record_attempt(source, identity, earlier + 1)
+                return ingest_file(
+                    path,
+                    store,
+                    self._options,
+                    round_num=round_num,
+                    pool=self._pool,
+                    fd=beneath.fd,
+                    progress=self._beat,
                 )
+
+            try:
+                result = self._with_slot(attempt)
             finally:
                 self._attempts.end()
             self._report(result)
             if delete and result.outcome != OUTCOME_SEEN:
                 self._delete_verified(store, beneath, result)
             return result
+
+    def _record_attempt(self, source: str, identity: FileIdentity, count: int) -> None:
+        """Best effort: a full disk must fail the ingest in the database, where it is reported
+        and retried, not here; the guard against crash loops is then off for this attempt."""
+        try:
+            self._attempts.begin(source, identity, count)
+        except OSError as e:
+            self._log.warning("attempt.unrecorded", path=source, error=str(e))
 
     def _with_slot(self, work: Callable[[], IngestResult]) -> IngestResult:
         with self._slots:
