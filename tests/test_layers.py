@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "protocol": 2,
     "config": 3,
     "log": 3,
+    "safepath": 3,
     "store": 4,
     "checkpoint": 5,
     "ingest": 6,
