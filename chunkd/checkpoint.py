@@ -25,12 +25,8 @@ from chunkd.errors import (
     TruncatedError,
 )
 from chunkd.manifest import Segment, StorageSlot
-from chunkd.pickle_scan import (
-    DTYPE_ITEMSIZE,
-    ScannedPickle,
-    name_storages,
-    scan_pickle,
-)
+from chunkd.pickle_scan import DTYPE_ITEMSIZE, ScannedPickle, scan_pickle
+from chunkd.tensor_names import name_storages
 
 #: Residue beyond this is not a checkpoint but something hiding in one: it is read whole and
 #: kept in memory (data.pkl is at most 64 MiB, zip headers ~100 bytes per storage).

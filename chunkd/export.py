@@ -35,9 +35,10 @@ import numpy as np
 
 from chunkd.checkpoint import ParsedCheckpoint, parse_structure
 from chunkd.errors import IntegrityError, RequestError
-from chunkd.pickle_scan import DTYPE_ITEMSIZE, TensorRef, walk_tensors
+from chunkd.pickle_scan import DTYPE_ITEMSIZE, TensorRef
 from chunkd.restore import Write, _ChunkReader
 from chunkd.store import ChunkStore
+from chunkd.tensor_names import walk_tensors
 
 #: Largest piece a strided tensor is written in.
 BLOCK_BYTES: Final = 1 << 20

@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "manifest": 1,
     "pthzip": 2,
     "pickle_scan": 2,
+    "tensor_names": 2,
     "flatindex": 2,
     "codec": 2,
     "rounds": 2,
@@ -43,6 +44,7 @@ LAYERS: dict[str, int] = {
 PURE = {
     "pthzip",
     "pickle_scan",
+    "tensor_names",
     "flatindex",
     "codec",
     "rounds",

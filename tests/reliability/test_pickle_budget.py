@@ -19,14 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from chunkd import pickle_scan
+from chunkd import pickle_scan, tensor_names
 
 pytestmark = pytest.mark.slow
 
 #: What a child reports: outcome, CPU seconds, peak RSS, and its RSS before scanning.
 _SCAN = r"""
 import json, sys, time
-from chunkd.pickle_scan import PickleBudgetError, name_storages, scan_pickle
+from chunkd.pickle_scan import PickleBudgetError, scan_pickle
+from chunkd.tensor_names import name_storages
 def hwm_mib():  # this process's own peak (VmHWM); ru_maxrss would include the parent's
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
@@ -110,7 +111,7 @@ def test_naming_is_linear_for_paths_that_spell_one_name(tmp_path: Path, figures)
     # the old probe: ~134 M set lookups of fresh f-strings, a minute of CPU
     assert float(got["cpu_s"]) < 5.0, got
     scanned = pickle_scan.scan_pickle(data)
-    names = [name for name, _ in pickle_scan.walk_tensors(scanned.root)]
+    names = [name for name, _ in tensor_names.walk_tensors(scanned.root)]
     assert len(names) == len(set(names)) == 1 << 14
     first = ".".join(["model", *segments])
     assert names[0] == first and names[1] == f"{first}~1" and names[-1] == f"{first}~16383"
@@ -119,7 +120,7 @@ def test_naming_is_linear_for_paths_that_spell_one_name(tmp_path: Path, figures)
 
 
 def test_unique_names_match_the_linear_probe() -> None:
-    names = pickle_scan.UniqueNames()
+    names = tensor_names.UniqueNames()
     taken = [names.take(n) for n in ["a", "a~1", "a", "a", "a~2", "a~1", "b", "a"]]
     assert taken == ["a", "a~1", "a~2", "a~3", "a~2~1", "a~1~1", "b", "a~4"]
 
@@ -153,4 +154,4 @@ def test_budget(tmp_path: Path, figures, case: str, build, accepted: bool) -> No
 def test_a_real_state_dict_is_far_inside_the_budget() -> None:
     model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(500)])
     data = data_pkl({"model": model.state_dict(), "optimizer": {"lr": 0.1}})
-    assert len(pickle_scan.walk_tensors(pickle_scan.scan_pickle(data).root)) == 1000
+    assert len(tensor_names.walk_tensors(pickle_scan.scan_pickle(data).root)) == 1000
