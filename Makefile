@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # benchmarks are measured with (the package itself accepts torch>=2.2).
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup run test campaign lint bench torture integration clean
+.PHONY: setup run test campaign lint bench torture integration clean install
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ torture: setup
 integration: setup
 	$(BIN)/pip install --quiet -e '.[integration]'
 	$(BIN)/python -m pytest -q -m integration tests/integration
+
+# System files (unit, sysusers, tmpfiles, config, docs); the package itself: pip install.
+PREFIX  ?= /usr/local
+install:
+	DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" sh systemd/install.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from chunkd import pthzip
@@ -24,15 +25,15 @@ from chunkd.errors import (
     TruncatedError,
 )
 from chunkd.manifest import Segment, StorageSlot
-from chunkd.pickle_scan import (
-    DTYPE_ITEMSIZE,
-    ScannedPickle,
-    name_storages,
-    scan_pickle,
-)
+from chunkd.pickle_scan import DTYPE_ITEMSIZE, ScannedPickle, scan_pickle
+from chunkd.tensor_names import name_storages
 
-#: Residue beyond this is not a checkpoint but something hiding in one.
-MAX_RESIDUE_BYTES = 512 << 20
+#: Residue beyond this is not a checkpoint but something hiding in one: it is read whole and
+#: kept in memory (data.pkl is at most 64 MiB, zip headers ~100 bytes per storage).
+MAX_RESIDUE_BYTES = 128 << 20
+
+#: ``read_at(offset, size)``: exactly ``size`` bytes of the file at ``offset``, or an error.
+ReadAt = Callable[[int, int], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +75,18 @@ def read_into(fd: int, offset: int, view: memoryview) -> None:
 
 def parse_checkpoint(fd: int, file_size: int) -> ParsedCheckpoint:
     """Validate the zip structure and ``data.pkl`` of the file open at ``fd``."""
+    return parse_structure(lambda offset, size: read_exact(fd, offset, size), file_size)
+
+
+def parse_structure(read_at: ReadAt, file_size: int) -> ParsedCheckpoint:
+    """:func:`parse_checkpoint` over any random-access reader; reads residue bytes only.
+
+    Storage payloads are never read here, so export can parse a stored round from its residue
+    alone, without rebuilding the file.
+    """
     if file_size == 0:
         raise NotACheckpointError("empty file")
-    head = read_exact(fd, 0, min(file_size, 512))
+    head = read_at(0, min(file_size, 512))
     if not head.startswith(b"PK\x03\x04"):
         if pthzip.sniff_legacy(head):
             raise LegacyFormatError(
@@ -84,31 +94,31 @@ def parse_checkpoint(fd: int, file_size: int) -> ParsedCheckpoint:
             )
         raise NotACheckpointError("not a zip file (no local header at offset 0)")
     tail_len = min(file_size, pthzip.TAIL_BYTES)
-    tail = read_exact(fd, file_size - tail_len, tail_len)
+    tail = read_at(file_size - tail_len, tail_len)
     if pthzip.find_end_record(tail) < 0:
         # It starts like a zip but has no end record, which torch.save writes last.
         raise TruncatedError(
             f"zip checkpoint of {file_size} bytes has no end-of-central-directory record: "
             "truncated or still being written"
         )
-    cd = pthzip.read_central_directory(file_size, tail, lambda off, n: read_exact(fd, off, n))
+    cd = pthzip.read_central_directory(file_size, tail, read_at)
 
     records: dict[str, pthzip.ZipRecord] = {}
     for entry in cd.entries:
-        header = read_exact(fd, entry.header_offset, pthzip.LOCAL_HEADER_SIZE)
+        header = read_at(entry.header_offset, pthzip.LOCAL_HEADER_SIZE)
         record = pthzip.locate_record(entry, header, file_size)
         name_len = int.from_bytes(header[26:28], "little")
-        pthzip.check_local_name(record, read_exact(fd, entry.header_offset + 30, name_len))
+        pthzip.check_local_name(record, read_at(entry.header_offset + 30, name_len))
         records[entry.name] = record
     pthzip.check_no_overlap(list(records.values()), cd.offset)
 
     top = cd.top
     pkl = records[f"{top}/data.pkl"]
-    pkl_bytes = read_exact(fd, pkl.data_start, pkl.size)
+    pkl_bytes = read_at(pkl.data_start, pkl.size)
     _check_crc(pkl, pkl_bytes)
     byteorder = records.get(f"{top}/byteorder")
     if byteorder is not None:
-        order = read_exact(fd, byteorder.data_start, byteorder.size)
+        order = read_at(byteorder.data_start, byteorder.size)
         _check_crc(byteorder, order)
         if order != b"little":
             raise LegacyFormatError(f"checkpoint byte order is {order!r}; only little-endian")
@@ -140,11 +150,11 @@ def parse_checkpoint(fd: int, file_size: int) -> ParsedCheckpoint:
         )
         crcs.append(record.crc32)
 
-    segments, residue = _read_residue(fd, file_size, storages)
+    segments, residue = _read_residue(read_at, file_size, storages)
     streamed = {f"{top}/data/{s.key}" for s in storages} | {pkl.name}
     for record in records.values():
         if record.name not in streamed:
-            _check_crc(record, read_exact(fd, record.data_start, record.size))
+            _check_crc(record, read_at(record.data_start, record.size))
     return ParsedCheckpoint(
         file_size=file_size,
         top=top,
@@ -162,7 +172,7 @@ def _check_crc(record: pthzip.ZipRecord, data: bytes) -> None:
 
 
 def _read_residue(
-    fd: int, file_size: int, storages: list[StorageSlot]
+    read_at: ReadAt, file_size: int, storages: list[StorageSlot]
 ) -> tuple[tuple[Segment, ...], bytes]:
     """File segments in file order, and the residue bytes between storage payloads."""
     order = sorted(
@@ -176,7 +186,7 @@ def _read_residue(
         start = storages[i].file_offset
         if start > pos:
             segments.append(("r", start - pos))
-            parts.append(read_exact(fd, pos, start - pos))
+            parts.append(read_at(pos, start - pos))
             total += start - pos
         segments.append(("s", i))
         pos = start + storages[i].nbytes
@@ -184,7 +194,7 @@ def _read_residue(
             raise NotACheckpointError("checkpoint holds too many non-tensor bytes")
     if file_size > pos:
         segments.append(("r", file_size - pos))
-        parts.append(read_exact(fd, pos, file_size - pos))
+        parts.append(read_at(pos, file_size - pos))
     # Empty storages have no bytes in the file but still belong to the layout.
     segments.extend(("s", i) for i, s in enumerate(storages) if not s.nbytes)
     return tuple(segments), b"".join(parts)

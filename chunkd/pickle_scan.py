@@ -10,7 +10,7 @@ objects, raises :class:`~chunkd.errors.UnsafePickleError` naming it. Nothing is 
 
 The result is the checkpoint's object tree with each tensor as a :class:`TensorRef` (name, dtype,
 shape, stride, storage key, offset) and each storage as a :class:`StorageRef`, which is everything
-chunking, rounds and export need.
+chunking, rounds and export need; :mod:`chunkd.tensor_names` names them.
 """
 
 from __future__ import annotations
@@ -22,9 +22,29 @@ from dataclasses import dataclass, field
 
 from chunkd.errors import NotACheckpointError, UnsafePickleError
 
-#: data.pkl of a real checkpoint is kilobytes to a few MiB; more opcodes than this is hostile.
-MAX_OPS = 20_000_000
-MAX_PICKLE_BYTES = 256 << 20
+# -- the reader's budget ---------------------------------------------------------------------
+# Sized to real checkpoints with a wide margin: a state_dict of a large model has thousands of
+# tensors (a 7B-parameter LLM: ~300; ResNet-152: ~900; with optimizer state, ~3x that), and its
+# data.pkl is ~100 bytes and ~30 opcodes per tensor. Anything past a limit is refused with
+# :class:`PickleBudgetError`, before it costs more than about a second of CPU and ~100 MB of
+# memory (figures: docs/RELIABILITY.md, "Pickle reader budget").
+
+#: data.pkl of a real checkpoint is kilobytes to a few MiB.
+MAX_PICKLE_BYTES = 64 << 20
+#: Opcodes interpreted (every opcode is O(1) except those that build from a mark).
+MAX_OPS = 5_000_000
+#: Tensors built (``_rebuild_tensor*``) and tensor paths found while naming them; each tensor
+#: also costs ~6 containers (its argument, shape and stride tuples, ...).
+MAX_TENSORS = 50_000
+#: Containers built (dicts, lists, tuples, sets, and the list each MARK opens): each costs
+#: ~60-200 bytes of memory.
+MAX_CONTAINERS = 500_000
+#: Values pushed (scalars, strings, containers, tensors): bounds the stack and the tree.
+MAX_OBJECTS = 3_000_000
+#: Memo entries (PUT/MEMOIZE): each keeps its object alive until the end.
+MAX_MEMO = 1_000_000
+#: Characters of one tensor's path (``model.layer.0.weight``); real ones are < 200.
+MAX_NAME_CHARS = 4096
 MAX_DIMS = 64
 #: Containers nested deeper than this are refused: walking them would exhaust Python's stack.
 MAX_DEPTH = 256
@@ -82,6 +102,17 @@ _DTYPE_ALIASES = {
     "cdouble": "complex128",
     "chalf": "complex32",
 }
+
+
+class PickleBudgetError(NotACheckpointError):
+    """data.pkl asks for more work than any real checkpoint needs (see the budget above)."""
+
+
+def over_budget(what: str, limit: int) -> PickleBudgetError:
+    return PickleBudgetError(
+        f"data.pkl exceeds the reader's budget: more than {limit:,} {what} (real checkpoints "
+        "need far fewer); refused without reading further"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +199,26 @@ _CONTAINER_GLOBALS = {
 }
 
 
+#: Opcodes that push a new value (charged against MAX_OBJECTS); REDUCE may build a container.
+_PUSHING_OPS = frozenset(
+    {
+        "BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "BINFLOAT", "FLOAT",
+        "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING",
+        "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "NONE", "NEWTRUE",
+        "NEWFALSE", "EMPTY_DICT", "EMPTY_LIST", "EMPTY_TUPLE", "EMPTY_SET", "TUPLE", "TUPLE1",
+        "TUPLE2", "TUPLE3", "LIST", "DICT", "FROZENSET", "GLOBAL", "STACK_GLOBAL", "BINPERSID",
+        "REDUCE", "MARK",
+    }
+)  # fmt: skip
+#: Opcodes that build a container (charged against MAX_CONTAINERS too).
+_CONTAINER_OPS = frozenset(
+    {
+        "EMPTY_DICT", "EMPTY_LIST", "EMPTY_TUPLE", "EMPTY_SET", "TUPLE", "TUPLE1", "TUPLE2",
+        "TUPLE3", "LIST", "DICT", "FROZENSET", "REDUCE", "MARK",
+    }
+)  # fmt: skip
+
+
 def _allowed_global(module: str, name: str) -> _Global:
     if module == "__builtin__":  # protocol 2 (torch.save's default) names builtins the Py2 way
         module = "builtins"
@@ -193,12 +244,15 @@ def scan_pickle(data: bytes) -> ScannedPickle:
     :class:`NotACheckpointError` for a malformed stream.
     """
     if len(data) > MAX_PICKLE_BYTES:
-        raise NotACheckpointError(f"data.pkl is {len(data)} bytes, more than any checkpoint's")
+        raise PickleBudgetError(
+            f"data.pkl is {len(data):,} bytes, more than the reader's budget of "
+            f"{MAX_PICKLE_BYTES:,} (real checkpoints: kilobytes to a few MiB)"
+        )
     machine = _Machine()
     try:
         for count, (op, arg, _pos) in enumerate(_genops(data)):
-            if count > MAX_OPS:
-                raise NotACheckpointError("data.pkl has too many opcodes")
+            if count >= MAX_OPS:
+                raise over_budget("opcodes", MAX_OPS)
             if machine.step(op.name, arg):
                 return ScannedPickle(root=machine.result, storages=machine.storages)
     except (UnsafePickleError, NotACheckpointError):
@@ -224,6 +278,20 @@ class _Machine:
         self.memo: dict[int, object] = {}
         self.storages: dict[str, StorageRef] = {}
         self.result: object = None
+        # the budget spent so far (see MAX_* above)
+        self.objects = 0
+        self.containers = 0
+        self.tensors = 0
+
+    def _spend(self, name: str) -> None:
+        """Charge one opcode's new value against the budget, before it is built."""
+        self.objects += 1
+        if self.objects > MAX_OBJECTS:
+            raise over_budget("values", MAX_OBJECTS)
+        if name in _CONTAINER_OPS:
+            self.containers += 1
+            if self.containers > MAX_CONTAINERS:
+                raise over_budget("containers", MAX_CONTAINERS)
 
     # -- stack helpers -------------------------------------------------------------------------
     def _pop_mark(self) -> list[object]:
@@ -235,6 +303,8 @@ class _Machine:
         stack = self.stack
         if name in ("PROTO", "FRAME"):
             return False
+        if name in _PUSHING_OPS:
+            self._spend(name)
         if name == "STOP":
             self.result = stack.pop()
             return True
@@ -323,9 +393,9 @@ class _Machine:
         elif name == "DUP":
             stack.append(stack[-1])
         elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            self.memo[int(arg)] = stack[-1]  # type: ignore[arg-type]
+            self._memoize(int(arg), stack[-1])  # type: ignore[arg-type]
         elif name == "MEMOIZE":
-            self.memo[len(self.memo)] = stack[-1]
+            self._memoize(len(self.memo), stack[-1])
         elif name in ("GET", "BINGET", "LONG_BINGET"):
             stack.append(self.memo[int(arg)])  # type: ignore[arg-type]
         elif name == "GLOBAL":
@@ -356,6 +426,11 @@ class _Machine:
         else:
             raise UnsafePickleError(f"pickle opcode {name} is not allowed in a checkpoint")
         return False
+
+    def _memoize(self, index: int, value: object) -> None:
+        if index not in self.memo and len(self.memo) >= MAX_MEMO:
+            raise over_budget("memo entries", MAX_MEMO)
+        self.memo[index] = value
 
     def _persistent_load(self, pid: object) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -389,6 +464,9 @@ class _Machine:
             raise NotACheckpointError(f"REDUCE arguments for {func.name} are not a tuple")
         name = func.name
         if name in _TENSOR_REBUILDERS:
+            self.tensors += 1
+            if self.tensors > MAX_TENSORS:
+                raise over_budget("tensors", MAX_TENSORS)
             return _rebuild_tensor(name, args)
         if name in _PARAMETER_REBUILDERS:
             if not args or not isinstance(args[0], TensorRef):
@@ -528,120 +606,3 @@ def _pairs_to_dict(items: list[object]) -> dict[object, object]:
     if len(items) % 2:
         raise NotACheckpointError("odd number of items for a dict")
     return {_hashable(items[i]): items[i + 1] for i in range(0, len(items), 2)}
-
-
-# -- naming --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NamedStorage:
-    """A storage in checkpoint order, with the name of the first tensor that uses it."""
-
-    name: str
-    storage: StorageRef
-    dtype: str
-    #: the first tensor's shape when it covers its storage exactly, else ``(numel,)``
-    shape: tuple[int, ...]
-
-    @property
-    def itemsize(self) -> int:
-        return DTYPE_ITEMSIZE[self.dtype]
-
-    @property
-    def numel(self) -> int:
-        return self.storage.nbytes // self.itemsize
-
-
-def unique_name(name: str, used: set[str]) -> str:
-    """``name``, or ``name~1``, ``name~2``, ... if taken; records the result in ``used``."""
-    candidate, n = name, 1
-    while candidate in used:
-        candidate = f"{name}~{n}"
-        n += 1
-    used.add(candidate)
-    return candidate
-
-
-def walk_tensors(root: object) -> list[tuple[str, TensorRef]]:
-    """Every tensor in the tree with its path (``model.fc.weight``), depth first, in order.
-
-    Paths are unique: ``{"a.b": t1, "a": {"b": t2}}`` names the second ``a.b~1``, so that no
-    tensor is silently merged with another under one name.
-    """
-    found: list[tuple[str, TensorRef]] = []
-    seen_containers: set[int] = set()
-    used: set[str] = set()
-
-    def visit(obj: object, path: str, depth: int) -> None:
-        if isinstance(obj, TensorRef):
-            found.append((unique_name(path, used), obj))
-            return
-        if isinstance(obj, (dict, list, tuple)):
-            if id(obj) in seen_containers:  # shared containers via memo: visit once
-                return
-            if depth >= MAX_DEPTH:
-                raise NotACheckpointError(f"data.pkl nests containers more than {MAX_DEPTH} deep")
-            seen_containers.add(id(obj))
-            items = obj.items() if isinstance(obj, dict) else enumerate(obj)
-            for key, value in items:
-                visit(value, f"{path}.{key}" if path else str(key), depth + 1)
-
-    visit(root, "", 0)
-    return found
-
-
-def name_storages(scanned: ScannedPickle) -> list[NamedStorage]:
-    """The flat index's storage order: first use in checkpoint order, then any unnamed storage.
-
-    A storage shared by several tensors (tied weights, views) appears once, named after the
-    first tensor; its element type is that tensor's dtype (an untyped storage is bytes until a
-    tensor gives it one). Names are made unique so a chunk's ``parts`` never merges two storages.
-    """
-    result: list[NamedStorage] = []
-    by_key: dict[str, NamedStorage] = {}
-    used_names: set[str] = set()
-
-    for path, tensor in walk_tensors(scanned.root):
-        key = tensor.storage.key
-        if key in by_key:
-            continue
-        dtype = tensor.dtype
-        itemsize = DTYPE_ITEMSIZE[dtype]
-        nbytes = tensor.storage.nbytes
-        if nbytes % itemsize:
-            dtype, itemsize = "uint8", 1
-        numel = nbytes // itemsize
-        covers = (
-            tensor.offset == 0
-            and tensor.numel == numel
-            and tensor.dtype == dtype
-            and _is_contiguous(tensor.shape, tensor.stride)
-        )
-        named = NamedStorage(
-            name=unique_name(path or "tensor", used_names),
-            storage=tensor.storage,
-            dtype=dtype,
-            shape=tensor.shape if covers else (numel,),
-        )
-        by_key[key] = named
-        result.append(named)
-    for key, storage in scanned.storages.items():
-        if key not in by_key:
-            named = NamedStorage(
-                name=unique_name(f"_storage.{key}", used_names),
-                storage=storage,
-                dtype=storage.dtype,
-                shape=(storage.numel,),
-            )
-            by_key[key] = named
-            result.append(named)
-    return result
-
-
-def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
-    expected = 1
-    for dim, st in zip(reversed(shape), reversed(stride), strict=True):
-        if dim != 1 and st != expected:
-            return False
-        expected *= dim
-    return True

@@ -42,9 +42,11 @@ _MAX_COMMENT = 0xFFFF
 #: How many bytes from the end of the file hold the end-of-central-directory records, at most.
 TAIL_BYTES = _EOCD_SIZE + _MAX_COMMENT + _EOCD64_LOCATOR_SIZE + _EOCD64_SIZE
 
-#: No checkpoint has this many records; a central directory claiming more is hostile.
-MAX_ENTRIES = 1_000_000
-MAX_CENTRAL_DIRECTORY_BYTES = 256 << 20
+#: No checkpoint has this many records (one per storage, at most the pickle reader's 50,000
+#: tensors, plus a few); a central directory claiming more is hostile. Each entry costs ~200
+#: bytes parsed, so this also bounds the memory one file's directory may take.
+MAX_ENTRIES = 100_000
+MAX_CENTRAL_DIRECTORY_BYTES = 32 << 20
 
 _PICKLE_MAGIC = b"\x80"  # legacy torch.save starts with a pickle (protocol 2 magic)
 _LEGACY_TAR_OFFSET = 257  # the even older tar format has "ustar" here

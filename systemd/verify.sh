@@ -7,12 +7,13 @@
 # verify only *warns* about unknown keys and unparsable values, so any line of its output that
 # names the unit counts as a failure too: a typo in a hardening option must not pass silently.
 # Then print the `systemd-analyze security --offline=true` exposure line and fail above
-# $CHUNKD_MAX_EXPOSURE (default 2.5). Needs systemd >= 250 for --offline; older ones skip that step.
+# $CHUNKD_MAX_EXPOSURE (default 1.0, issue 9). Needs systemd >= 250 for --offline; older
+# ones skip that step.
 #
 # Exit status: 0 = ok, 1 = verify or exposure failed, 2 = systemd-analyze missing.
 set -eu
 
-max_exposure=${CHUNKD_MAX_EXPOSURE:-2.5}
+max_exposure=${CHUNKD_MAX_EXPOSURE:-1.0}
 here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
 src="$here/chunkd.service"
 

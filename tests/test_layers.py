@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "manifest": 1,
     "pthzip": 2,
     "pickle_scan": 2,
+    "tensor_names": 2,
     "flatindex": 2,
     "codec": 2,
     "rounds": 2,
@@ -26,6 +27,7 @@ LAYERS: dict[str, int] = {
     "protocol": 2,
     "config": 3,
     "log": 3,
+    "safepath": 3,
     "store": 4,
     "checkpoint": 5,
     "deltas": 5,
@@ -44,6 +46,7 @@ LAYERS: dict[str, int] = {
 PURE = {
     "pthzip",
     "pickle_scan",
+    "tensor_names",
     "flatindex",
     "codec",
     "rounds",

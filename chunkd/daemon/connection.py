@@ -17,9 +17,9 @@ import socket
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from chunkd.daemon.handlers import PeerGoneError
+from chunkd.daemon.output import PeerGoneError
 from chunkd.protocol import (
     FRAME_END,
     FRAME_ERROR,
@@ -30,7 +30,15 @@ from chunkd.protocol import (
     encode_ok,
 )
 
+if TYPE_CHECKING:
+    from chunkd.daemon.access import Access
+
 _PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
+#: SO_PEERGROUPS (Linux 4.13+; not every Python names it): the peer's supplementary groups.
+_SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)
+_GID: Final = struct.Struct("I")
+#: NGROUPS_MAX on Linux: a process has at most this many supplementary groups.
+_MAX_GROUPS: Final = 65536
 #: Bytes asked of one recvmsg; a whole request line (64 KiB) fits in one.
 _RECV_BYTES: Final = 65536
 #: Descriptors taken from one recvmsg; the kernel closes any beyond (MSG_CTRUNC).
@@ -40,19 +48,42 @@ _INT: Final = struct.Struct("i")
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """The connecting process, as the kernel saw it at connect() (SO_PEERCRED)."""
+    """The connecting process, as the kernel saw it at connect() (SO_PEERCRED, SO_PEERGROUPS).
+
+    ``groups`` holds the primary gid and the supplementary groups the peer ran with when it
+    connected, taken from the connection, never looked up by name (NSS) afterwards.
+    """
 
     pid: int
     uid: int
     gid: int
+    groups: frozenset[int] = frozenset()
 
     @classmethod
     def of(cls, sock: socket.socket) -> Peer:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        return cls(*_PEERCRED.unpack(raw))
+        pid, uid, gid = _PEERCRED.unpack(raw)
+        return cls(pid, uid, gid, frozenset({gid, *_peer_groups(sock)}))
 
     def log_context(self) -> dict[str, int]:
         return {"peer_uid": self.uid, "peer_gid": self.gid, "peer_pid": self.pid}
+
+
+def _peer_groups(sock: socket.socket) -> tuple[int, ...]:
+    """The peer's supplementary groups; none if the kernel cannot say (then only ``gid``)."""
+    size = 64 * _GID.size
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, size)
+        except OSError as e:
+            # ERANGE: more groups than the buffer holds (the kernel does not say how many in
+            # Python's API); grow and ask again. Anything else: the option is unsupported.
+            if e.errno == errno.ERANGE and size < _MAX_GROUPS * _GID.size:
+                size *= 8
+                continue
+            return ()
+        count = len(raw) // _GID.size
+        return struct.unpack(f"{count}I", raw[: count * _GID.size])
 
 
 class ClientConnection:
@@ -136,10 +167,14 @@ def send_nowait(sock: socket.socket, data: bytes) -> bool:
 class RequestChannel:
     """One request's view of its connection: what handlers.Connection promises, and answers."""
 
-    def __init__(self, sock: socket.socket, fds: list[int], write_timeout_s: float) -> None:
+    def __init__(
+        self, sock: socket.socket, fds: list[int], write_timeout_s: float, access: Access
+    ) -> None:
         self._sock = sock
         self._fds = fds
         self.write_timeout_s = write_timeout_s
+        #: what the peer may do (decided from its credentials when the request started)
+        self.access = access
         self.streaming = False  # a frame stream has begun: errors must go out as an error frame
 
     @property

@@ -14,12 +14,21 @@ settle_delay``; a later event pushes it back. When the deadline passes, the file
 must equal what they were at the last look, else the deadline moves again. A file that still
 fails validation in a way that may mean "still being written" (truncated, CRC mismatch, changed
 while read) is retried with backoff before it is rejected.
+
+Every file is opened beneath the client directory without following links
+(:mod:`chunkd.safepath`), read through that descriptor, and deleted (``delete_after_ingest``)
+through it too, so a tenant swapping a path component for a symlink reaches nothing outside.
+Before streaming, the attempt is recorded durably (:mod:`chunkd.daemon.attempts`): a file that
+killed the daemon :data:`~chunkd.daemon.attempts.MAX_ATTEMPTS` times is set aside.
+
+Liveness: ``stats.last_progress`` moves on every loop of an idle lane and on every chunk an
+ingest stores (the ``progress`` callback), so :meth:`ClientLane.healthy` measures progress, not
+the length of a job: a long ingest that keeps storing chunks is healthy.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import queue
 import threading
@@ -32,9 +41,16 @@ from pathlib import Path
 
 import structlog
 
-from chunkd import log
+from chunkd import log, safepath
+from chunkd.daemon.attempts import MAX_ATTEMPTS, AttemptLog, CrashedDaemonError, delete_verified
 from chunkd.daemon.progress import IngestProgress
-from chunkd.errors import BusyError, CheckpointError, ChunkdError
+from chunkd.errors import (
+    BusyError,
+    CheckpointError,
+    ChunkdError,
+    ForbiddenError,
+    NotACheckpointError,
+)
 from chunkd.ingest import (
     OUTCOME_DUPLICATE,
     OUTCOME_REPLACED,
@@ -44,7 +60,6 @@ from chunkd.ingest import (
     ingest_file,
 )
 from chunkd.prune import PruneResult, prune_store
-from chunkd.restore import restore_round
 from chunkd.store import ChunkStore, FileIdentity, SourceRecord
 
 QUEUE_LIMIT = 10_000
@@ -121,6 +136,7 @@ class ClientLane:
         self._thread = threading.Thread(target=self._run, name=f"lane-{client_id}", daemon=True)
         self._store: ChunkStore | None = None
         self.stats = LaneStats()
+        self._attempts = AttemptLog(db_path)
         self._log = structlog.get_logger("chunkd.lane").bind(client=client_id)
 
     # -- other threads ---------------------------------------------------------------------------
@@ -172,9 +188,22 @@ class ClientLane:
         return self._inbox.qsize() + len(self._pending)
 
     def healthy(self, stall_s: float) -> bool:
-        """False if the lane has been inside one job for longer than ``stall_s``."""
+        """False if the lane's job has made no progress for ``stall_s`` (not: ran that long)."""
         busy = self.stats.busy_since
-        return busy is None or time.monotonic() - busy < stall_s
+        if busy is None:
+            return True
+        return time.monotonic() - max(busy, self.stats.last_progress) < stall_s
+
+    def _progress(self, path: Path) -> Callable[[int, int], None]:
+        """ingest_file's progress callback (lane thread), after each chunk: the watchdog's
+        heartbeat, and ``checkpoint.progress`` lines and ``status.ingesting`` for long files."""
+        report = IngestProgress(self._log, path)
+
+        def beat(bytes_done: int, bytes_total: int) -> None:
+            self.stats.last_progress = time.monotonic()
+            report(bytes_done, bytes_total)
+
+        return beat
 
     # -- the lane thread -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -252,15 +281,7 @@ class ClientLane:
             pending.deadline = time.monotonic() + REOPEN_DELAY_S
             return
         try:
-            result = self._with_slot(
-                lambda: ingest_file(
-                    path,
-                    store,
-                    self._options,
-                    pool=self._pool,
-                    progress=IngestProgress(self._log, path),  # ops: checkpoint.progress
-                )
-            )
+            self._take(store, path, None, delete=self._delete_after_ingest)
         except CheckpointError as e:
             if e.retryable and pending.attempts < len(RETRY_DELAYS_S):
                 delay = RETRY_DELAYS_S[pending.attempts]
@@ -308,29 +329,65 @@ class ClientLane:
             self._record(store, path, "failed")  # not retried until the file changes
             return
         del self._pending[path]
-        self._report(result)
-        if self._delete_after_ingest and result.outcome != OUTCOME_SEEN:
-            self._delete_verified(store, path, result)
 
     def _ingest_now(self, store: ChunkStore, path: Path, round_num: int | None) -> IngestResult:
         """An explicit ``ingest`` request: no settle, no retry; errors go back to the caller."""
         self._pending.pop(path, None)
         try:
-            result = self._with_slot(
-                lambda: ingest_file(
+            return self._take(store, path, round_num, delete=False)
+        except CheckpointError as e:
+            self._reject(store, path, e)
+            raise
+
+    def _take(
+        self, store: ChunkStore, path: Path, round_num: int | None, *, delete: bool
+    ) -> IngestResult:
+        """Open beneath the directory, record the attempt, ingest through the descriptor,
+        report, and (``delete``) remove the file through the same descriptor's directory."""
+        try:
+            beneath = safepath.open_beneath(self.directory, path)
+        except ForbiddenError as e:
+            raise NotACheckpointError(str(e)) from None
+        with beneath:
+            source = str(path.absolute())
+            identity = FileIdentity.of(beneath.stat)
+            earlier = self._attempts.previous(source, identity)
+            if earlier >= MAX_ATTEMPTS:
+                self._attempts.end()
+                raise CrashedDaemonError(
+                    f"{path}: the daemon died {earlier} times while ingesting this version of "
+                    "the file; it is set aside until the file changes"
+                )
+
+            def attempt() -> IngestResult:
+                # Recorded once this lane holds an ingest slot: waiting for one is no attempt.
+                self._record_attempt(source, identity, earlier + 1)
+                return ingest_file(
                     path,
                     store,
                     self._options,
                     round_num=round_num,
                     pool=self._pool,
-                    progress=IngestProgress(self._log, path),
+                    fd=beneath.fd,
+                    progress=self._progress(path),
                 )
-            )
-        except CheckpointError as e:
-            self._reject(store, path, e)
-            raise
-        self._report(result)
-        return result
+
+            try:
+                result = self._with_slot(attempt)
+            finally:
+                self._attempts.end()
+            self._report(result)
+            if delete and result.outcome != OUTCOME_SEEN:
+                self._delete_verified(store, beneath, result)
+            return result
+
+    def _record_attempt(self, source: str, identity: FileIdentity, count: int) -> None:
+        """Best effort: a full disk must fail the ingest in the database, where it is reported
+        and retried, not here; the guard against crash loops is then off for this attempt."""
+        try:
+            self._attempts.begin(source, identity, count)
+        except OSError as e:
+            self._log.warning("attempt.unrecorded", path=source, error=str(e))
 
     def _with_slot(self, work: Callable[[], IngestResult]) -> IngestResult:
         with self._slots:
@@ -407,26 +464,10 @@ class ClientLane:
             except ChunkdError as e:
                 self._log.error(log.INGEST_FAILED, path=str(path), error=str(e))
 
-    def _delete_verified(self, store: ChunkStore, path: Path, result: IngestResult) -> None:
-        """Remove the client's file only once its round restores byte-identical to it."""
-        if result.round_num is None:
-            return
-        digest = hashlib.sha256()
-        try:
-            restored = restore_round(store, result.round_num, digest.update)
-            on_disk = _file_sha256(path)
-        except (ChunkdError, OSError) as e:
-            self._log.error(log.INGEST_FAILED, path=str(path), error=f"not deleted: {e}")
-            return
-        if restored.file_sha256 != result.file_sha256 or on_disk != result.file_sha256:
-            self._log.warning(
-                log.INGEST_FAILED,
-                path=str(path),
-                error="not deleted: the file changed since it was ingested",
-            )
-            return
-        path.unlink(missing_ok=True)
-        self._log.info(log.CHECKPOINT_DELETED, path=str(path), round=result.round_num)
+    def _delete_verified(
+        self, store: ChunkStore, beneath: safepath.BeneathFile, result: IngestResult
+    ) -> None:
+        delete_verified(store, beneath, result, self._log)
 
     def _prune(self, store: ChunkStore, *, dry_run: bool) -> PruneResult:
         leased = self._leased(self.client_id)
@@ -508,11 +549,3 @@ def _stat_key(path: Path) -> FileIdentity | None:
     except OSError:
         return None
     return FileIdentity.of(st)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()

@@ -5,8 +5,10 @@ request line) in a ``selectors`` loop; an idle connection costs a file descripto
 line of buffer, never a thread. When a complete line arrives, the connection is handed to a worker
 thread from a bounded pool for exactly that request, then handed back. So a hundred silent or
 trickling clients cannot starve a ``ping``, and a request never waits behind another client's
-line. Past ``max_connections`` (or ``max_connections_per_peer`` for one process) a new
-connection is answered ``busy`` and closed; past
+line. Past ``max_connections`` (or ``max_connections_per_uid`` for one user) a new connection is
+answered ``busy`` and closed; the last ``admin_reserved_connections`` slots are kept for admins,
+so no tenant (nor every tenant together) can lock root out of its own daemon, and one admin
+process may hold at most ``max_connections_per_admin_process``. Past
 ``max_active_requests`` a request is answered ``busy`` and the connection stays open.
 
 Timeouts. A connection must complete a request line within ``idle_timeout_s`` of becoming idle
@@ -15,10 +17,10 @@ passed descriptor, must finish within ``write_timeout_s``. A line over 64 KiB ge
 and the connection is closed after its input is drained for a moment, so the client reads the
 answer instead of a reset.
 
-Who may do what. Every request runs with the peer's SO_PEERCRED ``peer_uid``/``peer_gid``/
-``peer_pid`` bound into its log context; ``prune`` and ``ingest`` are refused (``forbidden``)
-unless the peer's uid is in ``allowed_uids`` or one of its groups in ``allowed_gids`` (both
-empty: anyone who can open the socket, which mode 0660 already limits).
+Who may do what: :mod:`chunkd.daemon.access` (admins anything; a client directory's owner may
+read that client; nobody else anything but ``ping``/``status``). Every request runs with the
+peer's SO_PEERCRED ``peer_uid``/``peer_gid``/``peer_pid`` bound into its log context; commands
+that change databases are refused here, reads of a client the peer may not read in the handler.
 
 The socket file itself (safe bind, stale and live sockets) is :mod:`chunkd.daemon.socketfile`;
 one connection and one request's channel are :mod:`chunkd.daemon.connection`.
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import selectors
 import socket
 import threading
@@ -47,6 +48,7 @@ import structlog
 
 from chunkd import log
 from chunkd.daemon import handlers
+from chunkd.daemon.access import Access
 from chunkd.daemon.connection import (
     ClientConnection,
     Peer,
@@ -54,13 +56,12 @@ from chunkd.daemon.connection import (
     close_fds,
     send_nowait,
 )
-from chunkd.daemon.handlers import Connection, PeerGoneError, Result, Streamed
+from chunkd.daemon.output import Connection, PeerGoneError, Result, Streamed
 from chunkd.daemon.socketfile import SOCKET_MODE, SocketFile
 from chunkd.daemon.state import DaemonState
-from chunkd.errors import BusyError, ChunkdError, ForbiddenError, RequestError
+from chunkd.errors import BusyError, ChunkdError, RequestError
 from chunkd.protocol import (
     MAX_LINE_BYTES,
-    MUTATING_COMMANDS,
     TRANSFER_FD,
     Request,
     describe_error,
@@ -82,8 +83,14 @@ class ServerLimits:
     """Bounds that keep one client from costing the others anything; tests shrink them."""
 
     max_connections: int = 256
-    #: Connections one process may hold: a single client cannot take every slot from the others.
-    max_connections_per_peer: int = 128
+    #: Connections one uid may hold, however many processes it runs: one user cannot take
+    #: every slot from the others.
+    max_connections_per_uid: int = 64
+    #: The last slots of ``max_connections``, open to admins only (root can always get in).
+    admin_reserved_connections: int = 16
+    #: Connections one admin *process* may hold (admins share a uid, root, so a per-uid cap
+    #: would let one runaway admin process lock out every other admin command).
+    max_connections_per_admin_process: int = 128
     max_active_requests: int = 64
     idle_timeout_s: float = 30.0
     write_timeout_s: float = 30.0
@@ -224,20 +231,37 @@ class Server:
             conn = ClientConnection(
                 sock, Peer.of(sock), time.monotonic() + self.limits.idle_timeout_s
             )
-            if len(self._idle) + self._active >= self.limits.max_connections:
-                self._refuse(conn, BusyError("too many connections to chunkd; try again later"))
-                continue
-            if self._connections_of(conn.peer.pid) >= self.limits.max_connections_per_peer:
-                self._refuse(conn, BusyError("this process holds too many connections to chunkd"))
+            refusal = self._over_limit(conn.peer)
+            if refusal is not None:
+                self._refuse(conn, BusyError(refusal))
                 continue
             self._register(conn)
 
-    def _connections_of(self, pid: int) -> int:
-        """Open connections of one process (reactor thread; ``_busy`` read under the lock)."""
-        idle = sum(1 for conn in self._idle.values() if conn.peer.pid == pid)
-        with self._lock:
-            busy = sum(1 for conn in self._busy if conn.peer.pid == pid)
-        return idle + busy
+    def _over_limit(self, peer: Peer) -> str | None:
+        """Why a new connection of ``peer`` is refused, or None (reactor thread)."""
+        limits = self.limits
+        with self._lock:  # busy, or served and on its way back to the reactor: still open
+            busy = [*self._busy, *self._returned]
+        total = len(self._idle) + len(busy)
+        if self._access(peer).admin:
+            if total >= limits.max_connections:
+                return "too many connections to chunkd; try again later"
+            mine = sum(1 for c in self._idle.values() if c.peer.pid == peer.pid)
+            mine += sum(1 for c in busy if c.peer.pid == peer.pid)
+            if mine >= limits.max_connections_per_admin_process:
+                return f"this process holds too many connections to chunkd ({mine})"
+            return None
+        if total >= limits.max_connections - limits.admin_reserved_connections:
+            return "too many connections to chunkd; try again later"
+        mine = sum(1 for c in self._idle.values() if c.peer.uid == peer.uid)
+        mine += sum(1 for c in busy if c.peer.uid == peer.uid)
+        if mine >= limits.max_connections_per_uid:
+            return f"uid {peer.uid} holds too many connections to chunkd ({mine})"
+        return None
+
+    def _access(self, peer: Peer) -> Access:
+        settings = self._state.settings
+        return Access.decide(peer, settings.allowed_uids, settings.allowed_gids)
 
     def _register(self, conn: ClientConnection) -> None:
         self._idle[conn.sock.fileno()] = conn
@@ -353,7 +377,9 @@ class Server:
 
     # -- worker threads: one request each --------------------------------------------------------
     def _serve(self, conn: ClientConnection, line: bytes, fds: list[int]) -> None:
-        channel = RequestChannel(conn.sock, fds, self.limits.write_timeout_s)
+        channel = RequestChannel(
+            conn.sock, fds, self.limits.write_timeout_s, self._access(conn.peer)
+        )
         keep_open = False
         try:
             conn.sock.settimeout(self.limits.write_timeout_s)
@@ -387,7 +413,9 @@ class Server:
             request = parse_request(line)
             fields = _request_fields(request)
             _check_fds(request, channel.fd_count)
-            self._authorize(request, peer)
+            if not (request.cmd == "prune" and request.dry_run):
+                # a dry run changes nothing: a tenant may preview its own clients (issue 10)
+                channel.access.check_command(request.cmd)
             result = self._dispatch(self._state, request, channel)
             if not isinstance(result, Streamed):
                 channel.send(encode_ok(result))
@@ -418,30 +446,6 @@ class Server:
             return _send_error(channel, e)
         _log.info(log.REQUEST_SERVED, **fields, duration_ms=_ms_since(started))
         return True
-
-    def _authorize(self, request: Request, peer: Peer) -> None:
-        if request.cmd not in MUTATING_COMMANDS or (request.cmd == "prune" and request.dry_run):
-            return  # a dry run changes nothing (ops, issue 10 item 4)
-        settings = self._state.settings
-        if not settings.allowed_uids and not settings.allowed_gids:
-            return
-        if peer.uid in settings.allowed_uids:
-            return
-        if not _groups_of(peer).isdisjoint(settings.allowed_gids):
-            return
-        raise ForbiddenError(
-            f"{request.cmd}: uid {peer.uid} may not change databases (not in allowed_uids or "
-            "allowed_gids)"
-        )
-
-
-def _groups_of(peer: Peer) -> frozenset[int]:
-    """The peer's primary gid and, if its uid has a passwd entry, its supplementary groups."""
-    try:
-        name = pwd.getpwuid(peer.uid).pw_name
-    except KeyError:
-        return frozenset({peer.gid})
-    return frozenset({peer.gid, *os.getgrouplist(name, peer.gid)})
 
 
 def _check_fds(request: Request, fd_count: int) -> None:

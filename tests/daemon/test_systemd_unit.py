@@ -79,7 +79,13 @@ EXPECTED = {
     "Service.StateDirectory": "chunkd",
     "Service.KillSignal": "SIGTERM",
     "Service.TimeoutStopSec": "60s",
-    "Service.UMask": "0007",
+    "Service.UMask": "0077",
+    "Service.StateDirectoryMode": "0700",
+    "Service.MemoryMax": "2G",
+    "Service.TasksMax": "512",
+    "Service.LimitNOFILE": "8192",
+    "Service.Nice": "10",
+    "Service.IOSchedulingClass": "best-effort",
     "Service.ProtectSystem": "strict",
     "Service.ProtectHome": "true",
     "Service.PrivateTmp": "true",
@@ -101,8 +107,8 @@ def test_unit_sets(key: str, value: str) -> None:
 
 def test_unit_writable_paths_and_syscall_filter() -> None:
     settings = _settings(UNIT.read_text())
-    # The default watch_root (where the databases live by default) is writable; "-" = optional.
-    assert [p.lstrip("-") for p in settings["Service.ReadWritePaths"]] == ["/srv/fl"]
+    # The databases live in the StateDirectory: the client directories stay read-only.
+    assert "Service.ReadWritePaths" not in settings
     filters = settings["Service.SystemCallFilter"]
     assert filters[0] == "@system-service"
     assert "~@privileged @resources" in filters

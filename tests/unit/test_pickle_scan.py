@@ -24,13 +24,8 @@ from strategies import (
 )
 
 from chunkd.errors import NotACheckpointError, UnsafePickleError
-from chunkd.pickle_scan import (
-    MAX_DEPTH,
-    TensorRef,
-    name_storages,
-    scan_pickle,
-    walk_tensors,
-)
+from chunkd.pickle_scan import MAX_DEPTH, TensorRef, scan_pickle
+from chunkd.tensor_names import name_storages, walk_tensors
 
 
 def data_pkl(obj: object, protocol: int = 2) -> bytes:
