@@ -66,6 +66,7 @@ REPLICA_UPLOADED = "replica.uploaded"  # docs/REPLICA.md
 REPLICA_FAILED = "replica.failed"
 REPLICA_PRUNED = "replica.pruned"
 WATCH_ROOT_MISSING = "watch_root.missing"
+ATTEMPT_UNRECORDED = "attempt.unrecorded"
 CHECKPOINT_PROGRESS = "checkpoint.progress"
 
 #: Every event chunkd emits; tests check the set against the constants above and SPEC.md.
@@ -105,6 +106,7 @@ ALL_EVENTS: tuple[str, ...] = (
     REPLICA_FAILED,
     REPLICA_PRUNED,
     WATCH_ROOT_MISSING,
+    ATTEMPT_UNRECORDED,
     CHECKPOINT_PROGRESS,
 )
 

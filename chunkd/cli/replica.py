@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from chunkd.cli import options
 from chunkd.cli.render import format_bytes, format_table, print_json
-from chunkd.config import ReplicaConfig
 from chunkd.errors import RequestError
-from chunkd.restore import Write
+
+if TYPE_CHECKING:  # the CLI imports no engine module until a command needs it
+    from chunkd.config import ReplicaConfig
+    from chunkd.restore import Write
 
 FROM_CONFIG = ""
 
@@ -45,6 +48,8 @@ def _config(args: argparse.Namespace) -> ReplicaConfig:
     if not url:
         raise RequestError("--replica: give s3://bucket/prefix (the config has no [replica] url)")
     if configured is None or configured.url != url.rstrip("/"):
+        from chunkd.config import ReplicaConfig
+
         configured = ReplicaConfig(url, "", "", "", 0, 0, 3600.0, 3600.0)  # the TOML defaults
     return replace(
         configured,

@@ -387,7 +387,7 @@ class ClientLane:
         try:
             self._attempts.begin(source, identity, count)
         except OSError as e:
-            self._log.warning("attempt.unrecorded", path=source, error=str(e))
+            self._log.warning(log.ATTEMPT_UNRECORDED, path=source, error=str(e))
 
     def _with_slot(self, work: Callable[[], IngestResult]) -> IngestResult:
         with self._slots:
