@@ -82,6 +82,8 @@ class Request:
     path: str | None = None
     transfer: str = TRANSFER_FRAMES
     export_format: str | None = None
+    #: an earlier version of a rewritten round (restore); None: the current one
+    generation: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +197,7 @@ COMMAND_FIELDS: Final[Mapping[str, Mapping[str, _Field]]] = {
     "restore": {
         "client": _CLIENT_REQUIRED,
         "round": _Field("round_num", _parse_round_or_latest),
+        "generation": _Field("generation", _parse_round),
         "transfer": _TRANSFER,
     },
     "export": {

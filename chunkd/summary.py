@@ -35,6 +35,8 @@ def summarize_round(info: RoundInfo) -> dict[str, object]:
         "new_bytes": info.new_bytes,
         "created_at": _iso_utc(info.created_at),
         "sha256": info.file_sha256,
+        "generation": info.generation,
+        "source": info.source_path,
     }
 
 
@@ -88,7 +90,9 @@ def summarize_store(
         "client": client_id,
         "rounds": [summarize_round(r) for r in rounds],
         "round_count": len(rounds),
-        "latest_round": rounds[-1].round_num if rounds else None,
+        # earlier versions of rewritten rounds, restorable with ``restore --generation``
+        "generations": [summarize_round(v) for v in store.list_versions() if not v.current],
+        "latest_round": store.latest_round() if rounds else None,
         "file_bytes": stats.file_bytes,
         "stored_bytes": stats.stored_bytes,
         "db_bytes": db_bytes,

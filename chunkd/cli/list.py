@@ -119,19 +119,32 @@ def render_client(entry: dict[str, object]) -> str:
     summary += _files_note([entry])
     if not rounds:
         return summary
+    earlier = entry.get("generations") or []
+    assert isinstance(earlier, list)
+    versions = sorted(
+        [(r, True) for r in rounds] + [(r, False) for r in earlier],
+        key=lambda v: (v[0]["round"], v[0].get("generation", 0)),
+    )
     rows = [
         [
             str(r["round"]),
+            str(r.get("generation", 0)) + ("" if current else " (earlier)"),
             format_bytes(_int(r["file_size"])),
             str(r["chunks"]),
             format_bytes(_int(r["new_bytes"])),
             str(r["created_at"]),
             str(r["sha256"])[:16],
         ]
-        for r in rounds
+        for r, current in versions
     ]
-    headers = ["ROUND", "SIZE", "CHUNKS", "NEW", "CREATED", "SHA256"]
-    return summary + "\n" + format_table(headers, rows, right={0, 1, 2, 3})
+    headers = ["ROUND", "GEN", "SIZE", "CHUNKS", "NEW", "CREATED", "SHA256"]
+    table = format_table(headers, rows, right={0, 2, 3, 4})
+    if earlier:
+        table += (
+            "\nearlier generations of rewritten rounds stay until retention removes them:"
+            " chunkd restore --client ID --round N --generation G"
+        )
+    return summary + "\n" + table
 
 
 def _files_left(entry: dict[str, object]) -> str:

@@ -63,6 +63,13 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         metavar="PATH",
         help="restore straight from this database, without the daemon",
     )
+    p.add_argument(
+        "--generation",
+        type=int,
+        metavar="G",
+        help="an earlier version of a rewritten round (0 = the first; `chunkd list --client ID`"
+        " shows them); default: the current version",
+    )
     options.add_transfer(p)
     replica.add_options(p)
     guard.add_force(p)
@@ -98,7 +105,7 @@ def _restore_offline(args: argparse.Namespace, out: Output, progress: Progress) 
         round_num = args.round if args.round is not None else store.latest_round()
         if round_num not in stored:
             raise NotFoundError(not_stored_message(round_num, stored, f"in {args.db}"))
-        progress.total = store.get_round(round_num).file_size
+        progress.total = store.get_round(round_num, args.generation).file_size
         written = 0
 
         def write(data: bytes | memoryview) -> None:
@@ -107,7 +114,7 @@ def _restore_offline(args: argparse.Namespace, out: Output, progress: Progress) 
             written += len(data)
             progress.update(written)
 
-        restored = restore_round(store, round_num, write)
+        restored = restore_round(store, round_num, write, generation=args.generation)
     result = {"client": args.client, "round": round_num, "transfer": "offline"}
     return Transfer.of({**result, "bytes": restored.bytes_written, "sha256": restored.file_sha256})
 
@@ -161,6 +168,8 @@ def restore_through_daemon(
 ) -> Transfer:
     """Run ``restore`` or ``export`` on the daemon into ``out``; what the daemon reported."""
     request = {"client": args.client, "round": args.round, **fields}
+    if getattr(args, "generation", None) is not None:
+        request["generation"] = args.generation
     with DaemonClient.connect(options.socket_path(args)) as client:
         guard.check_output(args.output, args, _protected_paths(client))
         sizes = _round_sizes(client, args.client)

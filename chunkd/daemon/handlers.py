@@ -264,11 +264,12 @@ def restore(state: DaemonState, request: Request, conn: Connection) -> Result:
         round_num = _round_to_serve(store, request)
         # Lease first, then look: once held, retention cannot remove the round under us.
         with state.leases.hold(info.client_id, round_num):
-            stored = store.get_round(round_num)
+            stored = store.get_round(round_num, request.generation)
             header: dict[str, object] = {
                 "transfer": request.transfer,
                 "client": info.client_id,
                 "round": round_num,
+                "generation": stored.generation,
                 "bytes": stored.file_size,
                 "sha256": stored.file_sha256,
             }
@@ -278,7 +279,13 @@ def restore(state: DaemonState, request: Request, conn: Connection) -> Result:
                     conn,
                     request,
                     header,
-                    lambda write: restore_round(store, round_num, write),
+                    lambda write, into_file: restore_round(
+                        store,
+                        round_num,
+                        write,
+                        generation=request.generation,
+                        verify_chunks=not into_file,
+                    ),
                     produce_digest=lambda result: result.file_sha256,  # type: ignore[attr-defined]
                 )
             except (PeerGoneError, ChunkdError) as e:
@@ -319,7 +326,10 @@ def export(state: DaemonState, request: Request, conn: Connection) -> Result:
                 "bytes": plan.total_bytes,
             }
             sent = send_output(
-                conn, request, header, lambda write: stream_safetensors(stored, plan, write)
+                conn,
+                request,
+                header,
+                lambda write, _into_file: stream_safetensors(stored, plan, write),
             )
     return answer_for(request, header, sent)
 

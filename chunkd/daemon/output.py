@@ -159,11 +159,16 @@ def send_output(
     conn: Connection,
     request: Request,
     header: dict[str, object],
-    produce: Callable[[Write], object],
+    produce: Callable[[Write, bool], object],
     *,
     produce_digest: Callable[[object], str] | None = None,
 ) -> _Sent:
-    """Run ``produce(write)`` into the passed fd, or as frames after ``header``.
+    """Run ``produce(write, into_file)`` into the passed fd, or as frames after ``header``.
+
+    ``into_file`` is true when the passed fd is a regular file: the CLI renames it into place
+    only after checking the whole file's SHA-256, so nothing wrong can be seen before the end
+    (a restore then hashes each byte once; see docs/DESIGN.md "Digests"). Frames and pipes
+    deliver bytes as they come, so the producer checks each piece before it writes it.
 
     With frames the whole answer has been sent when this returns; with an fd the caller answers.
     ``produce_digest`` takes the SHA-256 from what ``produce`` returned (a restore has already
@@ -177,7 +182,7 @@ def send_output(
             )
         try:
             out = _FdOutput(fd, conn, hashing=produce_digest is None)
-            produced = produce(out.write)
+            produced = produce(out.write, stat.S_ISREG(os.fstat(fd).st_mode))
         finally:
             os.close(fd)
         digest_hex = produce_digest(produced) if produce_digest else out.sha256
@@ -193,7 +198,7 @@ def send_output(
         sent += len(data)
 
     conn.begin_stream(header)
-    produced = produce(write_frames)
+    produced = produce(write_frames, False)
     digest_hex = produce_digest(produced) if produce_digest else digest.hexdigest()
     conn.end_stream(bytes.fromhex(digest_hex))
     return _Sent(sent, digest_hex)

@@ -311,8 +311,9 @@ class StoreReading:
         rounds, file_bytes, referenced = self._query(
             "SELECT COUNT(*), COALESCE(SUM(file_size), 0), COALESCE(SUM(flat_bytes), 0) FROM rounds"
         )[0]
-        generations, old_referenced = self._query(
-            "SELECT COUNT(*), COALESCE(SUM(flat_bytes), 0) FROM round_history"
+        generations, old_referenced, old_file_bytes = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(flat_bytes), 0), COALESCE(SUM(file_size), 0)"
+            " FROM round_history"
         )[0]
         chunks, stored, raw = self._query(
             "SELECT COUNT(*), COALESCE(SUM(stored_size), 0), COALESCE(SUM(raw_size), 0)"
@@ -330,7 +331,7 @@ class StoreReading:
             stored,
             raw,
             referenced + old_referenced,
-            file_bytes,
+            file_bytes + old_file_bytes,
             db_bytes,
             generations,
             free,

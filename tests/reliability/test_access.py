@@ -62,6 +62,8 @@ def tenant_daemon(daemon_factory):
 
 
 def _ask(daemon, who, cmd: str, client: str | None) -> str:
+    dry_run = cmd == "prune --dry-run"  # changes nothing: a read (issue 10 item 4)
+    cmd = "prune" if dry_run else cmd
     req: dict[str, Any] = {"cmd": cmd}
     if client is not None:
         req["client"] = client
@@ -71,7 +73,7 @@ def _ask(daemon, who, cmd: str, client: str | None) -> str:
         req["format"] = "safetensors"
     if cmd == "ingest":
         req["path"] = str(daemon.watch_root / f"client_{client}" / "round_1.pth")
-    if cmd == "prune":
+    if dry_run:
         req["dry_run"] = True
     (answer,) = tenant_requests(daemon.socket, who, req)
     return _code(answer)
@@ -82,7 +84,7 @@ def test_access_matrix(tenant_daemon, figures) -> None:
     matrix: dict[str, dict[str, str]] = {}
     for name, who in (("alice", ALICE), ("mallory", MALLORY), ("operator", OPERATOR)):
         row = {}
-        for cmd in (*READS, "prune", "ingest"):
+        for cmd in (*READS, "prune --dry-run", "prune", "ingest"):
             for client in ("a", "b"):
                 row[f"{cmd} {client}"] = _ask(daemon, who, cmd, client)
         row["status"] = _ask(daemon, who, "status", None)
@@ -92,7 +94,7 @@ def test_access_matrix(tenant_daemon, figures) -> None:
     figures.save()
 
     # alice reads her own client only, changes nothing
-    for cmd in READS:
+    for cmd in (*READS, "prune --dry-run"):
         assert matrix["alice"][f"{cmd} a"] == "ok", (cmd, matrix["alice"])
         assert matrix["alice"][f"{cmd} b"] == "forbidden", (cmd, matrix["alice"])
         assert matrix["mallory"][f"{cmd} a"] == "forbidden"
