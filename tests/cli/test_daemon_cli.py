@@ -187,3 +187,31 @@ def test_prune_dry_run_is_not_refused_as_a_change(make_daemon) -> None:
     ingested_rounds(daemon, "1", 1)
     dry = daemon.cli("prune", "--dry-run")
     assert dry.returncode == 0, dry.stderr
+
+
+def test_a_rerun_keeps_the_earlier_version_restorable(make_daemon, tmp_path) -> None:
+    """SPEC "Rounds": the same path rewritten keeps the earlier version as a generation, shown by
+    ``list`` and restored with ``--generation``; ``round.replaced`` warns with both hashes."""
+    daemon = make_daemon()
+    path = daemon.watch_root / "client_1" / "model_round_1.pth"
+    first = save_model(path, 1)
+    ingested_rounds(daemon, "1", 1)
+    second = save_model(path, 2)
+    (replaced,) = daemon.wait_event(lambda e: e["event"] == "round.replaced", timeout_s=60)
+    assert replaced["level"] == "warning"
+    assert replaced["previous_sha256"] == hashlib.sha256(first).hexdigest()
+    assert replaced["sha256"] == hashlib.sha256(second).hexdigest()
+    out_now, out_then = tmp_path / "now.pth", tmp_path / "then.pth"
+    assert (
+        daemon.cli("restore", "--client", "1", "--round", "1", "-o", str(out_now)).returncode == 0
+    )
+    then = daemon.cli(
+        "restore", "--client", "1", "--round", "1", "--generation", "0", "-o", str(out_then)
+    )
+    assert then.returncode == 0, then.stderr
+    assert out_now.read_bytes() == second and out_then.read_bytes() == first
+    listed = json.loads(daemon.cli("list", "--client", "1", "--json").stdout)
+    (entry,) = listed["clients"]
+    assert [(r["round"], r["generation"]) for r in entry["rounds"]] == [(1, 1)]
+    assert [(r["round"], r["generation"]) for r in entry["generations"]] == [(1, 0)]
+    assert b"(earlier)" in daemon.cli("list", "--client", "1").stdout
