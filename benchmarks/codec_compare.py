@@ -1,0 +1,324 @@
+"""Codec comparison on the real FedAvg trajectory (:mod:`benchmarks.trajectory`), chunk by chunk.
+
+Each candidate codes the chunks the store would make (``plan_chunks``: ``chunk_num`` 10, at most
+1 MiB), self-contained and as a delta against the same flat range of (a) the previous round of the
+same client, (b) round 1, (c) the same round of another client (report only: a host-wide pool is
+not built). Delta transforms: XOR of the bit patterns, integer difference of the bit patterns
+(wrapping, per word width), and the integer difference after mapping sign-magnitude floats onto
+ordered integers (so a weight that crosses zero stays a small difference). The yardstick is the
+order-0 entropy of each byte plane of the transformed words: what a per-plane entropy coder
+(Huffman/FSE, as ZipNN and LMC use) would reach without modelling context.
+
+Speeds: encode and decode MB/s of raw bytes, on one thread and over a pool of two threads (the
+ingest pool's size); the libraries are asked for one internal thread each.
+
+``python -m benchmarks.codec_compare [--quick] [--json OUT]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import trajectory
+from chunkd import codec
+from chunkd.checkpoint import parse_checkpoint, read_exact
+from chunkd.flatindex import plan_chunks
+
+Chunk = tuple[bytes, int]  # raw bytes, group width
+Encoder = Callable[[bytes, int], bytes]
+Decoder = Callable[[bytes, int, int], bytes]
+
+
+@dataclass(frozen=True)
+class Coder:
+    name: str
+    encode: Encoder
+    decode: Decoder
+
+
+def load_rounds(directory: Path, dtype: str, client: int) -> list[list[Chunk]]:
+    """Every round's chunks of one client, cut exactly as ingest cuts them."""
+    out = []
+    for path in trajectory.files(directory, dtype, client):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            parsed = parse_checkpoint(fd, os.fstat(fd).st_size)
+            slots = {s.name: s for s in parsed.storages}
+            chunks = []
+            for spec in plan_chunks(parsed.storages, 10, 1 << 20):
+                raw = b"".join(
+                    read_exact(
+                        fd,
+                        slots[p.name].file_offset + p.flat_start * p.itemsize,
+                        p.nbytes,
+                    )
+                    for p in spec.parts
+                )
+                width = codec.group_width([(p.nbytes, p.itemsize) for p in spec.parts])
+                chunks.append((raw, width))
+            out.append(chunks)
+        finally:
+            os.close(fd)
+    return out
+
+
+# -- transforms -----------------------------------------------------------------------------------
+
+
+def _words(buf: bytes, w: int) -> tuple[np.ndarray, bytes]:
+    body = len(buf) - len(buf) % w
+    return np.frombuffer(buf, dtype=f"<u{w}", count=body // w), buf[body:]
+
+
+def t_xor(raw: bytes, base: bytes, w: int) -> bytes:
+    return codec.xor_bytes(raw, base)
+
+
+def t_sub(raw: bytes, base: bytes, w: int) -> bytes:
+    a, tail = _words(raw, w)
+    b, btail = _words(base, w)
+    return (a - b).tobytes() + codec.xor_bytes(tail, btail)
+
+
+def _ordered(x: np.ndarray, w: int) -> np.ndarray:
+    sign = np.array(1 << (8 * w - 1), dtype=x.dtype)
+    return np.where(x & sign, ~x, x | sign)
+
+
+def t_osub(raw: bytes, base: bytes, w: int) -> bytes:
+    a, tail = _words(raw, w)
+    b, btail = _words(base, w)
+    return (_ordered(a, w) - _ordered(b, w)).tobytes() + codec.xor_bytes(tail, btail)
+
+
+TRANSFORMS: dict[str, Callable[[bytes, bytes, int], bytes]] = {
+    "xor": t_xor,
+    "sub": t_sub,
+    "osub": t_osub,
+}
+
+
+# -- coders ---------------------------------------------------------------------------------------
+
+
+def _zstd(level: int) -> Coder:
+    import threading
+
+    import zstandard
+
+    local = threading.local()  # zstd contexts are not thread-safe: one per thread
+
+    def ctx() -> Any:
+        if not hasattr(local, "c"):
+            local.c = zstandard.ZstdCompressor(level=level)
+            local.d = zstandard.ZstdDecompressor()
+        return local
+
+    return Coder(
+        f"numpy group + zstd {level}",
+        lambda b, w: ctx().c.compress(codec.group_bytes(b, w)),
+        lambda c, w, n: codec.ungroup_bytes(ctx().d.decompress(c, max_output_size=n), w),
+    )
+
+
+def _blosc(label: str, filters: list[Any], cname: str, clevel: int) -> Coder:
+    import blosc2
+
+    codec_id = getattr(blosc2.Codec, cname)
+
+    def enc(b: bytes, w: int) -> bytes:
+        cp = blosc2.CParams(
+            typesize=w,
+            clevel=clevel,
+            codec=codec_id,
+            filters=filters,
+            filters_meta=[0] * len(filters),
+            nthreads=1,
+        )
+        return blosc2.compress2(b, cparams=cp)
+
+    def dec(c: bytes, w: int, n: int) -> bytes:
+        return blosc2.decompress2(c, dparams=blosc2.DParams(nthreads=1))
+
+    return Coder(f"blosc2 {label} + {cname.lower()} {clevel}", enc, dec)
+
+
+def _pcodec(delta: bool) -> Coder:
+    from pcodec import ChunkConfig, standalone
+
+    kinds = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+    if not delta:  # weights as floats; bf16 has no pcodec type, so it goes as u16
+        kinds.update({4: np.float32, 8: np.float64})
+    config = ChunkConfig()
+
+    def enc(b: bytes, w: int) -> bytes:
+        body = len(b) - len(b) % w
+        arr = np.frombuffer(b, dtype=kinds[w], count=body // w)
+        return standalone.simple_compress(arr, config) + b[body:]
+
+    def dec(c: bytes, w: int, n: int) -> bytes:
+        # the tail (< w bytes) rides raw after the frame; the benchmark knows its length
+        tail = n % w
+        body = c[: len(c) - tail] if tail else c
+        return standalone.simple_decompress(body).tobytes() + (c[len(c) - tail :] if tail else b"")
+
+    return Coder("pcodec (deltas as uints)" if delta else "pcodec (f32; bf16 as u16)", enc, dec)
+
+
+def _zipnn(dtype: str) -> Coder:
+    import threading
+
+    from zipnn import ZipNN
+
+    local = threading.local()
+
+    def z() -> Any:
+        if not hasattr(local, "z"):
+            local.z = ZipNN(method="huffman", input_format="byte", bytearray_dtype=dtype, threads=1)
+        return local.z
+
+    # zipnn 0.5.4 reorders its input in place, even an immutable ``bytes``: give it a copy
+    return Coder(
+        "zipnn (huffman per byte plane)",
+        lambda b, w: z().compress(bytearray(b)),
+        lambda c, w, n: bytes(z().decompress(c)),
+    )
+
+
+def entropy_bytes(buf: bytes, w: int) -> float:
+    """Order-0 entropy of each byte plane (in bytes): the per-plane entropy coder's floor."""
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    body = len(arr) - len(arr) % w
+    planes = arr[:body].reshape(-1, w).T if w > 1 else arr[None, :body]
+    total = float(len(arr) - body)
+    for plane in planes:
+        counts = np.bincount(plane, minlength=256)
+        p = counts[counts > 0] / plane.size
+        total += float(-(p * np.log2(p)).sum()) * plane.size / 8
+    return total
+
+
+def candidates(dtype: str, quick: bool, delta: bool) -> list[Coder]:
+    import blosc2
+
+    sh, bsh, bd = blosc2.Filter.SHUFFLE, blosc2.Filter.BITSHUFFLE, blosc2.Filter.BYTEDELTA
+    coders = [_zstd(1), _zstd(3)]
+    coders += [
+        _blosc("shuffle", [sh], "ZSTD", 1),
+        _blosc("shuffle", [sh], "ZSTD", 3),
+        _blosc("shuffle+bytedelta", [sh, bd], "ZSTD", 1),
+        _blosc("bitshuffle", [bsh], "ZSTD", 1),
+        _blosc("shuffle", [sh], "LZ4", 5),
+    ]
+    if quick:
+        return coders
+    coders += [
+        _zstd(9),
+        _blosc("shuffle", [sh], "ZSTD", 6),
+        _blosc("shuffle+bytedelta", [sh, bd], "ZSTD", 5),
+        _blosc("bitshuffle", [bsh], "LZ4", 5),
+        _pcodec(delta),
+        _zipnn("float32" if dtype == "fp32" else "bfloat16"),
+    ]
+    return coders
+
+
+# -- measurement ----------------------------------------------------------------------------------
+
+
+def _inputs(
+    rounds: list[list[Chunk]], other: list[list[Chunk]], mode: str, transform: str
+) -> list[Chunk]:
+    """The byte strings a coder sees for ``mode`` (self, prev, first, cross) and a transform."""
+    if mode == "self":
+        return [c for r in rounds for c in r]
+    fn = TRANSFORMS[transform]
+    out = []
+    for i, chunks in enumerate(rounds):
+        if mode == "prev" and i == 0:
+            continue
+        if mode == "first" and i == 0:
+            continue
+        bases = {"prev": rounds[i - 1], "first": rounds[0], "cross": other[i]}[mode]
+        for (raw, w), (base, _) in zip(chunks, bases, strict=True):
+            out.append((fn(raw, base, w) if len(base) == len(raw) else raw, w))
+    return out
+
+
+def measure(coder: Coder, inputs: list[Chunk], threads: bool) -> dict[str, float]:
+    raw_bytes = sum(len(b) for b, _ in inputs)
+    t0 = time.perf_counter()
+    packed = [coder.encode(b, w) for b, w in inputs]
+    enc_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for (b, w), c in zip(inputs, packed, strict=True):
+        if coder.decode(c, w, len(b)) != b:
+            raise AssertionError(f"{coder.name} does not round-trip")
+    dec_s = time.perf_counter() - t0
+    row = {
+        "ratio": sum(len(c) for c in packed) / raw_bytes,
+        "enc_mb_s": raw_bytes / 1e6 / enc_s,
+        "dec_mb_s": raw_bytes / 1e6 / dec_s,
+    }
+    if threads:
+        with ThreadPoolExecutor(2) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(lambda x: coder.encode(*x), inputs))
+            row["enc2_mb_s"] = raw_bytes / 1e6 / (time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            pairs = zip(inputs, packed, strict=True)
+            list(pool.map(lambda x: coder.decode(x[1], x[0][1], len(x[0][0])), pairs))
+            row["dec2_mb_s"] = raw_bytes / 1e6 / (time.perf_counter() - t0)
+    return row
+
+
+def run(directory: Path, quick: bool) -> dict[str, Any]:
+    meta = trajectory.ensure(directory)
+    results: dict[str, Any] = {"trajectory": {k: v for k, v in meta.items() if k != "changed"}}
+    modes = [("self", "-")] + [
+        (m, t) for m in ("prev", "first", "cross") for t in ("xor", "sub", "osub")
+    ]
+    if quick:
+        modes = [("self", "-"), ("prev", "xor"), ("prev", "sub"), ("cross", "sub")]
+    for dtype in trajectory.DTYPES:
+        rounds = load_rounds(directory, dtype, 0)
+        other = load_rounds(directory, dtype, 1)
+        rows = []
+        for mode, transform in modes:
+            inputs = _inputs(rounds, other, mode, transform)
+            raw_bytes = sum(len(b) for b, _ in inputs)
+            ent = sum(entropy_bytes(b, w) for b, w in inputs) / raw_bytes
+            rows.append({"mode": mode, "transform": transform, "coder": "entropy", "ratio": ent})
+            for coder in candidates(dtype, quick or mode == "cross", mode != "self"):
+                row = measure(coder, inputs, threads=mode in ("self", "prev"))
+                rows.append({"mode": mode, "transform": transform, "coder": coder.name, **row})
+                print(f"[codec] {dtype} {mode:5} {transform:4} {coder.name:40} {row}", flush=True)
+        results[dtype] = rows
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--dir", type=Path, default=trajectory.DEFAULT_DIR)
+    p.add_argument("--json", type=Path, default=trajectory.DEFAULT_DIR.parent / "codecs.json")
+    args = p.parse_args(argv)
+    results = run(args.dir, args.quick)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
