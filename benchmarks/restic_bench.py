@@ -75,6 +75,10 @@ class Repo:
                 os.close(fd)
         return time.perf_counter() - started, restored[0]
 
+    def forget_keep_last(self, n: int) -> float:
+        """Drop all but the ``n`` newest snapshots and their data (chunkd's keep-N)."""
+        return self._run("forget", "--keep-last", str(n), "--prune")
+
     def stored_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
