@@ -210,3 +210,153 @@ def test_delta_chunk_without_its_base_raises_integrity_error():
         codec.decode(name, bytes(stored), len(raw))
     with pytest.raises(IntegrityError, match="base"):
         codec.decode(name, bytes(stored), len(raw), base=base[:-1])
+
+
+def test_delta_with_a_base_of_another_size_is_self_contained():
+    raw = compressible(1000, 4)
+    name, stored = codec.encode(raw, 4, "auto", base=raw[:-4])
+    assert name == "bgz4"
+    assert codec.decode(name, bytes(stored), len(raw)) == raw
+
+
+# -- v0.1 databases: every codec name it wrote still decodes ---------------------------------------
+
+#: Frames written by chunkd v0.1 (zstd level 3): 64 float32 ``0.25 * i`` and a 3-byte tail, as
+#: ``bgz<w>``, and as ``xbgz<w>`` against the same words plus 0.5 (tail ``01 02 00``).
+V01_WORDS = np.arange(64, dtype=np.float32) * 0.25
+V01_RAW = V01_WORDS.tobytes() + b"\x01\x02\x03"
+V01_BASE = (V01_WORDS + 0.5).astype(np.float32).tobytes() + b"\x01\x02\x00"
+V01_FRAMES = {
+    "bgz4": "28b52ffd640300ad02009404000080004080a0c0e0001020304050607080889098a0a8b0b8c0c8d0d8e0e8f0"
+    "f80004080c1014181c2024282c3034383c4044484c5054585c6064686c7074787c003e3f40410102030410008dd4"
+    "1384c3d336be413b16",
+    "xbgz4": "28b52ffd640300250200e4020000c080e04040c0f0202060602020e0f81010303010107070f0fc08081818"
+    "080838387878f8fe3f017f7f0101030800c0c1a0586802cd24000c0c06ba32349e022cb903ec56",
+    "bgz8": "28b52ffd640300e50200b404000080c0002040608090a0b0c0d0e0f000081018202830384048505860687078"
+    "003f3f3f4041008040a0e0103050708898a8b8c8d8e8f8040c141c242c343c444c545c646c747c3e010203050019"
+    "98e609a4039d0d18a41268036c6b5e45",
+    "xbgz8": "28b52ffd640300150200b40200008040c0206020e010301070103010f00818083808180878f83f00007f01"
+    "c0e040f0206020f8fcfe010308006044e86c60b200e21aa22083d157b2460960010beea055",
+    "xbgz2": "28b52ffd640300bd020062840d17c0a5e5b6efefffabea734c75f55785aaaeaaaabaa4640ac2e8ba23e0c1"
+    "a26d69324d9214245886a265591cd6f53c89afaa0e03df030d000507be8a6fc010dc7b4321009c0104c08d95e633"
+    "5f0032c079d6963134bf7c4b",
+}
+
+
+@pytest.mark.parametrize("name", sorted(V01_FRAMES))
+def test_frames_written_by_v01_still_decode(name):
+    base = V01_BASE if codec.is_delta(name) else None
+    assert codec.decode(name, bytes.fromhex(V01_FRAMES[name]), len(V01_RAW), base=base) == V01_RAW
+
+
+def v01_encode(raw: bytes, width: int, base: bytes | None) -> tuple[str, bytes]:
+    """v0.1's encoder, frozen: grouping by numpy transpose, zstd level 3 with a checksum."""
+    import zstandard
+
+    buf = np.frombuffer(raw if base is None else codec.xor_bytes(raw, base), dtype=np.uint8)
+    body = len(buf) - len(buf) % width
+    grouped = buf[:body].reshape(-1, width).T.tobytes() + buf[body:].tobytes()
+    frame = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(grouped)
+    return (f"bgz{width}" if base is None else f"xbgz{width}"), frame
+
+
+@settings(max_examples=150)
+@given(raw=st.binary(min_size=1, max_size=3000), width=WIDTHS, data=st.data())
+def test_every_v01_codec_name_round_trips(raw, width, data):
+    base = data.draw(st.none() | st.binary(min_size=len(raw), max_size=len(raw)))
+    name, frame = v01_encode(raw, width, base)
+    assert codec.decode(name, frame, len(raw), base=base) == raw
+
+
+# -- deltas of every width, any size ---------------------------------------------------------------
+
+
+def drifted(n_words: int, width: int, seed: int, step: float) -> tuple[bytes, bytes]:
+    """A round and the next: floats of the width moved a little, as SGD moves weights."""
+    rng = np.random.default_rng(seed)
+    kind = {1: np.uint8, 2: np.float16, 4: np.float32, 8: np.float64}[width]
+    if width == 1:
+        before = rng.integers(0, 256, n_words, dtype=np.uint8)
+        after = (before + (rng.random(n_words) < step)).astype(np.uint8)
+    else:
+        before = rng.standard_normal(n_words).astype(kind)
+        after = (before * (1 + step * rng.standard_normal(n_words))).astype(kind)
+    return after.tobytes(), before.tobytes()
+
+
+@settings(max_examples=150)
+@given(
+    n_words=st.integers(0, 3000),
+    width=WIDTHS,
+    tail=st.binary(max_size=7),
+    seed=st.integers(0, 2**32 - 1),
+    step=st.sampled_from([0.0, 1e-4, 1e-2, 1.0]),
+    compression=st.sampled_from(["none", "auto"]),
+)
+def test_delta_round_trip_every_width_and_size(n_words, width, tail, seed, step, compression):
+    raw, base = drifted(n_words, width, seed, step)
+    raw, base = raw + tail, base + tail[::-1]
+    name, stored = codec.encode(raw, width, compression, base=base)
+    event(name.rstrip("12468"))
+    assert len(stored) <= len(raw)
+    decoded = codec.decode(
+        name, bytes(stored), len(raw), base=base if codec.is_delta(name) else None
+    )
+    assert decoded == raw
+
+
+def test_close_rounds_are_stored_as_a_delta_smaller_than_on_their_own():
+    raw, base = drifted(100_000, 4, 7, 1e-3)
+    alone = codec.encode(raw, 4, "auto")
+    name, delta = codec.encode(raw, 4, "auto", base=base)
+    assert name == "xbgz4"
+    assert len(delta) < 0.9 * len(alone[1])
+
+
+def test_an_unrelated_base_loses_to_the_chunk_on_its_own():
+    raw = compressible(50_000, 4, seed=1)
+    base = os.urandom(len(raw))
+    name, stored = codec.encode(raw, 4, "auto", base=base)
+    assert name == "bgz4"
+    assert codec.decode(name, bytes(stored), len(raw)) == raw
+
+
+@settings(max_examples=100)
+@given(position=st.integers(0, 10**6), xor=st.integers(1, 255), width=WIDTHS)
+def test_corrupted_delta_never_decodes_to_wrong_bytes(position, xor, width):
+    raw, base = drifted(4096, width, 3, 1e-3)
+    name, stored = codec.encode(raw, width, "auto", base=base)
+    assert codec.is_delta(name)
+    bad = bytearray(stored)
+    bad[position % len(bad)] ^= xor
+    try:
+        decoded = codec.decode(name, bytes(bad), len(raw), base=base)
+    except IntegrityError:
+        return
+    assert decoded == raw
+
+
+def test_group_width_of_parts_is_the_width_of_most_bytes():
+    assert codec.group_width([(460_000, 4), (8, 8)]) == 4
+    assert codec.group_width([(16, 2), (8, 8)]) == 2
+    assert codec.group_width([(8, 4), (8, 8)]) == 8  # a tie goes to the wider
+    assert codec.group_width([(64, 16)]) == 8
+
+
+def test_threads_share_nothing():
+    """Per-thread zstd contexts and scratch buffers: concurrent chunks never mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    inputs = [drifted(20_000 + 97 * i, 4, i, 1e-3) for i in range(24)]
+
+    def round_trip(pair: tuple[bytes, bytes]) -> bool:
+        raw, base = pair
+        name, stored = codec.encode(raw, 4, "auto", base=base)
+        again = codec.encode(raw, 4, "auto")
+        return (
+            codec.decode(name, bytes(stored), len(raw), base=base) == raw
+            and codec.decode(again[0], bytes(again[1]), len(raw)) == raw
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(round_trip, inputs * 3))
