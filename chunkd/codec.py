@@ -23,6 +23,14 @@ speed; blosc2's shuffle + zstd is within 1% in ratio and decodes faster, but did
 two threads and would bring six more dependencies; pcodec reaches the entropy yardstick but
 encodes at under 150 MB/s. The formats are those of v0.1, so every stored chunk still decodes.
 
+``compression = "max"`` trades speed for size with pcodec (numerical entropy coding in Rust):
+``pco<w>`` codes the words as numbers (f32/f64; 2-byte words as u16, since bf16 and f16 look
+alike here), ``dpco<w>`` codes the integer difference of the bit patterns from the base (XOR
+codes worse there: pcodec models the distribution of numbers, and a difference is a small
+signed number). On the FedAvg trajectory it stores 6% (fp32) to 14% (bf16) less than ``auto`` at
+a fifth of the encoding speed. pcodec frames carry no checksum, so these chunks end with the
+CRC-32 of their raw bytes; 1-byte words fall back to ``bgz1``/``xbgz1``.
+
 Pure functions apart from per-thread zstd contexts and scratch buffers (zstd contexts are not
 thread-safe; allocating them and a fresh 1 MiB buffer per chunk was a measurable cost). zstd and
 the numpy transposes release the GIL, so callers may run them on a thread pool.
@@ -31,6 +39,7 @@ the numpy transposes release the GIL, so callers may run them on a thread pool.
 from __future__ import annotations
 
 import threading
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,6 +53,12 @@ CODEC_RAW = "raw"
 _GROUPED_PREFIX = "bgz"
 _DELTA_PREFIX = "xbgz"  # XOR with the base chunk, then as ``bgz``
 GROUP_WIDTHS = (1, 2, 4, 8)
+_PCO_PREFIX = "pco"  # pcodec of the words as numbers (``compression = "max"``)
+_PCO_DELTA_PREFIX = "dpco"  # pcodec of the integer difference from the base
+#: the numpy type pcodec codes each word width as, self-contained and as a difference
+_PCO_TYPES = {2: np.uint16, 4: np.float32, 8: np.float64}
+_UINT_TYPES = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+_PCO_LEVEL = 8  # pcodec's default: level 4 lost 3% of the ratio for no reliable speed gain
 
 #: Store compressed only when it saves at least this fraction.
 MIN_SAVING = 0.05
@@ -86,6 +101,8 @@ def encode(
         return CODEC_RAW, raw
     if width not in GROUP_WIDTHS:
         raise ValueError(f"unsupported group width {width}")
+    if compression == "max" and width in _PCO_TYPES:
+        return _encode_pco(raw, width, base)
     best: tuple[str, bytes | memoryview] = (CODEC_RAW, raw)
     limit = len(raw) * (1 - MIN_SAVING)
     src = np.frombuffer(raw, dtype=np.uint8)
@@ -103,7 +120,7 @@ def encode(
 
 
 def is_delta(codec: str) -> bool:
-    return codec.startswith(_DELTA_PREFIX)
+    return codec.startswith((_DELTA_PREFIX, _PCO_DELTA_PREFIX))
 
 
 def decode(
@@ -118,6 +135,8 @@ def decode(
     """
     if codec == CODEC_RAW:
         return stored if isinstance(stored, bytes) else bytes(stored)
+    if codec.startswith((_PCO_PREFIX, _PCO_DELTA_PREFIX)):
+        return _decode_pco(codec, stored, raw_size, base)
     delta = is_delta(codec)
     width = _width_of(codec[1:] if delta else codec)
     if delta and (base is None or len(base) != raw_size):
@@ -137,6 +156,75 @@ def decode(
     out = np.empty(raw_size, dtype=np.uint8)
     _ungroup_into(np.frombuffer(grouped, dtype=np.uint8), width, out, np.frombuffer(base, np.uint8))
     return out.tobytes()
+
+
+def _encode_pco(
+    raw: bytes | bytearray | memoryview,
+    width: int,
+    base: bytes | bytearray | memoryview | None,
+) -> tuple[str, bytes | memoryview]:
+    """``compression = "max"``: the difference from ``base`` if good enough, else the words."""
+    from pcodec import ChunkConfig, standalone  # only "max" needs it loaded
+
+    config = ChunkConfig(compression_level=_PCO_LEVEL)
+    body = len(raw) - len(raw) % width
+    crc = zlib.crc32(raw).to_bytes(4, "little")
+    best: tuple[str, bytes | memoryview] = (CODEC_RAW, raw)
+    limit = len(raw) * (1 - MIN_SAVING)
+    if base is not None and len(base) == len(raw):
+        kind = _UINT_TYPES[width]
+        words = np.frombuffer(raw, dtype=kind, count=body // width)
+        diff = words - np.frombuffer(base, dtype=kind, count=body // width)  # wraps: lossless
+        tail = xor_bytes(memoryview(raw)[body:], memoryview(base)[body:])
+        delta = standalone.simple_compress(diff, config) + tail + crc
+        if len(delta) <= limit:
+            best = (f"{_PCO_DELTA_PREFIX}{width}", delta)
+        if len(delta) <= len(raw) * DELTA_GOOD_ENOUGH:
+            return best
+    words = np.frombuffer(raw, dtype=_PCO_TYPES[width], count=body // width)
+    packed = standalone.simple_compress(words, config) + bytes(memoryview(raw)[body:]) + crc
+    if len(packed) <= min(limit, len(best[1])):
+        best = (f"{_PCO_PREFIX}{width}", packed)
+    return best
+
+
+def _decode_pco(
+    codec: str,
+    stored: bytes | memoryview,
+    raw_size: int,
+    base: bytes | bytearray | memoryview | None,
+) -> bytes:
+    from pcodec import standalone
+
+    delta = codec.startswith(_PCO_DELTA_PREFIX)
+    suffix = codec.removeprefix(_PCO_DELTA_PREFIX if delta else _PCO_PREFIX)
+    if not suffix.isdigit() or int(suffix) not in _PCO_TYPES:
+        raise IntegrityError(f"unknown chunk codec {codec!r}")
+    width = int(suffix)
+    if delta and (base is None or len(base) != raw_size):
+        raise IntegrityError("delta chunk without its base")
+    tail_len = raw_size % width
+    frame_end = len(stored) - 4 - tail_len
+    if frame_end < 0:
+        raise IntegrityError("compressed chunk is truncated")
+    view = memoryview(stored)
+    kind = _UINT_TYPES[width] if delta else _PCO_TYPES[width]
+    out = np.empty(raw_size // width, dtype=kind)  # the frame cannot make it allocate more
+    try:
+        progress = standalone.simple_decompress_into(bytes(view[:frame_end]), out)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise IntegrityError(f"compressed chunk is damaged: {e}") from None
+    if progress.n_processed != len(out) or not progress.finished:
+        raise IntegrityError("compressed chunk decodes to the wrong size")
+    tail = view[frame_end : frame_end + tail_len]
+    if delta:
+        assert base is not None  # checked above
+        out += np.frombuffer(base, dtype=kind, count=len(out))  # wraps, undoing the difference
+        tail = memoryview(xor_bytes(tail, memoryview(base)[raw_size - tail_len :]))
+    raw = out.tobytes() + bytes(tail) if tail_len else out.tobytes()
+    if zlib.crc32(raw).to_bytes(4, "little") != bytes(view[len(stored) - 4 :]):
+        raise IntegrityError("compressed chunk fails its CRC-32")
+    return raw
 
 
 def xor_bytes(a: bytes | memoryview, b: bytes | memoryview) -> bytes:

@@ -370,3 +370,110 @@ def test_threads_share_nothing():
 
     with ThreadPoolExecutor(4) as pool:
         assert all(pool.map(round_trip, inputs * 3))
+
+
+# -- compression = "max": pcodec ------------------------------------------------------------------
+
+
+@settings(max_examples=150)
+@given(raw=st.binary(max_size=3000), width=WIDTHS, data=st.data())
+def test_max_round_trips_any_bytes_with_and_without_a_base(raw, width, data):
+    """Any bit patterns (NaN payloads, infinities, denormals) come back exactly."""
+    base = data.draw(st.none() | st.binary(min_size=len(raw), max_size=len(raw)))
+    name, stored = codec.encode(raw, width, "max", base=base)
+    event(name.rstrip("12468"))
+    needed = base if codec.is_delta(name) else None
+    assert codec.decode(name, bytes(stored), len(raw), base=needed) == raw
+
+
+@settings(max_examples=100)
+@given(
+    n_words=st.integers(1, 3000),
+    width=st.sampled_from([2, 4, 8]),
+    tail=st.binary(max_size=7),
+    seed=st.integers(0, 2**32 - 1),
+    step=st.sampled_from([0.0, 1e-4, 1e-2]),
+)
+def test_max_codes_drifting_weights_as_pcodec_differences(n_words, width, tail, seed, step):
+    raw, base = drifted(n_words, width, seed, step)
+    raw, base = raw + tail[: width - 1], base + tail[: width - 1]
+    name, stored = codec.encode(raw, width, "max", base=base)
+    if n_words >= 500:
+        assert name == f"dpco{width}"
+    assert codec.decode(name, bytes(stored), len(raw), base=base) == raw
+
+
+def test_max_beats_auto_on_drifting_floats():
+    raw, base = drifted(200_000, 4, 11, 1e-3)
+    assert len(codec.encode(raw, 4, "max", base=base)[1]) < len(
+        codec.encode(raw, 4, "auto", base=base)[1]
+    )
+    assert len(codec.encode(raw, 4, "max")[1]) < len(codec.encode(raw, 4, "auto")[1])
+
+
+def pco_chunk(delta: bool) -> tuple[str, bytes, bytes, bytes]:
+    raw, base = drifted(5000, 4, 5, 1e-3)
+    raw, base = raw + b"\x01\x02", base + b"\x03\x04"
+    name, stored = codec.encode(raw, 4, "max", base=base if delta else None)
+    assert name == ("dpco4" if delta else "pco4")
+    return name, bytes(stored), raw, base
+
+
+@settings(max_examples=200)
+@given(position=st.integers(0, 10**6), xor=st.integers(1, 255), delta=st.booleans())
+def test_corrupted_pcodec_chunk_never_decodes_to_wrong_bytes(position, xor, delta):
+    """pcodec frames have no checksum; the CRC-32 of the raw bytes catches every flip that
+    changes the result (a flip in a header bit pcodec does not use decodes, to the same bytes)."""
+    name, stored, raw, base = pco_chunk(delta)
+    bad = bytearray(stored)
+    bad[position % len(bad)] ^= xor
+    try:
+        decoded = codec.decode(name, bytes(bad), len(raw), base=base)
+    except IntegrityError:
+        event("IntegrityError")
+        return
+    event("decoded unchanged")
+    assert decoded == raw
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_corrupted_pcodec_body_and_crc_raise_integrity_error(delta):
+    name, stored, raw, base = pco_chunk(delta)
+    for position in range(len(stored) // 4, len(stored), max(1, len(stored) // 60)):
+        bad = bytearray(stored)
+        bad[position] ^= 0x5A
+        with pytest.raises(IntegrityError):
+            codec.decode(name, bytes(bad), len(raw), base=base)
+
+
+@given(cut=st.integers(0, 10**6), delta=st.booleans())
+def test_truncated_pcodec_chunk_raises_integrity_error(cut, delta):
+    name, stored, raw, base = pco_chunk(delta)
+    with pytest.raises(IntegrityError):
+        codec.decode(name, stored[: cut % len(stored)], len(raw), base=base)
+
+
+@pytest.mark.parametrize("size_change", [-4, -1, 1, 4, 4000])
+def test_pcodec_chunk_of_the_wrong_raw_size_raises_integrity_error(size_change):
+    name, stored, raw, _ = pco_chunk(False)
+    with pytest.raises(IntegrityError):
+        codec.decode(name, stored, len(raw) + size_change)
+
+
+def test_pcodec_delta_without_its_base_raises_integrity_error():
+    name, stored, raw, base = pco_chunk(True)
+    with pytest.raises(IntegrityError, match="base"):
+        codec.decode(name, stored, len(raw))
+    with pytest.raises(IntegrityError, match="base"):
+        codec.decode(name, stored, len(raw), base=base[:-1])
+
+
+@pytest.mark.parametrize("name", ["pco", "pco1", "pco3", "pco16", "dpco", "dpco1", "dpcox"])
+def test_unknown_pcodec_names_raise_integrity_error(name):
+    with pytest.raises(IntegrityError, match="codec"):
+        codec.decode(name, b"\x00" * 16, 16, base=b"\x00" * 16)
+
+
+def test_max_with_one_byte_words_falls_back_to_zstd():
+    raw = compressible(4000, 1)
+    assert codec.encode(raw, 1, "max")[0] == "bgz1"

@@ -257,7 +257,7 @@ dir = "/x/b"
     )
 
 
-@pytest.mark.parametrize("value", ["none", "auto"])
+@pytest.mark.parametrize("value", ["none", "auto", "max"])
 def test_compression_choices(value: str) -> None:
     assert settings(compression=value).compression == value
 
