@@ -18,6 +18,7 @@ ingest pool's size); the libraries are asked for one internal thread each.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -210,28 +211,86 @@ def entropy_bytes(buf: bytes, w: int) -> float:
 
 
 def candidates(dtype: str, quick: bool, delta: bool) -> list[Coder]:
-    import blosc2
-
-    sh, bsh, bd = blosc2.Filter.SHUFFLE, blosc2.Filter.BITSHUFFLE, blosc2.Filter.BYTEDELTA
+    """The coders to compare; a library that is not installed is left out (and said so)."""
     coders = [_zstd(1), _zstd(3)]
-    coders += [
-        _blosc("shuffle", [sh], "ZSTD", 1),
-        _blosc("shuffle", [sh], "ZSTD", 3),
-        _blosc("shuffle+bytedelta", [sh, bd], "ZSTD", 1),
-        _blosc("bitshuffle", [bsh], "ZSTD", 1),
-        _blosc("shuffle", [sh], "LZ4", 5),
-    ]
-    if quick:
-        return coders
-    coders += [
-        _zstd(9),
-        _blosc("shuffle", [sh], "ZSTD", 6),
-        _blosc("shuffle+bytedelta", [sh, bd], "ZSTD", 5),
-        _blosc("bitshuffle", [bsh], "LZ4", 5),
-        _pcodec(delta),
-        _zipnn("float32" if dtype == "fp32" else "bfloat16"),
-    ]
+    if not quick:
+        coders.append(_zstd(9))
+    try:
+        import blosc2
+    except ImportError:
+        print("[codec] blosc2 is not installed: left out", file=sys.stderr)
+    else:
+        sh, bsh, bd = blosc2.Filter.SHUFFLE, blosc2.Filter.BITSHUFFLE, blosc2.Filter.BYTEDELTA
+        coders += [
+            _blosc("shuffle", [sh], "ZSTD", 1),
+            _blosc("shuffle", [sh], "ZSTD", 3),
+            _blosc("shuffle+bytedelta", [sh, bd], "ZSTD", 1),
+            _blosc("bitshuffle", [bsh], "ZSTD", 1),
+            _blosc("shuffle", [sh], "LZ4", 5),
+        ]
+        if not quick:
+            coders += [
+                _blosc("shuffle", [sh], "ZSTD", 6),
+                _blosc("shuffle+bytedelta", [sh, bd], "ZSTD", 5),
+                _blosc("bitshuffle", [bsh], "LZ4", 5),
+            ]
+    coders.append(_pcodec(delta))
+    if not quick:
+        try:
+            coders.append(_zipnn("float32" if dtype == "fp32" else "bfloat16"))
+        except ImportError:
+            print("[codec] zipnn is not installed: left out", file=sys.stderr)
     return coders
+
+
+def chunkd_rows(rounds: list[list[Chunk]]) -> list[dict[str, Any]]:
+    """:mod:`chunkd.codec` itself, as the store calls it: each round against the previous one
+    (``encode(raw, width, compression, base)``), round 1 on its own."""
+    pairs = [(raw, w, None) for raw, w in rounds[0]]
+    pairs += [
+        (raw, w, base)
+        for prev, cur in itertools.pairwise(rounds)
+        for (raw, w), (base, _) in zip(cur, prev, strict=True)
+    ]
+    raw_bytes = sum(len(r) for r, _, _ in pairs)
+    rows = []
+    for compression in ("auto", "max"):
+        enc = lambda p, c=compression: codec.encode(p[0], p[1], c, p[2])  # noqa: E731
+        t0 = time.perf_counter()
+        coded = [enc(p) for p in pairs]
+        enc_s = time.perf_counter() - t0
+        with ThreadPoolExecutor(2) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(enc, pairs))
+            enc2_s = time.perf_counter() - t0
+            work = list(zip(pairs, coded, strict=True))
+
+            def dec(item: tuple[tuple[bytes, int, bytes | None], tuple[str, Any]]) -> bytes:
+                (raw, _, base), (name, data) = item
+                return codec.decode(name, bytes(data), len(raw), base)
+
+            t0 = time.perf_counter()
+            decoded = [dec(x) for x in work]
+            dec_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            list(pool.map(dec, work))
+            dec2_s = time.perf_counter() - t0
+        if decoded != [r for r, _, _ in pairs]:
+            raise AssertionError(f"chunkd.codec {compression} does not round-trip")
+        names = sorted({name for name, _ in coded})
+        rows.append(
+            {
+                "mode": "chain",
+                "transform": "-",
+                "coder": f"chunkd.codec {compression!r} ({', '.join(names)})",
+                "ratio": sum(len(d) for _, d in coded) / raw_bytes,
+                "enc_mb_s": raw_bytes / 1e6 / enc_s,
+                "enc2_mb_s": raw_bytes / 1e6 / enc2_s,
+                "dec_mb_s": raw_bytes / 1e6 / dec_s,
+                "dec2_mb_s": raw_bytes / 1e6 / dec2_s,
+            }
+        )
+    return rows
 
 
 # -- measurement ----------------------------------------------------------------------------------
@@ -283,9 +342,15 @@ def measure(coder: Coder, inputs: list[Chunk], threads: bool) -> dict[str, float
     return row
 
 
-def run(directory: Path, quick: bool) -> dict[str, Any]:
-    meta = trajectory.ensure(directory)
-    results: dict[str, Any] = {"trajectory": {k: v for k, v in meta.items() if k != "changed"}}
+def run(
+    directory: Path, quick: bool, settings: trajectory.Settings | None = None
+) -> dict[str, Any]:
+    meta = trajectory.ensure(directory, settings)
+    results: dict[str, Any] = {
+        "trajectory": {k: v for k, v in meta.items() if k != "changed"},
+        "quick": quick,
+        "loadavg_before": os.getloadavg(),
+    }
     modes = [("self", "-")] + [
         (m, t) for m in ("prev", "first", "cross") for t in ("xor", "sub", "osub")
     ]
@@ -304,7 +369,11 @@ def run(directory: Path, quick: bool) -> dict[str, Any]:
                 row = measure(coder, inputs, threads=mode in ("self", "prev"))
                 rows.append({"mode": mode, "transform": transform, "coder": coder.name, **row})
                 print(f"[codec] {dtype} {mode:5} {transform:4} {coder.name:40} {row}", flush=True)
+        for row in chunkd_rows(rounds):
+            rows.append(row)
+            print(f"[codec] {dtype} {row}", flush=True)
         results[dtype] = rows
+    results["loadavg_after"] = os.getloadavg()
     return results
 
 

@@ -47,6 +47,10 @@ class Settings:
     version: int = VERSION
 
 
+#: A seconds-long trajectory for the CI smoke run: every code path, tiny files.
+QUICK = Settings(clients=2, rounds=3, samples_per_client=64, width=4)
+
+
 def files(directory: Path, dtype: str, client: int) -> list[Path]:
     """One client's files in round order."""
     return sorted((directory / dtype / f"client{client}").glob("round_*.pth"))

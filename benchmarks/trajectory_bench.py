@@ -49,6 +49,8 @@ def configs() -> dict[str, IngestOptions]:
         "none": IngestOptions(compression="none"),
         "auto": IngestOptions(compression="auto"),
         "auto+delta": IngestOptions(compression="auto", delta=True),
+        "max": IngestOptions(compression="max"),
+        "max+delta": IngestOptions(compression="max", delta=True),
         "default": IngestOptions(**default),
     }
 
@@ -140,9 +142,16 @@ def run_restic(work: Path, client_files: list[list[Path]], keep: int) -> dict[st
     return {"db_bytes": stored, "plain_bytes": plain, "ratio": stored / plain}
 
 
-def run(quick: bool = False, directory: Path = trajectory.DEFAULT_DIR) -> dict[str, Any]:
-    meta = trajectory.ensure(directory)
+def run(
+    quick: bool = False,
+    directory: Path = trajectory.DEFAULT_DIR,
+    settings: trajectory.Settings | None = None,
+    others: bool = True,
+) -> dict[str, Any]:
+    """``quick``: one client; ``others``: zstd -19 and restic (when installed) beside chunkd."""
+    meta = trajectory.ensure(directory, settings)
     clients = 1 if quick else meta["settings"]["clients"]
+    others = others and not quick
     results: dict[str, Any] = {
         "trajectory": {k: v for k, v in meta.items() if k != "changed"},
         "clients": clients,
@@ -159,9 +168,9 @@ def run(quick: bool = False, directory: Path = trajectory.DEFAULT_DIR) -> dict[s
                     results["rows"].append({"dtype": dtype, "keep": keep, "config": name, **row})
                     print(f"[trajectory] {dtype} keep={keep} {name}: {row}", flush=True)
                 others = {}
-                if not quick and shutil.which("zstd"):
+                if others and shutil.which("zstd"):
                     others["zstd -19"] = run_zstd(files, keep)
-                if not quick and restic_bench.unavailable_reason() is None:
+                if others and restic_bench.unavailable_reason() is None:
                     others["restic"] = run_restic(work, files, keep)
                 for name, row in others.items():
                     results["rows"].append({"dtype": dtype, "keep": keep, "config": name, **row})
