@@ -345,7 +345,13 @@ def measure(coder: Coder, inputs: list[Chunk], threads: bool) -> dict[str, float
 def run(
     directory: Path, quick: bool, settings: trajectory.Settings | None = None
 ) -> dict[str, Any]:
-    meta = trajectory.ensure(directory, settings)
+    """Every candidate on the trajectory in ``directory`` (made with ``settings`` if missing;
+    an existing one is used as it is when ``settings`` is None)."""
+    meta_path = directory / "meta.json"
+    if settings is None and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+    else:
+        meta = trajectory.ensure(directory, settings)
     results: dict[str, Any] = {
         "trajectory": {k: v for k, v in meta.items() if k != "changed"},
         "quick": quick,
