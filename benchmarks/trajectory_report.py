@@ -46,15 +46,15 @@ def codec_table(codecs: dict[str, Any]) -> list[str]:
             continue
         lines += [
             "",
-            f"**{dtype}** (client 0, chunks as ingest cuts them; MB/s of raw bytes; "
-            "1 thr / 2 thr):",
+            f"**{dtype}** (client 0, chunks as ingest cuts them; MB/s of raw bytes: "
+            "one thread wall-clock / two threads wall-clock / per CPU-second of one thread):",
             "",
             "| input | transform | coder | stored/raw | encode MB/s | decode MB/s |",
             "| --- | --- | --- | ---: | ---: | ---: |",
         ]
         for r in rows:
-            enc = f"{_mb(r.get('enc_mb_s'))} / {_mb(r.get('enc2_mb_s'))}"
-            dec = f"{_mb(r.get('dec_mb_s'))} / {_mb(r.get('dec2_mb_s'))}"
+            enc = "/".join(_mb(r.get(k)) for k in ("enc_mb_s", "enc2_mb_s", "enc_cpu_mb_s"))
+            dec = "/".join(_mb(r.get(k)) for k in ("dec_mb_s", "dec2_mb_s", "dec_cpu_mb_s"))
             if r["coder"] == "entropy":
                 coder, enc, dec = "*order-0 entropy per byte plane (yardstick)*", "", ""
             else:
