@@ -11,25 +11,32 @@ depend on the codec. The codec of each stored chunk is recorded next to it (``ch
 
 With a *base* (the raw bytes of the chunk that covered the same flat range in another round,
 normally the previous one) a chunk may instead be stored as the XOR of the two, grouped and
-compressed the same way: codec ``xbgz<w>``. Federated rounds move each weight a little; the XOR of
-two close floats is mostly zero bits in the sign, exponent and high mantissa bytes. Which chunk is
-the base, and how long chains get, is the store's business: this module only needs its bytes.
+compressed the same way. Federated rounds move each weight a little; the XOR of two close floats
+is mostly zero bits in the sign, exponent and high mantissa bytes. Which chunk is the base, and
+how long chains get, is the store's business: this module only needs the base's raw bytes.
 
-Why these choices (measured on a real FedAvg trajectory, ``benchmarks/RESULTS.md``, "Codec
-comparison"): XOR beat the integer difference of the bit patterns (also after mapping
-sign-magnitude floats onto ordered integers) for every width, so the transform needs only the
-word width, never the dtype; zstd level 1 gives the ratio of level 3 (within 0.5%) at twice the
-speed; blosc2's shuffle + zstd is within 1% in ratio and decodes faster, but did not scale over
-two threads and would bring six more dependencies; pcodec reaches the entropy yardstick but
-encodes at under 150 MB/s. The formats are those of v0.1, so every stored chunk still decodes.
+Codec names (every one ever written still decodes):
 
-``compression = "max"`` trades speed for size with pcodec (numerical entropy coding in Rust):
-``pco<w>`` codes the words as numbers (f32/f64; 2-byte words as u16, since bf16 and f16 look
-alike here), ``dpco<w>`` codes the integer difference of the bit patterns from the base (XOR
-codes worse there: pcodec models the distribution of numbers, and a difference is a small
-signed number). On the FedAvg trajectory it stores 6% (fp32) to 14% (bf16) less than ``auto`` at
-a fifth of the encoding speed. pcodec frames carry no checksum, so these chunks end with the
-CRC-32 of their raw bytes; 1-byte words fall back to ``bgz1``/``xbgz1``.
+* ``raw``;
+* ``bgz<w>`` / ``xbgz<w>`` (v0.1): grouped by ``w``-byte words into one zstd frame, on its own /
+  XORed with the base; still written for 1-byte words and chunks under 16 KiB;
+* ``zp<w>`` / ``xzp<w>`` (``compression = "auto"``): the same, but one zstd frame per byte plane;
+* ``pco<w>`` / ``dpco<w>`` (``compression = "max"``): pcodec, see :func:`_encode_pco`.
+
+Why these (measured on a real FedAvg trajectory, ``benchmarks/RESULTS.md``, "Codec comparison"):
+XOR beat the integer difference of the bit patterns (also after mapping sign-magnitude floats
+onto ordered integers) with every byte-oriented coder, so the transform needs only the word
+width, never the dtype. zstd level 1 gives level 3's ratio (within 0.5%) at twice the speed, and
+a frame per plane gives each plane its own entropy tables and lets zstd store a plane of noise
+(low mantissa bytes) as raw blocks: 1-3% smaller and faster than one frame. blosc2 (shuffle +
+zstd) came within 1% of one frame but not of per-plane frames, and would bring six more
+dependencies. pcodec reaches the per-plane entropy yardstick and goes below it on integer
+differences (it models numbers, not bytes), but encodes at a fifth of the speed: it is ``max``.
+
+``pco<w>`` codes the words as numbers (f32/f64; 2-byte words as u16, since bf16 and f16 cannot be
+told apart by width), ``dpco<w>`` the wrapping integer difference of the bit patterns from the
+base. pcodec frames carry no checksum, so these chunks end with the CRC-32 of their raw bytes;
+1-byte words fall back to ``bgz1``/``xbgz1``.
 
 Pure functions apart from per-thread zstd contexts and scratch buffers (zstd contexts are not
 thread-safe; allocating them and a fresh 1 MiB buffer per chunk was a measurable cost). zstd and
@@ -38,6 +45,7 @@ the numpy transposes release the GIL, so callers may run them on a thread pool.
 
 from __future__ import annotations
 
+import struct
 import threading
 import zlib
 from collections.abc import Sequence
@@ -53,6 +61,13 @@ CODEC_RAW = "raw"
 _GROUPED_PREFIX = "bgz"
 _DELTA_PREFIX = "xbgz"  # XOR with the base chunk, then as ``bgz``
 GROUP_WIDTHS = (1, 2, 4, 8)
+#: ``zp<w>``: grouped as ``bgz``, but one zstd frame per byte plane (the last one carries the
+#: tail), after a header of ``w`` little-endian u32 frame lengths. Every frame has zstd's
+#: checksum, so every stored byte is covered.
+_PLANES_PREFIX = "zp"
+_PLANES_DELTA_PREFIX = "xzp"  # XOR with the base chunk, then as ``zp``
+#: Below this a chunk is one frame (``bgz``): per-plane frame headers would cost more than saved.
+PLANES_MIN_BYTES = 16 << 10
 _PCO_PREFIX = "pco"  # pcodec of the words as numbers (``compression = "max"``)
 _PCO_DELTA_PREFIX = "dpco"  # pcodec of the integer difference from the base
 #: the numpy type pcodec codes each word width as, self-contained and as a difference
@@ -106,21 +121,24 @@ def encode(
     best: tuple[str, bytes | memoryview] = (CODEC_RAW, raw)
     limit = len(raw) * (1 - MIN_SAVING)
     src = np.frombuffer(raw, dtype=np.uint8)
+    planes = width > 1 and len(raw) >= PLANES_MIN_BYTES
     if base is not None and len(base) == len(raw):
-        delta = _compressor().compress(_grouped(src, width, np.frombuffer(base, dtype=np.uint8)))
+        grouped = _grouped(src, width, np.frombuffer(base, dtype=np.uint8))
+        delta = _compress_planes(grouped, width) if planes else _compressor().compress(grouped)
         if len(delta) <= limit:
-            best = (f"{_DELTA_PREFIX}{width}", delta)
+            best = (f"{_PLANES_DELTA_PREFIX if planes else _DELTA_PREFIX}{width}", delta)
         if len(delta) <= len(raw) * DELTA_GOOD_ENOUGH:
             return best
     if compression != "none":
-        packed = _compressor().compress(_grouped(src, width))
+        grouped = _grouped(src, width)
+        packed = _compress_planes(grouped, width) if planes else _compressor().compress(grouped)
         if len(packed) <= min(limit, len(best[1])):
-            best = (f"{_GROUPED_PREFIX}{width}", packed)
+            best = (f"{_PLANES_PREFIX if planes else _GROUPED_PREFIX}{width}", packed)
     return best
 
 
 def is_delta(codec: str) -> bool:
-    return codec.startswith((_DELTA_PREFIX, _PCO_DELTA_PREFIX))
+    return codec.startswith((_DELTA_PREFIX, _PCO_DELTA_PREFIX, _PLANES_DELTA_PREFIX))
 
 
 def decode(
@@ -137,6 +155,8 @@ def decode(
         return stored if isinstance(stored, bytes) else bytes(stored)
     if codec.startswith((_PCO_PREFIX, _PCO_DELTA_PREFIX)):
         return _decode_pco(codec, stored, raw_size, base)
+    if codec.startswith((_PLANES_PREFIX, _PLANES_DELTA_PREFIX)):
+        return _decode_planes(codec, stored, raw_size, base)
     delta = is_delta(codec)
     width = _width_of(codec[1:] if delta else codec)
     if delta and (base is None or len(base) != raw_size):
@@ -156,6 +176,67 @@ def decode(
     out = np.empty(raw_size, dtype=np.uint8)
     _ungroup_into(np.frombuffer(grouped, dtype=np.uint8), width, out, np.frombuffer(base, np.uint8))
     return out.tobytes()
+
+
+def _compress_planes(grouped: np.ndarray, width: int) -> bytes:
+    n = len(grouped)
+    plane = n // width
+    compressor = _compressor()
+    frames = [
+        compressor.compress(grouped[i * plane : n if i == width - 1 else (i + 1) * plane])
+        for i in range(width)
+    ]
+    return struct.pack(f"<{width}I", *(len(f) for f in frames)) + b"".join(frames)
+
+
+def _decode_planes(
+    codec: str,
+    stored: bytes | memoryview,
+    raw_size: int,
+    base: bytes | bytearray | memoryview | None,
+) -> bytes:
+    delta = codec.startswith(_PLANES_DELTA_PREFIX)
+    suffix = codec.removeprefix(_PLANES_DELTA_PREFIX if delta else _PLANES_PREFIX)
+    if not suffix.isdigit() or int(suffix) not in GROUP_WIDTHS[1:]:
+        raise IntegrityError(f"unknown chunk codec {codec!r}")
+    width = int(suffix)
+    if delta and (base is None or len(base) != raw_size):
+        raise IntegrityError("delta chunk without its base")
+    view = memoryview(stored)
+    pos = 4 * width
+    if len(view) < pos:
+        raise IntegrityError("compressed chunk is truncated")
+    lengths = struct.unpack_from(f"<{width}I", view)
+    if pos + sum(lengths) != len(view):
+        raise IntegrityError("compressed chunk's plane lengths do not add up")
+    plane = raw_size // width
+    body = plane * width
+    out = np.empty(raw_size, dtype=np.uint8)
+    words = out[:body].reshape(-1, width)
+    ref = np.frombuffer(base, dtype=np.uint8) if delta and base is not None else None
+    for i, length in enumerate(lengths):
+        size = plane + (raw_size - body if i == width - 1 else 0)
+        data = np.frombuffer(_decompress_exact(view[pos : pos + length], size), dtype=np.uint8)
+        pos += length
+        words[:, i] = data[:plane]
+    out[body:] = data[plane:]
+    if ref is not None:  # one contiguous pass: faster than XORing each strided column
+        np.bitwise_xor(out, ref, out=out)
+    return out.tobytes()
+
+
+def _decompress_exact(frame: memoryview, size: int) -> bytes:
+    """One zstd frame that must decode to exactly ``size`` bytes (it carries a checksum)."""
+    try:
+        # max_output_size is ignored when the frame states its size; a damaged one may state GiBs
+        if zstandard.frame_content_size(frame) not in (-1, size):
+            raise IntegrityError("compressed chunk declares the wrong size")
+        data = _decompressor().decompress(frame, max_output_size=max(size, 1))
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"compressed chunk is damaged: {e}") from None
+    if len(data) != size:
+        raise IntegrityError("compressed chunk decodes to the wrong size")
+    return data
 
 
 def _encode_pco(

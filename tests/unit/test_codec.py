@@ -16,6 +16,12 @@ from chunkd.errors import IntegrityError
 WIDTHS = st.sampled_from(codec.GROUP_WIDTHS)
 
 
+def self_name(width: int, size: int) -> str:
+    """What ``auto`` writes for a chunk on its own: one zstd frame per byte plane (``zp``), or
+    for 1-byte words and small chunks the single frame of v0.1 (``bgz``)."""
+    return "bgz1" if width == 1 else f"{'zp' if size >= codec.PLANES_MIN_BYTES else 'bgz'}{width}"
+
+
 def compressible(n_words: int, width: int, seed: int = 0) -> bytes:
     """Float-like words: random low bytes, a nearly constant top byte (the 'exponent')."""
     rng = np.random.default_rng(seed)
@@ -49,7 +55,7 @@ def test_round_trip_any_bytes(raw, width, compression):
 
 @settings(max_examples=100)
 @given(
-    n_words=st.integers(64, 2000),
+    n_words=st.integers(64, 5000),
     width=WIDTHS,
     tail=st.binary(max_size=7),
     seed=st.integers(0, 2**32 - 1),
@@ -57,7 +63,7 @@ def test_round_trip_any_bytes(raw, width, compression):
 def test_round_trip_compressible_words_of_every_width(n_words, width, tail, seed):
     raw = compressible(n_words, width, seed) + tail[: width - 1]
     name, stored = codec.encode(raw, width, "auto")
-    assert name == f"bgz{width}"
+    assert name == self_name(width, len(raw))
     assert len(stored) <= len(raw) * (1 - codec.MIN_SAVING)
     assert codec.decode(name, bytes(stored), len(raw)) == raw
 
@@ -105,9 +111,9 @@ def test_unsupported_width_is_refused():
 
 
 def stored_chunk(width: int = 4) -> tuple[str, bytes, bytes]:
-    raw = compressible(4096, width)
+    raw = compressible(8192, width)
     name, stored = codec.encode(raw, width, "auto")
-    assert name.startswith("bgz")
+    assert name == self_name(width, len(raw))
     return name, bytes(stored), raw
 
 
@@ -138,13 +144,15 @@ def test_corrupted_block_bytes_raise_integrity_error(width):
             codec.decode(name, bytes(bad), len(raw))
 
 
+@pytest.mark.parametrize("width", [1, 4])
 @pytest.mark.parametrize("xor", [0x40, 0x80, 0xC0])
-def test_damaged_frame_header_claiming_a_huge_size_raises_integrity_error(xor):
+def test_damaged_frame_header_claiming_a_huge_size_raises_integrity_error(xor, width):
     """max_output_size does not bound a frame that states its content size: a damaged header
     must not make decode allocate whatever it claims (MemoryError)."""
-    name, stored, raw = stored_chunk()
+    name, stored, raw = stored_chunk(width)
+    first_frame = 4 * width if name.startswith("zp") else 0  # after the plane lengths
     bad = bytearray(stored)
-    bad[4] ^= xor  # Frame_Header_Descriptor: the Frame_Content_Size field's width
+    bad[first_frame + 4] ^= xor  # Frame_Header_Descriptor: the Frame_Content_Size field's width
     with pytest.raises(IntegrityError):
         codec.decode(name, bytes(bad), len(raw))
 
@@ -159,9 +167,10 @@ def test_truncated_compressed_bytes_raise_integrity_error(cut):
 @pytest.mark.parametrize(
     "garbage", [b"", b"\x00" * 32, os.urandom(100), struct.pack("<I", 0xFD2FB528) + os.urandom(40)]
 )
-def test_garbage_under_a_compressed_codec_raises_integrity_error(garbage):
+@pytest.mark.parametrize("name", ["bgz4", "zp4", "xzp2"])
+def test_garbage_under_a_compressed_codec_raises_integrity_error(garbage, name):
     with pytest.raises(IntegrityError):
-        codec.decode("bgz4", garbage, 4096)
+        codec.decode(name, garbage, 4096, base=b"\x00" * 4096)
 
 
 @pytest.mark.parametrize("delta", [-1, 1, -100])
@@ -171,7 +180,9 @@ def test_wrong_raw_size_raises_integrity_error(delta):
         codec.decode(name, stored, len(raw) + delta)
 
 
-@pytest.mark.parametrize("name", ["zstd", "bgz3", "bgz", "bgz16", "gzip", "bgzx", ""])
+@pytest.mark.parametrize(
+    "name", ["zstd", "bgz3", "bgz", "bgz16", "gzip", "bgzx", "", "zp", "zp1", "zp3", "xzp16", "zpx"]
+)
 def test_unknown_codec_raises_integrity_error(name):
     with pytest.raises(IntegrityError, match="codec"):
         codec.decode(name, b"\x00" * 16, 16)
@@ -213,9 +224,9 @@ def test_delta_chunk_without_its_base_raises_integrity_error():
 
 
 def test_delta_with_a_base_of_another_size_is_self_contained():
-    raw = compressible(1000, 4)
+    raw = compressible(10_000, 4)
     name, stored = codec.encode(raw, 4, "auto", base=raw[:-4])
-    assert name == "bgz4"
+    assert name == "zp4"
     assert codec.decode(name, bytes(stored), len(raw)) == raw
 
 
@@ -319,7 +330,7 @@ def test_close_rounds_are_stored_as_a_delta_smaller_than_on_their_own():
     raw, base = drifted(100_000, 4, 7, 1e-3)
     alone = codec.encode(raw, 4, "auto")
     name, delta = codec.encode(raw, 4, "auto", base=base)
-    assert name == "xbgz4"
+    assert name == "xzp4"
     assert len(delta) < 0.9 * len(alone[1])
 
 
@@ -327,7 +338,7 @@ def test_an_unrelated_base_loses_to_the_chunk_on_its_own():
     raw = compressible(50_000, 4, seed=1)
     base = os.urandom(len(raw))
     name, stored = codec.encode(raw, 4, "auto", base=base)
-    assert name == "bgz4"
+    assert name == "zp4"
     assert codec.decode(name, bytes(stored), len(raw)) == raw
 
 
