@@ -133,6 +133,21 @@ def _zstd(level: int) -> Coder:
     )
 
 
+def _zstd_planes() -> Coder:
+    """chunkd's ``zp`` format (one zstd frame per byte plane) on whatever bytes it is given."""
+
+    def enc(b: bytes, w: int) -> bytes:
+        grouped = codec._grouped(np.frombuffer(b, dtype=np.uint8), w)
+        if w == 1:
+            return codec._compressor().compress(grouped)
+        return codec._compress_planes(grouped, w)
+
+    def dec(c: bytes, w: int, n: int) -> bytes:
+        return codec.decode(f"zp{w}" if w > 1 else "bgz1", c, n)
+
+    return Coder(f"numpy group + zstd {codec.ZSTD_LEVEL} per plane (zp)", enc, dec)
+
+
 def _blosc(label: str, filters: list[Any], cname: str, clevel: int) -> Coder:
     import blosc2
 
@@ -212,7 +227,7 @@ def entropy_bytes(buf: bytes, w: int) -> float:
 
 def candidates(dtype: str, quick: bool, delta: bool) -> list[Coder]:
     """The coders to compare; a library that is not installed is left out (and said so)."""
-    coders = [_zstd(1), _zstd(3)]
+    coders = [_zstd(1), _zstd_planes(), _zstd(3)]
     if not quick:
         coders.append(_zstd(9))
     try:
