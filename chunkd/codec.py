@@ -86,19 +86,14 @@ DELTA_GOOD_ENOUGH = 0.85
 _local = threading.local()
 
 
-def group_width(itemsizes: Sequence[int] | Sequence[tuple[int, int]]) -> int:
-    """The word width to group a chunk by (complex64 groups as two float32).
+def group_width(itemsizes: Sequence[int]) -> int:
+    """The word width to group a chunk by: its widest scalar (complex64 groups as two float32).
 
-    Given item sizes, the widest; given ``(nbytes, itemsize)`` pairs (``ChunkSpec.itemsizes()``),
-    the item size that covers most bytes, so a BatchNorm ``num_batches_tracked`` (int64) in a
-    chunk of float32 weights does not make the whole chunk group by 8.
+    Grouping narrower words by a multiple of their width only splits each plane in interleaved
+    halves, which per-plane frames code alike: on the trajectory, the chunks that mix float32
+    weights with an int64 ``num_batches_tracked`` store the same grouped by 4 or by 8.
     """
-    if itemsizes and isinstance(itemsizes[0], tuple):
-        weight: dict[int, int] = {}
-        for nbytes, size in itemsizes:  # type: ignore[misc]
-            weight[min(size, 8)] = weight.get(min(size, 8), 0) + nbytes
-        return max(sorted(weight, reverse=True), key=lambda w: weight[w])
-    return min(max(itemsizes, default=1), 8)  # type: ignore[type-var]
+    return min(max(itemsizes, default=1), 8)
 
 
 def encode(
