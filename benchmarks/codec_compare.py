@@ -66,7 +66,7 @@ def load_rounds(directory: Path, dtype: str, client: int) -> list[list[Chunk]]:
                     )
                     for p in spec.parts
                 )
-                width = codec.group_width([p.itemsize for p in spec.parts])
+                width = codec.group_width(spec.itemsizes())
                 chunks.append((raw, width))
             out.append(chunks)
         finally:

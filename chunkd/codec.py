@@ -86,14 +86,20 @@ DELTA_GOOD_ENOUGH = 0.85
 _local = threading.local()
 
 
-def group_width(itemsizes: Sequence[int]) -> int:
-    """The word width to group a chunk by: its widest scalar (complex64 groups as two float32).
+def group_width(itemsizes: Sequence[int] | Sequence[tuple[int, int]]) -> int:
+    """The word width to code a chunk by (complex64 counts as two float32).
 
-    Grouping narrower words by a multiple of their width only splits each plane in interleaved
-    halves, which per-plane frames code alike: on the trajectory, the chunks that mix float32
-    weights with an int64 ``num_batches_tracked`` store the same grouped by 4 or by 8.
+    Given item sizes, the widest (v0.1). Given ``(nbytes, itemsize)`` pairs
+    (``ChunkSpec.itemsizes()``), the item size that covers most bytes: byte grouping does not care
+    (grouping by a multiple of the width codes the same), but pcodec does, and a BatchNorm
+    ``num_batches_tracked`` (int64) must not make it read a chunk of bf16 weights as float64.
     """
-    return min(max(itemsizes, default=1), 8)
+    if itemsizes and isinstance(itemsizes[0], tuple):
+        weight: dict[int, int] = {}
+        for nbytes, size in itemsizes:  # type: ignore[misc]
+            weight[min(size, 8)] = weight.get(min(size, 8), 0) + nbytes
+        return max(sorted(weight, reverse=True), key=lambda w: weight[w])
+    return min(max(itemsizes, default=1), 8)  # type: ignore[type-var]
 
 
 def encode(

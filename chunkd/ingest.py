@@ -229,7 +229,7 @@ def _stream_round(
         if not encodes:
             writer.add_chunk(chunk_hash, codec.CODEC_RAW, buf, len(buf))
             return
-        width = codec.group_width([p.itemsize for p in spec.parts])
+        width = codec.group_width(spec.itemsizes())  # the width most of its bytes have
         base_hash, base = delta_bases.base_for(spec) if delta_bases else (None, None)
         encoded = pool.submit(codec.encode, buf, width, options.compression, base)
         encoding.append((chunk_hash, len(buf), base_hash, encoded))

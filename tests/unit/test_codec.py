@@ -357,6 +357,14 @@ def test_corrupted_delta_never_decodes_to_wrong_bytes(position, xor, width):
     assert decoded == raw
 
 
+def test_group_width_of_parts_is_the_width_of_most_bytes():
+    assert codec.group_width([(460_000, 4), (8, 8)]) == 4
+    assert codec.group_width([(16, 2), (8, 8)]) == 2
+    assert codec.group_width([(8, 4), (8, 8)]) == 8  # a tie goes to the wider
+    assert codec.group_width([(64, 16)]) == 8
+    assert codec.group_width([]) == 1
+
+
 def test_threads_share_nothing():
     """Per-thread zstd contexts and scratch buffers: concurrent chunks never mix."""
     from concurrent.futures import ThreadPoolExecutor
