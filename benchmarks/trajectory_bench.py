@@ -170,12 +170,12 @@ def run(
                     row = run_engine(work, files, options, keep)
                     results["rows"].append({"dtype": dtype, "keep": keep, "config": name, **row})
                     print(f"[trajectory] {dtype} keep={keep} {name}: {row}", flush=True)
-                others = {}
+                baselines: dict[str, dict[str, Any]] = {}
                 if others and shutil.which("zstd"):
-                    others["zstd -19"] = run_zstd(files, keep)
+                    baselines["zstd -19"] = run_zstd(files, keep)
                 if others and restic_bench.unavailable_reason() is None:
-                    others["restic"] = run_restic(work, files, keep)
-                for name, row in others.items():
+                    baselines["restic"] = run_restic(work, files, keep)
+                for name, row in baselines.items():
                     results["rows"].append({"dtype": dtype, "keep": keep, "config": name, **row})
     finally:
         shutil.rmtree(work, ignore_errors=True)
