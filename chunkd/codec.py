@@ -187,7 +187,7 @@ def _compress_planes(grouped: np.ndarray, width: int) -> bytes:
         compressor.compress(grouped[i * plane : n if i == width - 1 else (i + 1) * plane])
         for i in range(width)
     ]
-    return struct.pack(f"<{width}I", *(len(f) for f in frames)) + b"".join(frames)
+    return b"".join([struct.pack(f"<{width}I", *(len(f) for f in frames)), *frames])
 
 
 def _decode_planes(
