@@ -21,6 +21,7 @@ import argparse
 import itertools
 import json
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -275,9 +276,9 @@ def chunkd_rows(rounds: list[list[Chunk]]) -> list[dict[str, Any]]:
         coded = [enc(p) for p in pairs]
         enc_s, enc_cpu = time.perf_counter() - t0, time.thread_time() - c0
         with ThreadPoolExecutor(2) as pool:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _process_cpu()
             list(pool.map(enc, pairs))
-            enc2_s = time.perf_counter() - t0
+            enc2_s, enc2_cpu = time.perf_counter() - t0, _process_cpu() - c0
             work = list(zip(pairs, coded, strict=True))
 
             def dec(item: tuple[tuple[bytes, int, bytes | None], tuple[str, Any]]) -> bytes:
@@ -287,9 +288,9 @@ def chunkd_rows(rounds: list[list[Chunk]]) -> list[dict[str, Any]]:
             t0, c0 = time.perf_counter(), time.thread_time()
             decoded = [dec(x) for x in work]
             dec_s, dec_cpu = time.perf_counter() - t0, time.thread_time() - c0
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _process_cpu()
             list(pool.map(dec, work))
-            dec2_s = time.perf_counter() - t0
+            dec2_s, dec2_cpu = time.perf_counter() - t0, _process_cpu() - c0
         if decoded != [r for r, _, _ in pairs]:
             raise AssertionError(f"chunkd.codec {compression} does not round-trip")
         names = sorted({name for name, _ in coded})
@@ -305,9 +306,18 @@ def chunkd_rows(rounds: list[list[Chunk]]) -> list[dict[str, Any]]:
                 "dec2_mb_s": raw_bytes / 1e6 / dec2_s,
                 "enc_cpu_mb_s": raw_bytes / 1e6 / max(enc_cpu, 1e-9),
                 "dec_cpu_mb_s": raw_bytes / 1e6 / max(dec_cpu, 1e-9),
+                # CPU-seconds per wall second over the two threads: near 2 = both cores busy
+                # (the GIL released), near 1 = serialized
+                "enc2_parallelism": enc2_cpu / enc2_s,
+                "dec2_parallelism": dec2_cpu / dec2_s,
             }
         )
     return rows
+
+
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # -- measurement ----------------------------------------------------------------------------------

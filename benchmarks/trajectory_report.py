@@ -59,6 +59,9 @@ def codec_table(codecs: dict[str, Any]) -> list[str]:
                 coder, enc, dec = "*order-0 entropy per byte plane (yardstick)*", "", ""
             else:
                 coder = r["coder"]
+            if "enc2_parallelism" in r:  # chunkd.codec rows: how busy two threads kept the cores
+                enc += f" (2 thr: {r['enc2_parallelism']:.2f} cores)"
+                dec += f" (2 thr: {r['dec2_parallelism']:.2f} cores)"
             lines.append(
                 f"| {MODES.get(r['mode'], r['mode'])} | {r['transform']} | {coder} | "
                 f"{_f(r['ratio'])} | {enc} | {dec} |"
