@@ -421,8 +421,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--dir", type=Path, default=trajectory.DEFAULT_DIR)
     p.add_argument("--json", type=Path, default=trajectory.DEFAULT_DIR.parent / "codecs.json")
+    p.add_argument(
+        "--chunkd-only",
+        action="store_true",
+        help="re-measure only chunkd.codec's rows, in place in an existing --json",
+    )
     args = p.parse_args(argv)
-    results = run(args.dir, args.quick)
+    if args.chunkd_only:
+        results = json.loads(args.json.read_text())
+        for dtype in trajectory.DTYPES:
+            kept = [r for r in results[dtype] if r["mode"] != "chain"]
+            results[dtype] = kept + chunkd_rows(load_rounds(args.dir, dtype, 0))
+    else:
+        results = run(args.dir, args.quick)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     return 0
