@@ -110,8 +110,9 @@ def encode(
 ) -> tuple[str, bytes | memoryview]:
     """``(codec, stored bytes)`` for a chunk of ``width``-byte words (see :func:`group_width`).
 
-    With a ``base`` of the same size the XOR delta is coded first; the chunk on its own is tried
-    too only when the delta is poor (over :data:`DELTA_GOOD_ENOUGH`), and the smaller form wins.
+    With a ``base`` of the same size the delta (XOR; the integer difference for ``max``) is coded
+    first; the chunk on its own is tried too only when the delta is poor (over
+    :data:`DELTA_GOOD_ENOUGH`), and the smaller form wins.
     """
     if len(raw) == 0 or (compression == "none" and base is None):
         return CODEC_RAW, raw
