@@ -107,6 +107,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-restic", action="store_true", help="skip restic")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     p.add_argument(
+        "--no-trajectory", action="store_true", help="skip the real FedAvg trajectory series"
+    )
+    p.add_argument(
+        "--trajectory-only",
+        action="store_true",
+        help="run only the FedAvg trajectory phases and splice their section into the report",
+    )
+    p.add_argument(
+        "--codecs-full",
+        action="store_true",
+        help="every codec candidate and delta transform (minutes), not the short list",
+    )
+    p.add_argument(
         "--render-only",
         action="store_true",
         help="re-render the report and chart from <out>/results.json; measure nothing",
@@ -418,6 +431,33 @@ def command_line(argv: list[str]) -> str:
     return f"cd {REPO_ROOT} && {sys.executable} -m benchmarks {shlex.join(argv)}".rstrip()
 
 
+def run_trajectory(args: argparse.Namespace, out: Path) -> Result:
+    """The real FedAvg trajectory (issue 14): stored bytes through the engine, then the codecs.
+
+    ``--quick`` uses a tiny trajectory in ``out``; otherwise the cached one in benchmarks/out.
+    """
+    from benchmarks import codec_compare, trajectory, trajectory_bench
+
+    settings = trajectory.QUICK if args.quick else trajectory.Settings()
+    directory = out / "trajectory_quick" if args.quick else trajectory.DEFAULT_DIR
+    stored = trajectory_bench.run(args.quick, directory, settings, others=not args.no_restic)
+    (out / "trajectory.json").write_text(json.dumps(stored, indent=1))
+    codecs = codec_compare.run(directory, not args.codecs_full, settings)
+    (out / "codecs.json").write_text(json.dumps(codecs, indent=1))
+    return {"trajectory": str(out / "trajectory.json"), "codecs": str(out / "codecs.json")}
+
+
+def trajectory_only(args: argparse.Namespace, out: Path, results_path: Path) -> int:
+    from benchmarks import trajectory_report
+
+    run_trajectory(args, out)
+    md = results_path.read_text() if results_path.exists() else ""
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(trajectory_report.splice(md, trajectory_report.section(out)))
+    print(f"[bench] wrote the trajectory section into {results_path}", file=sys.stderr)
+    return 0
+
+
 def render_only(raw: Path, results_path: Path, chart_path: Path) -> int:
     """Rebuild RESULTS.md and the PNG from a previous run (after editing ANALYSIS.md, say)."""
     from benchmarks import chart, report  # matplotlib only when rendering
@@ -431,8 +471,11 @@ def render_only(raw: Path, results_path: Path, chart_path: Path) -> int:
                 prof[op]["by_thread"] = profiling.summarize(raw_profile)
                 prof[op]["top_main"] = profiling.top_leaf_functions(raw_profile, "main thread")
         raw.write_text(json.dumps(results, indent=1, default=str))
+    from benchmarks import trajectory_report
+
     chart.render(results, chart_path)
-    results_path.write_text(report.render(results, chart_path, results_path.parent))
+    md = report.render(results, chart_path, results_path.parent)
+    results_path.write_text(trajectory_report.splice(md, trajectory_report.section(raw.parent)))
     print(f"[bench] re-rendered {results_path} from {raw}", file=sys.stderr)
     return 0
 
@@ -451,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     chart_path = (args.chart or results_path.with_name("results.png")).resolve()
     if args.render_only:
         return render_only(out / "results.json", results_path, chart_path)
+    if args.trajectory_only:
+        return trajectory_only(args, out, results_path)
     work = args.work or Path(tempfile.mkdtemp(prefix="chunkd-bench-", dir="/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     # SIGTERM (CI's timeout, a kill) unwinds like Ctrl-C, so the scratch gigabytes are removed.
@@ -464,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
         bench.results["replica"] = bench.attempt(  # docs/REPLICA.md; benchmarks/replica_bench.py
             "replica upload", lambda: replica_bench.run(work, min(plan.series_mib, 32.0))
         )
+        if not args.no_trajectory:
+            bench.results["trajectory"] = bench.attempt(
+                "FedAvg trajectory", lambda: run_trajectory(args, out)
+            )
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -486,6 +535,10 @@ def main(argv: list[str] | None = None) -> int:
         bench.results, chart_path if "error" not in chart_rel else None, results_path.parent
     )
     md += replica_bench.render(bench.results.get("replica"))
+    if not args.no_trajectory:
+        from benchmarks import trajectory_report
+
+        md = trajectory_report.splice(md, trajectory_report.section(out))
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(md)
     print(

@@ -75,6 +75,13 @@ class Repo:
                 os.close(fd)
         return time.perf_counter() - started, restored[0]
 
+    def forget_keep_last(self, n: int) -> float:
+        """Drop all but the ``n`` newest snapshots and their data (chunkd's keep-N).
+
+        Grouped by host only: each round is a snapshot of a different file, and restic's default
+        grouping (host and paths) would make every snapshot its own group, all of them kept."""
+        return self._run("forget", "--group-by", "host", "--keep-last", str(n), "--prune")
+
     def stored_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 

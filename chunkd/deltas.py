@@ -224,8 +224,12 @@ def _widths(store: ChunkStore, hashes: set[str]) -> dict[str, int]:
         layout, _ = store.read_layout(version.round_num, _generation(version))
         itemsize = {s.name: s.itemsize for s in layout.storages}
         for ref in refs:
-            names = json.loads(ref.parts_info).keys()
-            widths[ref.chunk_hash] = codec.group_width([itemsize.get(n, 1) for n in names])
+            pairs = [  # (nbytes, itemsize) per part, as ingest chose the width
+                ((end - start) * itemsize.get(name, 1), itemsize.get(name, 1))
+                for name, ranges in json.loads(ref.parts_info).items()
+                for start, end, _shape in ranges
+            ]
+            widths[ref.chunk_hash] = codec.group_width(pairs)
     return widths
 
 

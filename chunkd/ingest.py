@@ -252,7 +252,7 @@ def _stream_round(
         if not encodes:
             writer.add_chunk(chunk_hash, codec.CODEC_RAW, buf, len(buf))
             return
-        width = codec.group_width([p.itemsize for p in spec.parts])
+        width = codec.group_width(spec.itemsizes())  # the width most of its bytes have
         base: DeltaBase | None = delta_bases.base_for(spec) if delta_bases else None
         encoded = pool.submit(encode_chunk, buf, width, options.compression, delta_bases, base)
         encoding.append((chunk_hash, len(buf), encoded))

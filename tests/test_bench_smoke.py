@@ -47,6 +47,8 @@ def test_quick_benchmark_writes_results(tmp_path: Path) -> None:
     text = results.read_text()
     assert "## Targets" in text
     assert "| Ingest 4 MiB float32" in text
+    assert "## Real FedAvg trajectory" in text  # issue 14's phase: engine series and codecs
+    assert "chunkd.codec 'auto'" in text
     raw = json.loads((out / "results.json").read_text())
     assert raw["errors"] == []
     ingest = raw["checkpoints"][0]["chunkd_lib"]["ingest"][0]

@@ -257,7 +257,7 @@ dir = "/x/b"
     )
 
 
-@pytest.mark.parametrize("value", ["none", "auto"])
+@pytest.mark.parametrize("value", ["none", "auto", "max"])
 def test_compression_choices(value: str) -> None:
     assert settings(compression=value).compression == value
 
@@ -364,7 +364,7 @@ def test_db_path_with_client_only() -> None:
         ({"max_chunk_bytes": True}, "max_chunk_bytes", "got boolean true"),
         ({"max_chunk_bytes": 1048576.0}, "max_chunk_bytes", "got float"),
         ({"max_chunk_bytes": -1}, "max_chunk_bytes", "must not be negative"),
-        ({"compression": "zstd"}, "compression", "one of 'none', 'auto', got 'zstd'"),
+        ({"compression": "zstd"}, "compression", "one of 'none', 'auto', 'max', got 'zstd'"),
         ({"compression": None}, "compression", "got NoneType"),
         ({"delta": "yes"}, "delta", "must be true or false, got string 'yes'"),
         ({"delta": 1}, "delta", "must be true or false, got integer 1"),

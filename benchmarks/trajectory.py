@@ -1,0 +1,223 @@
+"""A real FedAvg trajectory: the checkpoints the storage benchmarks code, from actual training.
+
+Synthetic noise says nothing about how rounds of real training resemble each other, so the
+codec and delta measurements run on files written the way an FL client writes them: a small CNN
+with BatchNorm, trained with SGD (momentum, weight decay) on a learnable synthetic task (noisy,
+shifted class prototypes, non-IID label split per client), FedAvg over ``rounds`` rounds. Every
+round each client starts from the global model, trains one local epoch and ``torch.save``s its
+``state_dict`` (fp32, and a bf16 copy of the same trajectory); the server averages.
+
+The files are cached under ``benchmarks/out/trajectory`` with a ``meta.json`` describing how they
+were made; a second call with the same settings only reads the meta. The meta also records,
+per round, the share of each client's weights that changed since its previous round: the whole
+point of the trajectory is that in real FedAvg every weight moves every round.
+
+``python -m benchmarks.trajectory [--rounds N --clients C --out DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.runner import REPO_ROOT
+
+DEFAULT_DIR = REPO_ROOT / "benchmarks" / "out" / "trajectory"
+DTYPES = ("fp32", "bf16")
+#: Bump when the model, task or training changes, so a cached trajectory is rebuilt.
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    clients: int = 3
+    rounds: int = 10
+    samples_per_client: int = 1024
+    batch: int = 32
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    width: int = 32  # channels of the first conv; the model has ~1.2 M parameters at 32
+    seed: int = 0
+    version: int = VERSION
+
+
+#: A seconds-long trajectory for the CI smoke run: every code path, tiny files.
+QUICK = Settings(clients=2, rounds=3, samples_per_client=64, width=4)
+
+
+def files(directory: Path, dtype: str, client: int) -> list[Path]:
+    """One client's files in round order."""
+    return sorted((directory / dtype / f"client{client}").glob("round_*.pth"))
+
+
+def ensure(directory: Path = DEFAULT_DIR, settings: Settings | None = None) -> dict[str, Any]:
+    """The trajectory's meta, generating the files first unless a matching cache exists."""
+    settings = settings or Settings()
+    meta_path = directory / "meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        complete = all(
+            len(files(directory, d, c)) == settings.rounds
+            for d in DTYPES
+            for c in range(settings.clients)
+        )
+        if meta.get("settings") == asdict(settings) and complete:
+            return meta
+    meta = generate(directory, settings)
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def _model(width: int) -> Any:
+    import torch.nn as nn
+
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(3, w, 3, padding=1, bias=False),
+        nn.BatchNorm2d(w),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 16 -> 8
+        nn.Conv2d(w, 2 * w, 3, padding=1, bias=False),
+        nn.BatchNorm2d(2 * w),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 8 -> 4
+        nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4 * w),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * w * 16, 16 * w),
+        nn.BatchNorm1d(16 * w),
+        nn.ReLU(),
+        nn.Linear(16 * w, 10),
+    )
+
+
+def _task(settings: Settings) -> tuple[list[tuple[Any, Any]], tuple[Any, Any]]:
+    """Per-client (x, y) with a non-IID label split, and a shared test set."""
+    import torch
+
+    g = torch.Generator().manual_seed(settings.seed)
+    # smooth class prototypes: low-resolution noise upsampled, so convolutions have structure
+    protos = torch.nn.functional.interpolate(
+        torch.randn(10, 3, 4, 4, generator=g), size=16, mode="bilinear", align_corners=False
+    )
+
+    def draw(labels: Any) -> Any:
+        x = protos[labels] + 3.0 * torch.randn(len(labels), 3, 16, 16, generator=g)
+        shifts = torch.randint(-2, 3, (2,), generator=g).tolist()
+        return torch.roll(x, shifts=shifts, dims=(2, 3))
+
+    clients = []
+    for _ in range(settings.clients):
+        prefs = torch.distributions.Dirichlet(torch.full((10,), 0.5)).sample()
+        labels = torch.multinomial(prefs, settings.samples_per_client, replacement=True)
+        clients.append((draw(labels), labels))
+    test_y = torch.randint(0, 10, (1000,), generator=g)
+    return clients, (draw(test_y), test_y)
+
+
+def generate(directory: Path, settings: Settings) -> dict[str, Any]:
+    import torch
+
+    started = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    torch.set_num_threads(1)  # OpenMP spinning on shared, busy cores costs far more than it gains
+    clients, (test_x, test_y) = _task(settings)
+    global_model = _model(settings.width)
+    n_params = sum(p.numel() for p in global_model.parameters())
+    model = _model(settings.width)
+    previous: list[dict[str, Any] | None] = [None] * settings.clients
+    changed: list[dict[str, float]] = []
+    accuracy: list[float] = []
+    for dtype in DTYPES:
+        for c in range(settings.clients):
+            (directory / dtype / f"client{c}").mkdir(parents=True, exist_ok=True)
+    for rnd in range(1, settings.rounds + 1):
+        states = []
+        for c, (x, y) in enumerate(clients):
+            model.load_state_dict(global_model.state_dict())
+            model.train()
+            opt = torch.optim.SGD(
+                model.parameters(),
+                lr=settings.lr,
+                momentum=settings.momentum,
+                weight_decay=settings.weight_decay,
+            )
+            order = torch.randperm(len(y))
+            for i in range(0, len(y), settings.batch):
+                idx = order[i : i + settings.batch]
+                if len(idx) < 2:  # BatchNorm needs two samples
+                    continue
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            states.append(state)
+            name = f"round_{rnd:03d}.pth"
+            torch.save(state, directory / "fp32" / f"client{c}" / name)
+            half = {
+                k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()
+            }
+            torch.save(half, directory / "bf16" / f"client{c}" / name)
+            if previous[c] is not None:
+                changed.append(_changed_share(previous[c], state, half, rnd, c))
+            previous[c] = state
+        averaged = {}
+        for k, v in states[0].items():
+            stacked = torch.stack([s[k] for s in states])
+            averaged[k] = stacked.float().mean(0).to(v.dtype) if v.is_floating_point() else v
+        global_model.load_state_dict(averaged)
+        global_model.eval()
+        with torch.no_grad():
+            accuracy.append(float((global_model(test_x).argmax(1) == test_y).float().mean()))
+    file_bytes = (directory / "fp32" / "client0" / "round_001.pth").stat().st_size
+    return {
+        "settings": asdict(settings),
+        "parameters": n_params,
+        "file_bytes_fp32": file_bytes,
+        "file_bytes_bf16": (directory / "bf16" / "client0" / "round_001.pth").stat().st_size,
+        "global_test_accuracy": accuracy,
+        "changed": changed,
+        "min_changed_fp32": min((c["fp32"] for c in changed), default=1.0),
+        "min_changed_bf16": min((c["bf16"] for c in changed), default=1.0),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _changed_share(
+    before: dict[str, Any], after: dict[str, Any], half: dict[str, Any], rnd: int, client: int
+) -> dict[str, float]:
+    """Share of floating-point elements whose stored value differs from the previous round."""
+    import torch
+
+    total = moved = moved_half = 0
+    for k, v in after.items():
+        if not v.is_floating_point():
+            continue
+        total += v.numel()
+        moved += int((v != before[k]).sum())
+        moved_half += int((half[k] != before[k].to(torch.bfloat16)).sum())
+    return {"round": rnd, "client": client, "fp32": moved / total, "bf16": moved_half / total}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=DEFAULT_DIR)
+    p.add_argument("--rounds", type=int, default=Settings.rounds)
+    p.add_argument("--clients", type=int, default=Settings.clients)
+    p.add_argument("--lr", type=float, default=Settings.lr, help="e.g. 0.002: late training")
+    args = p.parse_args(argv)
+    meta = ensure(args.out, Settings(clients=args.clients, rounds=args.rounds, lr=args.lr))
+    summary = {k: v for k, v in meta.items() if k != "changed"}
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
