@@ -34,6 +34,8 @@ from pathlib import Path
 from benchmarks import (
     chunkd_daemon,
     chunkd_lib,
+    contention,
+    db_overhead,
     limits,
     profiling,
     replica_bench,
@@ -506,6 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.run_checkpoints()
         bench.run_series()
+        bench.results["contention"] = bench.attempt(  # issue 13; docs/DESIGN.md
+            "store concurrency", lambda: contention.run(work, args.quick)
+        )
+        bench.results["db_overhead"] = bench.attempt(
+            "database overhead", lambda: db_overhead.run(work, args.quick)
+        )
         bench.results["replica"] = bench.attempt(  # docs/REPLICA.md; benchmarks/replica_bench.py
             "replica upload", lambda: replica_bench.run(work, min(plan.series_mib, 32.0))
         )
@@ -534,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     md = report.render(
         bench.results, chart_path if "error" not in chart_rel else None, results_path.parent
     )
+    md += contention.render(bench.results.get("contention"))
+    md += db_overhead.render(bench.results.get("db_overhead"))
     md += replica_bench.render(bench.results.get("replica"))
     if not args.no_trajectory:
         from benchmarks import trajectory_report

@@ -144,6 +144,65 @@ def prune_amplification(work: Path, round_mib: int, rounds: int) -> dict[str, fl
     }
 
 
+def run(work: Path, quick: bool) -> dict[str, float]:
+    """The figures for ``python -m benchmarks`` (small sizes with ``quick``)."""
+    restore_mib, ingest_mib, round_mib, rounds = (8, 48, 8, 6) if quick else (128, 768, 128, 8)
+    scratch = work / "contention"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        figures = restore_during_ingest(scratch, restore_mib, ingest_mib)
+        for p in scratch.iterdir():
+            p.unlink()
+        figures.update(prune_amplification(scratch, round_mib, rounds))
+    finally:
+        for p in scratch.iterdir():
+            p.unlink()
+        scratch.rmdir()
+    figures.update(restore_mib=restore_mib, ingest_mib=ingest_mib, round_mib=round_mib)
+    return figures
+
+
+def render(result: object) -> str:
+    """The RESULTS.md section (issue 13's targets beside the figures)."""
+    if not isinstance(result, dict) or "error" in result:
+        return f"\n## Store concurrency and retention\n\nnot measured: {result}\n"
+    r = result
+    rows = [
+        (
+            f"restore {r['restore_mib']} MiB while the same client ingests {r['ingest_mib']} MiB,"
+            " worst of the restores over the idle restore",
+            "<= 2x",
+            f"{r['ratio_worst']:.2f}x ({r['restore_busy_s']:.2f} s vs {r['restore_idle_s']:.2f} s)",
+        ),
+        (
+            f"prune at steady state ({r['round_mib']} MiB rounds, keep 3): bytes written over"
+            " bytes freed, worst",
+            "<= 1.2x",
+            f"{r['prune_written_over_freed_worst']:.3f}x",
+        ),
+        (
+            "database file at steady state, in rounds",
+            "<= 4 rounds",
+            f"{r['db_size_in_rounds_worst']:.2f}",
+        ),
+        (
+            "`stats()` + `list_rounds()`: bytes read over the database file",
+            "< 1%",
+            f"{100 * r['list_read_share_of_file']:.3f}%",
+        ),
+    ]
+    lines = [
+        "",
+        "## Store concurrency and retention (`python -m benchmarks.contention`)",
+        "",
+        "| figure | target | measured |",
+        "|---|---|---|",
+        *(f"| {a} | {b} | {c} |" for a, b, c in rows),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--restore-mib", type=int, default=128)

@@ -64,6 +64,39 @@ def measure(nbytes: int, work: Path) -> dict[str, float]:
     }
 
 
+def run(work: Path, quick: bool) -> list[dict[str, float]]:
+    sizes = (2048, 1 << 20) if quick else (2048, 1 << 20, 256 << 20)
+    scratch = work / "overhead"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        return [measure(n, scratch) for n in sizes]
+    finally:
+        for p in scratch.iterdir():
+            p.unlink()
+        scratch.rmdir()
+
+
+def render(result: object) -> str:
+    if not isinstance(result, list):
+        return f"\n## Database overhead by model size\n\nnot measured: {result}\n"
+    lines = [
+        "",
+        "## Database overhead by model size (`python -m benchmarks.db_overhead`)",
+        "",
+        "One round of a real `torch.save` state_dict into a new database with the default"
+        " configuration; `round +` is what a second round added on disk beyond its new chunks.",
+        "",
+        "| checkpoint | page size | empty database | database / checkpoint | round + |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for f in result:
+        lines.append(
+            f"| {f['checkpoint_bytes']:,} B | {f['page_size']:,} | {f['empty_db_bytes']:,} B"
+            f" | {f['db_over_checkpoint_1_round']:.3f} | {f['second_round_overhead_bytes']:,} B |"
+        )
+    return "\n".join([*lines, ""])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="2048,1048576,268435456", help="model sizes in bytes")

@@ -113,6 +113,15 @@ def test_flower_federation_and_its_rerun_are_stored_and_restored(make_daemon, fe
         for r in range(1, ROUNDS + 1):
             out = restored_dir / f"kept-{client}-{r}.pth"
             assert restore_via_socket(daemon, client, r, out) == files[client, r]
+    # ... and the first run is not lost: each of its rounds is an earlier generation (SPEC
+    # "Rounds"), restorable byte-identical until retention removes it.
+    for client in clients:
+        for r in range(1, ROUNDS + 1):
+            out = restored_dir / f"first-{client}-{r}.pth"
+            version = ("--round", str(r), "--generation", "0")
+            got = daemon.cli("restore", "--client", client, *version, "-o", str(out))
+            assert got.returncode == 0, got.stderr
+            assert out.read_bytes() == first_files[client, r]
     verify = daemon.cli("verify")
     assert verify.returncode == 0, verify.stderr
     print(f"flower: 2 runs x {ROUNDS} rounds x {NODES} nodes, with chunkd checks, {elapsed_s:.1f}s")
