@@ -20,6 +20,7 @@ for storages that start inside a chunk already read.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 from collections import OrderedDict, deque
@@ -200,6 +201,19 @@ def restore_round(
     ``recent``: raw chunks at hand by hash (the ingest cache); None to read every chunk from
     ``store`` (a replica's restore proves the bucket, not this process's memory).
     """
+    reading = getattr(store, "reading", None)  # a ChunkStore's fairness gate (not a bucket's)
+    with reading() if reading is not None else contextlib.nullcontext():
+        return _restore(store, round_num, write, generation, verify_chunks, recent)
+
+
+def _restore(
+    store: RoundSource,
+    round_num: int,
+    write: Write,
+    generation: int | None,
+    verify_chunks: bool,
+    recent: RecentChunks | None,
+) -> RestoreResult:
     layout, residue, chunks = store.read_round(round_num, generation)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-restore") as worker:
         reader = _ChunkReader(store, round_num, layout, chunks, worker, verify_chunks, recent)

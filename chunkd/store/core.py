@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from chunkd.errors import BusyError, NotFoundError, StoreError
 from chunkd.store import schema
+from chunkd.store.fairness import FairnessGate, gate_for
 from chunkd.store.gc import GcPlan, plan_gc
 from chunkd.store.lock import WriterLock, file_id, refuse_symlink, writable_now
 from chunkd.store.reading import StoreReading, wrap_error
@@ -79,6 +80,7 @@ class ChunkStore(StoreReading):
         self._conn = conn
         self._lock = lock
         self._file_id = file_id(path)
+        self.gate: FairnessGate = gate_for(self._file_id)
 
     # -- opening and closing ---------------------------------------------------------------------
     @classmethod
@@ -204,6 +206,11 @@ class ChunkStore(StoreReading):
             self._conn.execute("PRAGMA shrink_memory")
         except sqlite3.Error as e:
             raise wrap_error(e, self.path, "shrink_memory") from None
+
+    def reading(self) -> contextlib.AbstractContextManager[None]:
+        """Hold around a restore: this process's writer of the database defers its batch commits
+        meanwhile (bounded, see :mod:`chunkd.store.fairness`)."""
+        return self.gate.reading()
 
     def is_current(self) -> bool:
         """False once the database file was deleted or replaced under this open handle.

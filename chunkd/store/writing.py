@@ -78,8 +78,11 @@ class RoundWriter:
         return True
 
     def flush(self) -> None:
-        """Commit the chunk bytes written so far (they stay invisible until :meth:`commit`)."""
+        """Commit the chunk bytes written so far (they stay invisible until :meth:`commit`).
+
+        Restores of this database in this process go first, for a bounded time (fairness)."""
         if self._conn.in_transaction:
+            self._store.gate.before_commit()
             self._store._execute("COMMIT")
         self._batch_bytes = 0
 
@@ -143,6 +146,7 @@ class RoundWriter:
             )
             if source is not None:
                 c.execute(*source_upsert(source))
+            self._store.gate.before_commit()
             c.execute("COMMIT")
         except sqlite3.Error as e:
             if c.in_transaction:

@@ -304,3 +304,42 @@ def test_repeated_rewrites_are_bounded_by_retention(tmp_path, db_path):
         versions = store.list_versions()
         assert len(versions) == 4  # the current version and 3 earlier generations
         assert json.dumps([v.generation for v in versions]) == "[4, 5, 6, 7]"
+
+
+def test_a_restore_defers_its_writers_batch_commits(tmp_path, db_path, monkeypatch):
+    """In one process (the daemon) a batch commit waits while a restore of the same database
+    runs, at most MAX_DEFER_S: the restore meets at most one commit per MAX_DEFER_S."""
+    import threading
+    import time
+
+    monkeypatch.setattr("chunkd.store.fairness.MAX_DEFER_S", 1.0)
+    monkeypatch.setattr("chunkd.store.writing.BATCH_BYTES", 1 << 20)
+    with ChunkStore.open_writer(db_path) as store:
+        ingest_file(save(state(1), tmp_path / "m_1.pth"), store, IngestOptions())
+        reader = ChunkStore.open_reader(db_path)
+        committed_at: list[float] = []
+        real_flush = __import__("chunkd.store.writing", fromlist=["RoundWriter"]).RoundWriter.flush
+
+        def flush(self):
+            real_flush(self)
+            committed_at.append(time.monotonic())
+
+        monkeypatch.setattr("chunkd.store.writing.RoundWriter.flush", flush)
+
+        def write_batches() -> None:
+            writer = store.begin_round()
+            for i in range(3):
+                data = os.urandom(1 << 20)
+                writer.add_chunk(f"{i:064x}", "raw", data, len(data))
+            writer.abort()
+
+        with reader.reading():
+            started = time.monotonic()
+            lane = threading.Thread(target=write_batches)
+            lane.start()
+            time.sleep(0.5)
+            assert committed_at == []  # deferred while the restore reads
+        lane.join()
+        assert committed_at and committed_at[0] - started >= 0.5
+        assert committed_at[0] - started < 1.5  # bounded: MAX_DEFER_S, then it commits
+        reader.close()
