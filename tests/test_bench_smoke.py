@@ -49,6 +49,8 @@ def test_quick_benchmark_writes_results(tmp_path: Path) -> None:
     assert "| Ingest 4 MiB float32" in text
     assert "## Real FedAvg trajectory" in text  # issue 14's phase: engine series and codecs
     assert "chunkd.codec 'auto'" in text
+    assert "## Store concurrency and retention" in text  # issue 13's figures
+    assert "## Database overhead by model size" in text
     raw = json.loads((out / "results.json").read_text())
     assert raw["errors"] == []
     ingest = raw["checkpoints"][0]["chunkd_lib"]["ingest"][0]
