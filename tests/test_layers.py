@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "store": 4,
     "checkpoint": 5,
     "deltas": 5,
+    "filecheck": 5,
     "ingest": 6,
     "restore": 6,
     "verify": 7,
