@@ -7,18 +7,10 @@ import difflib
 import os
 import re
 import string
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
-
-from chunkd.errors import ConfigError, RequestError
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - Python 3.10
-    pass
 
 from chunkd.config.model import ClientConfig
 from chunkd.config.values import (
@@ -33,6 +25,7 @@ from chunkd.config.values import (
     parse_duration,
     parse_size,
 )
+from chunkd.errors import ConfigError, RequestError
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,14 +4,6 @@ refused here: they come from boto3's standard chain."""
 from __future__ import annotations
 
 import re
-import sys
-
-from chunkd.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - Python 3.10
-    pass
 
 from chunkd.config.keys import (
     _check_known_keys,
@@ -22,6 +14,7 @@ from chunkd.config.keys import (
 )
 from chunkd.config.model import ReplicaConfig
 from chunkd.config.values import MAX_KEEP_ROUNDS, _describe, parse_size
+from chunkd.errors import ConfigError
 
 _REPLICA_URL = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\0]*)?")
 

@@ -9,16 +9,9 @@ from __future__ import annotations
 import math
 import re
 import reprlib
-import sys
 from fractions import Fraction
 
 from chunkd.errors import ConfigError, RequestError
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - Python 3.10
-    pass
-
 
 #: A client id (``[[clients]] id``, the ``{client}`` of ``db_path``): safe as a file name part.
 CLIENT_ID_PATTERN: re.Pattern[str] = re.compile(r"[A-Za-z0-9_.-]{1,64}")
