@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "manifest": 1,
     "pthzip": 2,
     "pickle_scan": 2,
+    "pickle_rules": 2,
     "tensor_names": 2,
     "flatindex": 2,
     "codec": 2,
@@ -46,6 +47,7 @@ LAYERS: dict[str, int] = {
 #: Pure modules: no filesystem, database, sockets, threads or clocks.
 PURE = {
     "pthzip",
+    "pickle_rules",
     "pickle_scan",
     "tensor_names",
     "flatindex",
