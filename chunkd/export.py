@@ -38,7 +38,7 @@ from chunkd.errors import IntegrityError, RequestError
 from chunkd.pickle_scan import DTYPE_ITEMSIZE, TensorRef
 from chunkd.restore import Write, _ChunkReader
 from chunkd.store import ChunkStore
-from chunkd.tensor_names import walk_tensors
+from chunkd.tensor_names import is_contiguous, walk_tensors
 
 #: Largest piece a strided tensor is written in.
 BLOCK_BYTES: Final = 1 << 20
@@ -175,7 +175,7 @@ def write_tensor(stored: StoredRound, tensor: ExportTensor, write: Write) -> Non
     itemsize = DTYPE_ITEMSIZE[ref.dtype]
     if tensor.nbytes == 0:
         return
-    if _is_contiguous(ref.shape, ref.stride):
+    if is_contiguous(ref.shape, ref.stride):
         stored.chunks.write_range(tensor.flat_start, tensor.flat_start + tensor.nbytes, write)
         return
     span = (1 + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))) * itemsize
@@ -209,15 +209,6 @@ def _write_blocks(view: np.ndarray, write: Write) -> None:
     step = BLOCK_BYTES // row_bytes
     for i in range(0, view.shape[0], step):
         write(np.ascontiguousarray(view[i : i + step]).tobytes())
-
-
-def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
-    expected = 1
-    for dim, st in zip(reversed(shape), reversed(stride), strict=True):
-        if dim != 1 and st != expected:
-            return False
-        expected *= dim
-    return True
 
 
 @dataclass(frozen=True, slots=True)

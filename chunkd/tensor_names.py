@@ -131,7 +131,7 @@ def name_storages(scanned: ScannedPickle) -> list[NamedStorage]:
             tensor.offset == 0
             and tensor.numel == numel
             and tensor.dtype == dtype
-            and _is_contiguous(tensor.shape, tensor.stride)
+            and is_contiguous(tensor.shape, tensor.stride)
         )
         named = NamedStorage(
             name=used_names.take(path or "tensor"),
@@ -154,7 +154,8 @@ def name_storages(scanned: ScannedPickle) -> list[NamedStorage]:
     return result
 
 
-def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+def is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """A C-contiguous layout (size-1 dimensions may have any stride)."""
     expected = 1
     for dim, st in zip(reversed(shape), reversed(stride), strict=True):
         if dim != 1 and st != expected:
