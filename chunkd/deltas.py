@@ -34,8 +34,9 @@ from chunkd.store import ChunkStore, RoundInfo
 
 #: A key chunk at least every this many rounds of a chunk's history (chain depth < this).
 KEY_INTERVAL = 4
-#: Raw bytes of recently ingested chunks kept for the next round's deltas (all clients together).
-RECENT_BYTES = 128 << 20
+#: Raw bytes of recently ingested chunks kept for the next round's deltas (all clients together);
+#: only filled with `delta = true`. Bounded, so an idle daemon holds at most this much.
+RECENT_BYTES = 64 << 20
 
 
 class RecentChunks:
