@@ -36,7 +36,7 @@ from chunkd.store import ChunkStore, RoundInfo
 KEY_INTERVAL = 4
 #: Raw bytes of recently ingested chunks kept for the next round's deltas (all clients together);
 #: only filled with `delta = true`. Bounded, so an idle daemon holds at most this much.
-RECENT_BYTES = 64 << 20
+RECENT_BYTES = 128 << 20
 
 
 class RecentChunks:
