@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -40,36 +41,53 @@ RECENT_BYTES = 128 << 20
 
 
 class RecentChunks:
-    """Raw bytes of recently ingested chunks by hash, least recently used out first.
+    """Raw bytes of recently ingested chunks by hash, each kept until the next round uses it.
 
     Content-addressed, so one cache serves every client safely: equal hashes are equal bytes.
+    A round is read in the order the next round will need it, so plain LRU would evict exactly
+    the chunks needed next whenever a model is larger than the cache (every lookup a miss).
+    Instead an entry leaves when the next round takes it (:meth:`take`) or once it is older than
+    ``stale_s``; a chunk that finds no room is simply not kept, so a model larger than the cache
+    still finds its first ``max_bytes`` in it.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, stale_s: float = 600.0) -> None:
         self.max_bytes = max_bytes
+        self.stale_s = stale_s
         self._lock = threading.Lock()
-        self._items: OrderedDict[str, bytes | bytearray] = OrderedDict()
+        self._items: OrderedDict[str, tuple[bytes | bytearray, float]] = OrderedDict()
         self._bytes = 0
 
     def put(self, chunk_hash: str, raw: bytes | bytearray) -> None:
         if len(raw) > self.max_bytes:
             return
+        now = time.monotonic()
         with self._lock:
             old = self._items.pop(chunk_hash, None)
             if old is not None:
-                self._bytes -= len(old)
-            self._items[chunk_hash] = raw
+                self._bytes -= len(old[0])
+            while self._bytes + len(raw) > self.max_bytes and self._items:
+                oldest_hash, (oldest, since) = next(iter(self._items.items()))
+                if now - since < self.stale_s:
+                    return  # full of chunks still to be used: keep those, not this one
+                del self._items[oldest_hash]
+                self._bytes -= len(oldest)
+            self._items[chunk_hash] = (raw, now)
             self._bytes += len(raw)
-            while self._bytes > self.max_bytes:
-                _, dropped = self._items.popitem(last=False)
-                self._bytes -= len(dropped)
+
+    def take(self, chunk_hash: str) -> bytes | bytearray | None:
+        """The chunk, removed: the next round has used it and coded its own against it."""
+        with self._lock:
+            item = self._items.pop(chunk_hash, None)
+            if item is None:
+                return None
+            self._bytes -= len(item[0])
+            return item[0]
 
     def get(self, chunk_hash: str) -> bytes | bytearray | None:
         with self._lock:
-            raw = self._items.get(chunk_hash)
-            if raw is not None:
-                self._items.move_to_end(chunk_hash)
-            return raw
+            item = self._items.get(chunk_hash)
+            return None if item is None else item[0]
 
     def __contains__(self, chunk_hash: object) -> bool:
         with self._lock:
@@ -144,7 +162,7 @@ class DeltaBases:
     def fetch(self, base: DeltaBase, size: int) -> bytes | None:
         """The base's raw bytes, checked against its hash; None if unavailable. Runs on a pool
         thread: a decode from the store uses that thread's own reader connection."""
-        raw = self._recent.get(base.chunk_hash)
+        raw = self._recent.take(base.chunk_hash)
         if raw is not None and len(raw) == size:
             return bytes(raw) if isinstance(raw, bytearray) else raw
         try:

@@ -186,3 +186,21 @@ def test_a_reader_survives_its_chain_start_being_recoded(tmp_path):
         raw = reader.decode_chunk(stale)
         assert hashlib.sha256(raw).hexdigest() == ref.chunk_hash
         reader.close()
+
+
+def test_the_recent_cache_keeps_what_the_next_round_needs():
+    """Plain LRU would evict, round after round, exactly the chunks needed next once a model is
+    larger than the cache: here a full cache keeps its chunks until taken (or stale)."""
+    from chunkd.deltas import RecentChunks
+
+    cache = RecentChunks(max_bytes=3, stale_s=3600)
+    for name in "abcd":  # round r: four 1-byte chunks, one more than fits
+        cache.put(name, name.encode())
+    assert [cache.get(n) for n in "abcd"] == [b"a", b"b", b"c", None]
+    assert cache.take("a") == b"a" and cache.get("a") is None  # round r+1 used it
+    cache.put("A", b"A")  # its own chunk takes the freed room
+    assert cache.get("A") == b"A" and cache.get("b") == b"b"
+    stale = RecentChunks(max_bytes=1, stale_s=0.0)
+    stale.put("x", b"x")
+    stale.put("y", b"y")  # nothing waits for x any more: it goes
+    assert stale.get("x") is None and stale.get("y") == b"y"
