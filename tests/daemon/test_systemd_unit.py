@@ -203,7 +203,7 @@ LAUNCHER = textwrap.dedent(
 # inotify observer, an APScheduler job, structlog JSON, an AF_UNIX listener chowned to a group.
 EXERCISE = textwrap.dedent(
     """
-    import fcntl, hashlib, mmap, os, socket, sqlite3, sys, tempfile, threading
+    import fcntl, hashlib, mmap, os, shutil, socket, sqlite3, sys, tempfile, threading
     from concurrent.futures import ThreadPoolExecutor
 
     try:
@@ -274,6 +274,8 @@ EXERCISE = textwrap.dedent(
     notify("READY=1")
     configure_logging("json")
     get_logger("seccomp").info("daemon.ready")
+    server.close()
+    shutil.rmtree(work)  # the probe leaves nothing in /tmp
     """
 )
 
