@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-import io
+import importlib.util
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from chunkd.restore import restore_round
 from chunkd.store import ChunkStore
 
-
-def save_model(path: Path, seed: int, *, elements: int = 4096, **extra: object) -> bytes:
-    """torch.save a small state_dict at ``path`` (under ``model`` beside ``extra``); its bytes."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {
-        "fc.weight": torch.randn(elements, generator=generator),
-        "fc.bias": torch.randn(16, generator=generator),
-    }
-    obj: object = {**extra, "model": state} if extra else state
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(obj, path)
-    return path.read_bytes()
-
-
-def restored_bytes(db: Path, round_num: int) -> bytes:
-    """A round rebuilt straight from the database (no daemon)."""
-    out = io.BytesIO()
-    with ChunkStore.open_reader(db) as store:
-        restore_round(store, round_num, out.write)
-    return out.getvalue()
+# One builder for every suite: tests/daemon/checkpoints.py (loaded by path, as the conftest loads
+# the daemon harness), re-exported here for the integration tests.
+_CHECKPOINTS = Path(__file__).resolve().parents[1] / "daemon" / "checkpoints.py"
+_spec = importlib.util.spec_from_file_location("chunkd_tests_checkpoints", _CHECKPOINTS)
+assert _spec is not None and _spec.loader is not None
+_checkpoints = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_checkpoints)
+save_model = _checkpoints.save_model
+restored_bytes = _checkpoints.restored_bytes
 
 
 def stored_rounds(db: Path) -> list[int]:
