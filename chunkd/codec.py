@@ -48,7 +48,7 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import zstandard
@@ -197,13 +197,9 @@ def _decode_planes(
     raw_size: int,
     base: bytes | bytearray | memoryview | None,
 ) -> bytes:
-    delta = codec.startswith(_PLANES_DELTA_PREFIX)
-    suffix = codec.removeprefix(_PLANES_DELTA_PREFIX if delta else _PLANES_PREFIX)
-    if not suffix.isdigit() or int(suffix) not in GROUP_WIDTHS[1:]:
-        raise IntegrityError(f"unknown chunk codec {codec!r}")
-    width = int(suffix)
-    if delta and (base is None or len(base) != raw_size):
-        raise IntegrityError("delta chunk without its base")
+    delta, width = _parse_name(
+        codec, _PLANES_PREFIX, _PLANES_DELTA_PREFIX, GROUP_WIDTHS[1:], base, raw_size
+    )
     view = memoryview(stored)
     pos = 4 * width
     if len(view) < pos:
@@ -279,13 +275,7 @@ def _decode_pco(
 ) -> bytes:
     from pcodec import standalone
 
-    delta = codec.startswith(_PCO_DELTA_PREFIX)
-    suffix = codec.removeprefix(_PCO_DELTA_PREFIX if delta else _PCO_PREFIX)
-    if not suffix.isdigit() or int(suffix) not in _PCO_TYPES:
-        raise IntegrityError(f"unknown chunk codec {codec!r}")
-    width = int(suffix)
-    if delta and (base is None or len(base) != raw_size):
-        raise IntegrityError("delta chunk without its base")
+    delta, width = _parse_name(codec, _PCO_PREFIX, _PCO_DELTA_PREFIX, _PCO_TYPES, base, raw_size)
     tail_len = raw_size % width
     frame_end = len(stored) - 4 - tail_len
     if frame_end < 0:
@@ -314,6 +304,25 @@ def xor_bytes(a: bytes | memoryview, b: bytes | memoryview) -> bytes:
     return np.bitwise_xor(
         np.frombuffer(a, dtype=np.uint8), np.frombuffer(b, dtype=np.uint8)
     ).tobytes()
+
+
+def _parse_name(
+    codec: str,
+    key_prefix: str,
+    delta_prefix: str,
+    widths: Collection[int],
+    base: bytes | bytearray | memoryview | None,
+    raw_size: int,
+) -> tuple[bool, int]:
+    """``(is a delta, word width)`` from a codec name such as ``xzp4``; IntegrityError for an
+    unknown name or a delta whose base is missing or of the wrong size."""
+    delta = codec.startswith(delta_prefix)
+    suffix = codec.removeprefix(delta_prefix if delta else key_prefix)
+    if not suffix.isdigit() or int(suffix) not in widths:
+        raise IntegrityError(f"unknown chunk codec {codec!r}")
+    if delta and (base is None or len(base) != raw_size):
+        raise IntegrityError("delta chunk without its base")
+    return delta, int(suffix)
 
 
 def _width_of(codec: str) -> int:
