@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from chunkd.deltas import promote_orphaned_deltas
 from chunkd.retention import RetentionPlan, plan_versions
-from chunkd.store import ChunkStore
+from chunkd.store import ChunkStore, RoundInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,12 @@ class PruneResult:
         }
 
 
+def just_ingested(versions: list[RoundInfo]) -> int | None:
+    """The round whose current version was committed last (None before format 3 recorded it)."""
+    dated = [v for v in versions if v.current and v.ingest_seq is not None]
+    return max(dated, key=lambda v: v.ingest_seq or 0).round_num if dated else None
+
+
 def prune_store(
     store: ChunkStore,
     keep_rounds: int,
@@ -52,7 +58,7 @@ def prune_store(
 ) -> PruneResult:
     """Apply ``keep_rounds`` to ``store``; with ``dry_run`` only say what would go."""
     versions = store.list_versions()
-    plan = plan_versions(versions, keep_rounds, leased)
+    plan = plan_versions(versions, keep_rounds, leased, just_ingested(versions))
     if dry_run:
         return PruneResult(plan, True, 0, 0, 0)
     removed_rounds = set(plan.remove)

@@ -2,9 +2,10 @@
 
 ``chunk_keep_rounds = N`` keeps the N newest rounds (0 keeps everything). "Newest" is the order
 key ``(run, round_num)``: within one run of a client that is simply the highest round numbers
-(SPEC "Retention"); after a rerun rewrote a round (a new run, see docs/DESIGN.md "Generations"),
-the rerun's rounds are newer than the previous run's higher-numbered ones, so the rerun's round 1
-is never pruned in favour of the old run's round 6.
+(SPEC "Retention"); a job restarted or rerun into the same directory starts a new run
+(:mod:`chunkd.runs`), so the restarted job's round 1 is newer than the previous run's round 10
+and is never pruned in its favour. The round just ingested is never removed, whatever its place
+in the order (a late file of an earlier run stays until the next ingest).
 
 Earlier generations of rewritten rounds (a rerun's predecessors) are kept while their round is
 kept, at most N of them (the newest), so rewriting one file forever cannot grow the store without
@@ -23,7 +24,7 @@ from typing import Protocol
 class RetentionPlan:
     keep: tuple[int, ...]
     remove: tuple[int, ...]
-    #: rounds that policy would remove but a lease protects this time
+    #: rounds that policy would remove but a lease (or having just been ingested) protects this time
     held: tuple[int, ...]
     #: earlier generations removed, as ``(round_num, generation)``
     generations_removed: tuple[tuple[int, int], ...] = ()
@@ -63,14 +64,21 @@ def _plan_current(
 
 
 def plan_versions(
-    versions: Iterable[Version], keep_rounds: int, leased: Collection[int] = ()
+    versions: Iterable[Version],
+    keep_rounds: int,
+    leased: Collection[int] = (),
+    just_ingested: int | None = None,
 ) -> RetentionPlan:
-    """The plan for every stored version (current rounds and earlier generations)."""
+    """The plan for every stored version (current rounds and earlier generations).
+
+    ``just_ingested`` is the round committed last: kept this time even where the order puts it
+    among the oldest (SPEC: "the round just ingested is never removed by it")."""
     if keep_rounds < 0:
         raise ValueError("keep_rounds must be >= 0")
     everything = sorted(versions, key=lambda v: v.order_key)
     current = [v for v in everything if v.current]
-    plan = _plan_current([v.round_num for v in current], keep_rounds, leased)
+    pinned = set(leased) if just_ingested is None else {*leased, just_ingested}
+    plan = _plan_current([v.round_num for v in current], keep_rounds, pinned)
     if keep_rounds == 0:
         return plan
     kept = set(plan.keep)

@@ -30,7 +30,7 @@ MAX_CHAIN = 64
 
 _ROUND_COLUMNS = (
     "round_num, file_sha256, file_size, flat_bytes, chunk_count, new_chunks, new_bytes,"
-    " source_path, created_at, generation, run"
+    " source_path, created_at, generation, run, file_mtime_ns, ingest_seq"
 )
 
 

@@ -16,7 +16,9 @@ class RoundInfo:
     ``generation`` counts how often the round's number was rewritten from the same path (a rerun
     or a resumed job): 0 for the first version. The current version of a round is its highest
     generation; earlier ones stay restorable until retention removes them. ``run`` orders
-    versions in time: it grows by one with every rewrite, so "newest" means (run, round_num).
+    versions in time (see :mod:`chunkd.runs`: a rewrite or a restarted job starts a new run), so
+    "newest" means (run, round_num). ``written_ns`` is the ingested file's mtime and
+    ``ingest_seq`` the order of commits (both None for versions stored by format 2).
     """
 
     round_num: int
@@ -30,6 +32,8 @@ class RoundInfo:
     created_at: str
     generation: int = 0
     run: int = 0
+    written_ns: int | None = None
+    ingest_seq: int | None = None
     current: bool = True
 
     @property

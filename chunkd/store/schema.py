@@ -7,6 +7,10 @@ Format history (``PRAGMA user_version``):
 * **2**: adds ``chunk_info`` (a narrow copy of each chunk's codec, sizes and base, so listing and
   garbage collection never read blob pages), ``rounds.generation``/``rounds.run`` and the
   ``round_history`` tables (earlier generations of a rewritten round stay restorable).
+* **3**: adds ``file_mtime_ns`` (when the ingested file was written) and ``ingest_seq`` (the order
+  in which versions were committed) to ``rounds`` and ``round_history``: what assigns a restarted
+  job's rounds to a new run (:mod:`chunkd.runs`) and what tells retention which round was just
+  ingested. Versions stored by format 2 have neither (NULL): their ``created_at`` stands in.
 
 :func:`migrate` upgrades in place inside one write transaction: a crash mid-upgrade leaves the
 old format, which the next writer upgrades again. Readers never upgrade.
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The seed's tables exactly as SPEC.md gives them, plus chunkd's columns at the end.
 _SEED_TABLES = """
@@ -109,6 +113,14 @@ CREATE TABLE round_history_chunks (
 CREATE INDEX idx_round_history_chunks_hash ON round_history_chunks(chunk_hash)
 """
 
+#: What format 3 adds to format 2 (see :mod:`chunkd.runs`).
+_V3_ADDITIONS = """
+ALTER TABLE rounds ADD COLUMN file_mtime_ns INTEGER;
+ALTER TABLE rounds ADD COLUMN ingest_seq INTEGER;
+ALTER TABLE round_history ADD COLUMN file_mtime_ns INTEGER;
+ALTER TABLE round_history ADD COLUMN ingest_seq INTEGER
+"""
+
 #: Format 1's chunk figures, copied once into the narrow table (the one full scan an upgrade costs).
 _V2_BACKFILL = (
     "INSERT OR IGNORE INTO chunk_info (chunk_hash, codec, raw_size, stored_size, base_hash)"
@@ -181,6 +193,7 @@ def create(conn: sqlite3.Connection, page_size: int) -> None:
         if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
             _run_script(conn, _SEED_TABLES)
             _run_script(conn, _V2_ADDITIONS)
+            _run_script(conn, _V3_ADDITIONS)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -197,7 +210,10 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
         if current == 1:
             _run_script(conn, _V2_ADDITIONS)
             conn.execute(_V2_BACKFILL)
-            conn.execute("PRAGMA user_version=2")
+            current = 2
+        if current == 2:
+            _run_script(conn, _V3_ADDITIONS)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

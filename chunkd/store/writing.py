@@ -16,12 +16,17 @@ from typing import TYPE_CHECKING
 import zstandard
 
 from chunkd.manifest import RoundLayout
+from chunkd.runs import Written, assign_run
 from chunkd.store.core import BATCH_BYTES, source_upsert
 from chunkd.store.reading import wrap_error
 from chunkd.store.records import RoundInfo, SourceRecord
 
 if TYPE_CHECKING:
     from chunkd.store.core import ChunkStore
+
+#: A version's write time for the run rule: its file's mtime, or (format 2 rows, which did not
+#: record it) the time it was ingested.
+_WRITTEN_AT = "COALESCE(file_mtime_ns, CAST(strftime('%s', created_at) AS INTEGER) * 1000000000)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,25 +105,32 @@ class RoundWriter:
         The file's ``sources`` row commits in the same transaction: a crash can never leave a
         round whose file would be taken again (and, once pruned, come back). An existing round
         with that number becomes an earlier generation (the caller has decided that this is a
-        rewrite of the same file, see ``ingest``); the new version starts a new run.
+        rewrite of the same file, see ``ingest``). The version's run is decided here, inside the
+        transaction, from the file's write time and every stored version (:mod:`chunkd.runs`).
         """
         c = self._conn
         packed_residue = zstandard.ZstdCompressor(level=3).compress(residue)
+        written_at = source.identity.mtime_ns if source is not None else None
         try:
             self._ensure_txn()
-            run = self._store.current_run()
             superseded = None
             generation = 0
             old = c.execute(
                 "SELECT round_num, file_sha256, file_size, flat_bytes, chunk_count, new_chunks,"
-                " new_bytes, source_path, created_at, generation, run FROM rounds"
-                " WHERE round_num = ?",
+                " new_bytes, source_path, created_at, generation, run, file_mtime_ns, ingest_seq"
+                " FROM rounds WHERE round_num = ?",
                 (round_num,),
             ).fetchone()
+            stored = self._stored_writes()
+            replacing = None
             if old is not None:
                 superseded = RoundInfo(*old, current=False)
-                generation = superseded.generation + 1
-                run += 1
+                generation = self._next_generation(round_num)
+                replacing = next(
+                    v for v in stored if v.round_num == round_num and v.run == superseded.run
+                )
+            run = assign_run(round_num, written_at, stored, replacing=replacing)
+            if old is not None:
                 self._move_to_history(round_num)
             c.executemany(
                 "INSERT INTO chunk_metadata (round_num, chunk_id, chunk_hash, parts_info,"
@@ -127,8 +139,8 @@ class RoundWriter:
             )
             c.execute(
                 "INSERT INTO rounds (round_num, file_sha256, file_size, flat_bytes, chunk_count,"
-                " new_chunks, new_bytes, layout, residue, source_path, generation, run)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " new_chunks, new_bytes, layout, residue, source_path, generation, run,"
+                " file_mtime_ns, ingest_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     round_num,
                     layout.file_sha256,
@@ -142,6 +154,8 @@ class RoundWriter:
                     source.path if source else None,
                     generation,
                     run,
+                    written_at,
+                    self._next_ingest_seq(),
                 ),
             )
             if source is not None:
@@ -156,13 +170,39 @@ class RoundWriter:
         self._added.clear()
         return CommitResult(superseded, generation, run)
 
+    def _stored_writes(self) -> list[Written]:
+        """Every stored version as the run rule sees it (format-2 rows: ingest time for mtime)."""
+        rows = self._conn.execute(
+            f"SELECT run, round_num, {_WRITTEN_AT} FROM rounds"  # noqa: S608 - constant SQL
+            f" UNION ALL SELECT run, round_num, {_WRITTEN_AT} FROM round_history"
+        ).fetchall()
+        return [Written(run, round_num, mtime) for run, round_num, mtime in rows]
+
+    def _next_generation(self, round_num: int) -> int:
+        """One more than any generation this round number has had that is still stored: a
+        ``forget`` of the current version may have left an earlier one current."""
+        row = self._conn.execute(
+            "SELECT MAX(g) FROM (SELECT MAX(generation) AS g FROM rounds WHERE round_num = ?"
+            " UNION ALL SELECT MAX(generation) FROM round_history WHERE round_num = ?)",
+            (round_num, round_num),
+        ).fetchone()
+        return int(row[0]) + 1
+
+    def _next_ingest_seq(self) -> int:
+        row = self._conn.execute(
+            "SELECT MAX(s) FROM (SELECT MAX(ingest_seq) AS s FROM rounds"
+            " UNION ALL SELECT MAX(ingest_seq) FROM round_history)"
+        ).fetchone()
+        return int(row[0] or 0) + 1
+
     def _move_to_history(self, round_num: int) -> None:
         c = self._conn
         c.execute(
             "INSERT INTO round_history (round_num, generation, run, file_sha256, file_size,"
             " flat_bytes, chunk_count, new_chunks, new_bytes, layout, residue, source_path,"
-            " created_at) SELECT round_num, generation, run, file_sha256, file_size, flat_bytes,"
-            " chunk_count, new_chunks, new_bytes, layout, residue, source_path, created_at"
+            " created_at, file_mtime_ns, ingest_seq) SELECT round_num, generation, run,"
+            " file_sha256, file_size, flat_bytes, chunk_count, new_chunks, new_bytes, layout,"
+            " residue, source_path, created_at, file_mtime_ns, ingest_seq"
             " FROM rounds WHERE round_num = ?",
             (round_num,),
         )
