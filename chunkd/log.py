@@ -46,6 +46,7 @@ CHECKPOINT_RETRYING = "checkpoint.retrying"
 CHECKPOINT_DELETED = "checkpoint.deleted"
 INGEST_FAILED = "ingest.failed"
 ROUND_REPLACED = "round.replaced"
+ROUND_FORGOTTEN = "round.forgotten"  # chunkd forget: an operator removed one version
 RETENTION_PRUNED = "retention.pruned"
 RETENTION_FAILED = "retention.failed"
 RESTORE_SERVED = "restore.served"
@@ -86,6 +87,7 @@ ALL_EVENTS: tuple[str, ...] = (
     CHECKPOINT_DELETED,
     INGEST_FAILED,
     ROUND_REPLACED,
+    ROUND_FORGOTTEN,
     RETENTION_PRUNED,
     RETENTION_FAILED,
     RESTORE_SERVED,

@@ -48,7 +48,7 @@ TRANSFERS: Final = (TRANSFER_FD, TRANSFER_FRAMES)
 EXPORT_FORMATS: Final = ("safetensors",)
 
 #: Commands that change a database; only ``allowed_uids``/``allowed_gids`` may send them.
-MUTATING_COMMANDS: Final = frozenset({"prune", "ingest"})
+MUTATING_COMMANDS: Final = frozenset({"prune", "ingest", "forget"})
 
 #: Frame length prefix: unsigned 32-bit, big-endian.
 FRAME_HEADER: Final = struct.Struct(">I")
@@ -207,6 +207,12 @@ COMMAND_FIELDS: Final[Mapping[str, Mapping[str, _Field]]] = {
         "transfer": _TRANSFER,
     },
     "prune": {"client": _CLIENT_OPTIONAL, "dry_run": _Field("dry_run", _parse_bool)},
+    "forget": {
+        "client": _CLIENT_REQUIRED,
+        "round": _Field("round_num", _parse_round, required=True),
+        "generation": _Field("generation", _parse_round),
+        "dry_run": _Field("dry_run", _parse_bool),
+    },
     "ingest": {
         "client": _CLIENT_REQUIRED,
         "path": _Field("path", _parse_absolute_path, required=True),

@@ -15,6 +15,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from chunkd.forget import ForgetResult
 from chunkd.ingest import IngestResult
 from chunkd.prune import PruneResult
 from chunkd.store import ChunkStore, RoundInfo
@@ -164,6 +165,10 @@ def summarize_prune(client_id: str, result: PruneResult) -> dict[str, object]:
         "bytes_removed": result.bytes_removed,
         "bytes_returned": result.bytes_returned,
     }
+
+
+def summarize_forget(client_id: str, result: ForgetResult) -> dict[str, object]:
+    return {"client": client_id, **result.log_fields()}
 
 
 def summarize_ingest(client_id: str, result: IngestResult) -> dict[str, object]:

@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "restore": 6,
     "verify": 7,
     "prune": 6,
+    "forget": 6,
     "export": 7,
     "summary": 7,
     "replica": 7,  # chunkd/replica/: engine level, above store and restore

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from chunkd import __version__
-from chunkd.cli import export, ingest, options, prune, restore, serve, status, verify
+from chunkd.cli import export, forget, ingest, options, prune, restore, serve, status, verify
 from chunkd.cli import list as list_command
 from chunkd.errors import EXIT_STATUS_BY_CODE, ChunkdError
 
@@ -25,7 +25,7 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
 #: In SPEC.md's order; each module has ``add_parser(commands, common)``.
-COMMANDS = (serve, restore, list_command, status, verify, prune, ingest, export)
+COMMANDS = (serve, restore, list_command, status, verify, prune, forget, ingest, export)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -35,7 +35,7 @@ from chunkd.daemon.state import ClientInfo
 from chunkd.errors import ForbiddenError
 
 #: Commands that change a database: admins only.
-CHANGE_COMMANDS: Final = frozenset({"prune", "ingest"})
+CHANGE_COMMANDS: Final = frozenset({"prune", "ingest", "forget"})
 #: Commands that read one client's data: admins, or the owner of the client's directory.
 READ_COMMANDS: Final = frozenset({"list", "restore", "export", "verify"})
 #: Commands about the daemon only: whoever could connect.

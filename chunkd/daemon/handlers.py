@@ -45,7 +45,13 @@ from chunkd.export import StoredRound, plan_safetensors, stream_safetensors
 from chunkd.protocol import Request
 from chunkd.restore import restore_round
 from chunkd.store import ChunkStore
-from chunkd.summary import summarize_ingest, summarize_prune, summarize_store, summarize_verify
+from chunkd.summary import (
+    summarize_forget,
+    summarize_ingest,
+    summarize_prune,
+    summarize_store,
+    summarize_verify,
+)
 from chunkd.verify import verify_store
 
 if TYPE_CHECKING:
@@ -345,6 +351,17 @@ def prune(state: DaemonState, request: Request, conn: Connection) -> Result:
     return {"dry_run": request.dry_run, "clients": entries}
 
 
+def forget(state: DaemonState, request: Request, conn: Connection) -> Result:
+    """Remove one named round version (admins only: :mod:`chunkd.daemon.access`)."""
+    info = _client(state, request.client_id, conn.access)
+    assert request.round_num is not None  # required by parse_request
+    future = state.submit_forget(
+        info.client_id, int(request.round_num), request.generation, request.dry_run
+    )
+    result = _wait(future, f"forget of round {request.round_num} of client {info.client_id!r}")
+    return summarize_forget(info.client_id, result)
+
+
 def ingest(state: DaemonState, request: Request, conn: Connection) -> Result:
     info = _client(state, request.client_id, conn.access)
     assert request.path is not None  # required by parse_request
@@ -387,6 +404,7 @@ HANDLERS: Final[Mapping[str, Handler]] = {
     "restore": restore,
     "export": export,
     "prune": prune,
+    "forget": forget,
     "ingest": ingest,
 }
 

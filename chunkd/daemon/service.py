@@ -39,9 +39,11 @@ from chunkd.daemon.startup import report_startup_failure, startup_key
 from chunkd.daemon.state import ClientInfo, CountingLogger, ErrorLedger
 from chunkd.daemon.watcher import Watcher
 from chunkd.errors import BusyError, ChunkdError, NotFoundError
+from chunkd.forget import ForgetResult, forget_version
 from chunkd.ingest import IngestOptions, IngestResult
 from chunkd.log import configure_logging
 from chunkd.prune import PruneResult
+from chunkd.store import ChunkStore
 
 #: A lane inside one job for longer than this is considered stuck (no WATCHDOG=1 then).
 STALL_S = 900.0
@@ -106,6 +108,23 @@ class Daemon:
 
     def submit_prune(self, client_id: str, dry_run: bool) -> Future[PruneResult]:
         return self._lane(client_id).submit_prune(dry_run)  # type: ignore[return-value]
+
+    def submit_forget(
+        self, client_id: str, round_num: int, generation: int | None, dry_run: bool
+    ) -> Future[ForgetResult]:
+        """``chunkd forget`` on the client's lane (its database's only writer); logged at warning,
+        because it removes a version that retention would have kept."""
+        lane = self._lane(client_id)
+        logger = self._log.bind(client=client_id)
+
+        def job(store: ChunkStore) -> ForgetResult:
+            leased = self.leases.leased(client_id)
+            result = forget_version(store, round_num, generation, leased=leased, dry_run=dry_run)
+            if not dry_run:
+                logger.warning(log.ROUND_FORGOTTEN, **result.log_fields())
+            return result
+
+        return lane.submit(job)  # type: ignore[return-value]
 
     def status(self) -> dict[str, object]:
         with self._lanes_lock:

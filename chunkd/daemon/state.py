@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from chunkd import log
 from chunkd.config import Settings
 from chunkd.daemon.leases import LeaseTable
+from chunkd.forget import ForgetResult
 from chunkd.ingest import IngestResult
 from chunkd.prune import PruneResult
 
@@ -46,6 +47,10 @@ class DaemonState(Protocol):
     ) -> Future[IngestResult]:
         """Queue ``path`` on the client's lane now (no settle delay); BusyError if queue is full."""
         ...
+
+    def submit_forget(
+        self, client_id: str, round_num: int, generation: int | None, dry_run: bool
+    ) -> Future[ForgetResult]: ...
 
     def submit_prune(self, client_id: str, dry_run: bool) -> Future[PruneResult]:
         """Run retention on the client's lane; BusyError if the queue is full or stopping."""

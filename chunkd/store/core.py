@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from chunkd.errors import BusyError, NotFoundError, StoreError
 from chunkd.store import schema
 from chunkd.store.fairness import FairnessGate, gate_for
+from chunkd.store.forgetting import forget_statements
 from chunkd.store.gc import GcPlan, plan_gc
 from chunkd.store.lock import WriterLock, file_id, refuse_symlink, writable_now
 from chunkd.store.reading import StoreReading, wrap_error
@@ -310,6 +311,11 @@ class ChunkStore(StoreReading):
         if statements:
             self.transaction(statements)
         return count
+
+    def forget_version(self, version: RoundInfo) -> None:
+        """Remove exactly ``version`` (see :mod:`chunkd.store.forgetting`); rows only."""
+        self._require_writer()
+        self.transaction(forget_statements(version))
 
     def delete_rounds(self, round_nums: Iterable[int]) -> int:
         """Remove rounds with every version they have."""

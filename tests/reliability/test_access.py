@@ -62,8 +62,8 @@ def tenant_daemon(daemon_factory):
 
 
 def _ask(daemon, who, cmd: str, client: str | None) -> str:
-    dry_run = cmd == "prune --dry-run"  # changes nothing: a read (issue 10 item 4)
-    cmd = "prune" if dry_run else cmd
+    dry_run = cmd.endswith(" --dry-run")  # a dry-run prune changes nothing: a read (issue 10)
+    cmd = cmd.removesuffix(" --dry-run")
     req: dict[str, Any] = {"cmd": cmd}
     if client is not None:
         req["client"] = client
@@ -71,6 +71,8 @@ def _ask(daemon, who, cmd: str, client: str | None) -> str:
         req.update(round=1, transfer="frames")
     if cmd == "export":
         req["format"] = "safetensors"
+    if cmd == "forget":  # admins only, even as a dry run (issue 17)
+        req["round"] = 1
     if cmd == "ingest":
         req["path"] = str(daemon.watch_root / f"client_{client}" / "round_1.pth")
     if dry_run:
@@ -84,7 +86,7 @@ def test_access_matrix(tenant_daemon, figures) -> None:
     matrix: dict[str, dict[str, str]] = {}
     for name, who in (("alice", ALICE), ("mallory", MALLORY), ("operator", OPERATOR)):
         row = {}
-        for cmd in (*READS, "prune --dry-run", "prune", "ingest"):
+        for cmd in (*READS, "prune --dry-run", "prune", "forget --dry-run", "ingest"):
             for client in ("a", "b"):
                 row[f"{cmd} {client}"] = _ask(daemon, who, cmd, client)
         row["status"] = _ask(daemon, who, "status", None)
@@ -99,7 +101,7 @@ def test_access_matrix(tenant_daemon, figures) -> None:
         assert matrix["alice"][f"{cmd} b"] == "forbidden", (cmd, matrix["alice"])
         assert matrix["mallory"][f"{cmd} a"] == "forbidden"
         assert matrix["operator"][f"{cmd} b"] == "ok"
-    for cmd in ("prune", "ingest"):
+    for cmd in ("prune", "forget --dry-run", "ingest"):
         assert matrix["alice"][f"{cmd} a"] == "forbidden"
         assert matrix["mallory"][f"{cmd} a"] == "forbidden"
         assert matrix["operator"][f"{cmd} a"] == "ok", matrix["operator"]

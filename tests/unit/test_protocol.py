@@ -56,6 +56,7 @@ def test_every_command_parses_with_its_minimal_fields():
         "restore": {"client": "1"},
         "export": {"client": "1", "format": "safetensors"},
         "ingest": {"client": "1", "path": "/srv/fl/client_1/r1.pth"},
+        "forget": {"client": "1", "round": 240605},
     }
     for cmd in COMMANDS:
         request = parse_request(line({"cmd": cmd, **minimal.get(cmd, {})}))
@@ -97,6 +98,8 @@ BAD = {
     "extra field": b'{"cmd": "status", "verbose": true}',
     "missing client": b'{"cmd": "restore"}',
     "missing path": b'{"cmd": "ingest", "client": "1"}',
+    "forget without a round": b'{"cmd": "forget", "client": "1"}',
+    "forget latest": b'{"cmd": "forget", "client": "1", "round": "latest"}',
     "missing format": b'{"cmd": "export", "client": "1"}',
     "traversal": b'{"cmd": "restore", "client": "../../etc"}',
     "slash": b'{"cmd": "restore", "client": "1/../2"}',
