@@ -9,15 +9,19 @@ earlier one), so that is what the bucket must end with.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from chunkd.config import ReplicaConfig
 from chunkd.daemon.replication import ReplicaStage
+from chunkd.errors import BusyError
 from chunkd.ingest import IngestOptions, ingest_file
 from chunkd.replica.bucket import Bucket
 from chunkd.replica.fetch import latest_round, list_rounds, read_manifest, restore_from_replica
@@ -37,13 +41,33 @@ def rerun(db: Path, directory: Path, rounds: range) -> dict[int, bytes]:
     """Rewrite ``rounds`` from the same files with new content (a rerun); their bytes."""
     written = {}
     with ChunkStore.open_writer(db) as store:
+        before = max(v.run for v in store.list_rounds())
         for r in rounds:
             path = save_checkpoint(directory / f"model_round_{r}.pth", 9000 + r)
             written[r] = path.read_bytes()
             ingest_file(path, store, IngestOptions(chunk_num=8), round_num=r)
         versions = {v.round_num: v for v in store.list_rounds()}
-    assert all(versions[r].run > versions[6].run for r in rounds)  # the rerun is a new run
+    assert all(versions[r].run > before for r in rounds)  # the rerun is a new run
     return written
+
+
+@contextlib.contextmanager
+def held_prune_lock(bucket: Bucket, host: str) -> Iterator[None]:
+    """A prune lock of ``host``, taken once the stage's own frequent prune is not holding one."""
+    lock = ReplicaLock(bucket, PRUNE, host)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            lock.acquire()
+            break
+        except BusyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def chunkd(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -73,7 +97,7 @@ def test_a_rerun_reaches_the_replica_and_lag_counts_it_until_then(
         wait_for(lambda: stage.status()["uploaded_rounds"] == 3, 60, "run A's 4, 5, 6 uploaded")
         assert stage.status()["lag_rounds"] == 0
         # another host's prune holds the bucket: the stage sees what it lacks but cannot send it
-        with ReplicaLock(bucket, PRUNE, "hostB"):
+        with held_prune_lock(bucket, "hostB"):
             written = rerun(db, tmp_path / "c", range(2, 4))
             stage.round_committed("1", 3)
             wait_for(lambda: stage.status()["lag_rounds"] == 2, 30, "lag of the rerun's 2 rounds")
@@ -122,3 +146,32 @@ def test_replica_retention_keeps_the_newest_by_run_then_round(
     out = io.BytesIO()
     restore_from_replica(bucket, "hostA", "1", 2, out.write)
     assert out.getvalue() == written[2]
+
+
+def test_the_same_bytes_in_a_newer_run_are_sent_again(
+    bucket: Bucket, s3_server: WeedServer, tmp_path: Path
+) -> None:
+    """Round 2 is rewritten, then rewritten back to its first bytes while the bucket still holds
+    the first version: equal SHA-256, but the bucket's run 0 would sort it as old, so replica
+    retention would retire a round that is locally among the newest."""
+    db = tmp_path / "client_1_chunks.db"
+    with ingest_rounds(db, tmp_path / "c", range(1, 4)) as store:
+        upload_all(bucket, store, "hostA", "1")
+        first = store.get_round(2)
+    rerun(db, tmp_path / "c", range(2, 3))
+    with ChunkStore.open_writer(db) as store:
+        path = save_checkpoint(tmp_path / "c" / "model_round_2.pth", 1002)  # the first bytes
+        ingest_file(path, store, IngestOptions(chunk_num=8), round_num=2)
+        again = store.get_round(2)
+    assert again.file_sha256 == first.file_sha256 and again.run > first.run
+    config = ReplicaConfig(str(bucket.url), s3_server.endpoint, "", "hostA", 0, 0, 3600.0, 3600.0)
+    stage = ReplicaStage(config, chunk_keep_rounds=0, clients=lambda: {"1": db}, backoff_max_s=0.5)
+    stage.start()
+    try:
+        wait_for(lambda: stage.status()["uploaded_rounds"] == 1, 30, "round 2 sent again")
+        assert stage.status()["lag_rounds"] == 0
+    finally:
+        stage.stop()
+    held = read_manifest(bucket, "hostA", "1", 2)
+    assert (held.run, held.generation) == (again.run, again.generation)
+    assert latest_round(bucket, "hostA", "1") == 2
