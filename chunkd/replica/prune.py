@@ -168,7 +168,7 @@ def _retired(bucket: Bucket, host: str, client_id: str, rounds: list[int], keep:
         return []
     listed = list_rounds(bucket, host=host, client_id=client_id, versions=True)
     kept = {r.round_num for r in newest(listed, keep)}
-    # a manifest gone since the first listing is not ours to count; one that appeared is kept
+    # listed again, under our prune lock: no upload of this host changes the set meanwhile
     return sorted(r.round_num for r in listed if r.round_num not in kept)
 
 
