@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +91,24 @@ def plan_versions(
         if id(v) not in keep_earlier and v.round_num not in leased
     )
     return RetentionPlan(plan.keep, plan.remove, plan.held, removed)
+
+
+class Ordered(Protocol):
+    @property
+    def order_key(self) -> tuple[int, int, int]: ...
+
+
+OrderedT = TypeVar("OrderedT", bound=Ordered)
+
+
+def newest(versions: Iterable[OrderedT], keep: int) -> list[OrderedT]:
+    """The newest ``keep`` of ``versions`` by their order key (all of them with 0), oldest first.
+
+    The one cut of "the newest N" for places that hold one version per round number: the
+    replica's upload stage (which local rounds the bucket should hold), replica retention (which
+    manifests stay) and ``lag_rounds``, so that they agree with local retention and ``latest``.
+    """
+    if keep < 0:
+        raise ValueError("keep must be >= 0")
+    ordered = sorted(versions, key=lambda v: v.order_key)
+    return ordered[-keep:] if keep else ordered

@@ -124,20 +124,21 @@ def restore(args: argparse.Namespace, write: Write) -> dict[str, object]:
 
 def run_list(args: argparse.Namespace) -> int:
     """``chunkd list --replica``: every host and client in the bucket, or one client's rounds
-    (on every host, or on ``--host``)."""
+    (on every host, or on ``--host``), each client's in the store's order (run, then round
+    number), so ``latest`` is the newest written, as ``restore --replica`` answers it."""
     from chunkd.replica.fetch import list_rounds, read_manifest
 
     bucket, host = _bucket_and_host(args)
     only_host = host if args.host is not None else None  # else every host's
-    rounds = list_rounds(bucket, host=only_host, client_id=args.client)  # type: ignore[arg-type]
+    rounds = list_rounds(bucket, host=only_host, client_id=args.client, versions=True)  # type: ignore[arg-type]
     if args.client is None:
         clients: dict[tuple[str, str], list[int]] = {}
-        for r in rounds:
+        for r in rounds:  # newest last
             clients.setdefault((r.host, r.client_id), []).append(r.round_num)
         document: dict[str, object] = {
             "replica": str(bucket.url),  # type: ignore[attr-defined]
             "clients": [
-                {"host": h, "client": c, "round_count": len(rs), "latest_round": max(rs)}
+                {"host": h, "client": c, "round_count": len(rs), "latest_round": rs[-1]}
                 for (h, c), rs in sorted(clients.items())
             ],
         }
@@ -155,6 +156,8 @@ def run_list(args: argparse.Namespace) -> int:
                     "host": r.host,
                     "client": r.client_id,
                     "round": r.round_num,
+                    "run": m.run,
+                    "generation": m.generation,
                     "file_size": m.file_size,
                     "file_sha256": m.file_sha256,
                     "chunks": len(m.chunks),

@@ -4,8 +4,12 @@ One thread. Lanes call :meth:`ReplicaStage.round_committed` after a round commit
 client dirty and returns at once (never blocks, never fails). The thread then compares the
 client's local rounds (its own read-only connection) with the manifests in the bucket and uploads
 what is missing, oldest first, with :func:`chunkd.replica.upload.upload_round` (chunks, then
-manifest). Every client is also compared at start-up and every :data:`RECONCILE_S`, so a restart,
-a missed hook or an outage is caught up: what is in the bucket is the only progress record.
+manifest). Which rounds the bucket should hold is the newest ``replica_keep_rounds`` in the
+store's one order (run, then round number: :func:`chunkd.retention.newest`), and "holds" means
+the same version (file SHA-256, run, generation), so a rerun that rewrote round 2 after run A's
+round 6 is uploaded again and counted in ``lag_rounds`` until it is. Every client is also
+compared at start-up and every :data:`RECONCILE_S`, so a restart, a missed hook or an outage is
+caught up: what is in the bucket is the only progress record.
 
 Failures (bucket unreachable, full, refusing) are logged as ``replica.failed``, shown by
 ``chunkd status`` (``last_error``) and retried with exponential backoff up to :data:`BACKOFF_MAX_S`;
@@ -30,10 +34,13 @@ from chunkd import log
 from chunkd.config import ReplicaConfig, Settings
 from chunkd.daemon.lanes import utc_now_iso
 from chunkd.errors import BusyError, ChunkdError, IntegrityError, NotFoundError
+from chunkd.retention import newest
 from chunkd.store import ChunkStore, RoundInfo
 
 if TYPE_CHECKING:
+    from chunkd.replica.layout import ManifestVersion
     from chunkd.replica.prune import ReplicaLock
+    from chunkd.replica.upload import UploadResult
 
 #: Every client is compared with the bucket this often even without a hook call.
 RECONCILE_S = 60.0
@@ -86,7 +93,7 @@ class ReplicaStage:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="replica", daemon=True)
-        self._remote: dict[str, dict[int, str]] = {}  # stage thread: round -> file sha in bucket
+        self._remote: dict[str, dict[int, ManifestVersion]] = {}  # stage thread: in the bucket
         self._lag: dict[str, tuple[int, int]] = {}
         self._uploaded_rounds = 0
         self._uploaded_bytes = 0
@@ -206,46 +213,45 @@ class ReplicaStage:
             pending = self._pending(local, remote or {})
             self._set_lag(client_id, local, pending)
             if remote is None:
-                remote = self._load_remote(client_id, local)
+                remote = self._load_remote(client_id)
                 self._remote[client_id] = remote
                 pending = self._pending(local, remote)
                 self._set_lag(client_id, local, pending)
             if pending:
                 self._upload(client_id, store, local, remote, pending)
 
-    def _pending(self, local: Mapping[int, RoundInfo], remote: Mapping[int, str]) -> list[int]:
-        """Local rounds the bucket lacks (or holds another version of), oldest first; none that
-        replica retention would remove at once."""
-        rounds = sorted(local)
-        if self.keep_rounds:
-            newest = sorted(set(local) | set(remote))[-self.keep_rounds :]
-            rounds = [r for r in rounds if r >= newest[0]]
-        return [r for r in rounds if remote.get(r) != local[r].file_sha256]
+    def _pending(
+        self, local: Mapping[int, RoundInfo], remote: Mapping[int, ManifestVersion]
+    ) -> list[int]:
+        """Local rounds the bucket lacks or holds in another version, oldest first (by the
+        order): of the newest ``keep_rounds`` by the order, local and remote together (a round
+        local retention removed still counts at its place), so none that replica retention
+        would remove at once."""
+        candidates: list[RoundInfo | ManifestVersion] = list(local.values())
+        candidates += [v for r, v in remote.items() if r not in local]
+        return [
+            v.round_num
+            for v in newest(candidates, self.keep_rounds)
+            if v is local.get(v.round_num) and not _same_version(remote.get(v.round_num), v)
+        ]
 
     def _set_lag(self, client_id: str, local: Mapping[int, RoundInfo], pending: list[int]) -> None:
         with self._lock:
             self._lag[client_id] = (len(pending), sum(local[r].file_size for r in pending))
 
-    def _load_remote(self, client_id: str, local: Mapping[int, RoundInfo]) -> dict[int, str]:
+    def _load_remote(self, client_id: str) -> dict[int, ManifestVersion]:
+        """This client's manifests and the versions they hold (LIST, then a HEAD each)."""
         from chunkd.replica.fetch import list_rounds
-        from chunkd.replica.layout import manifest_key
 
-        remote: dict[int, str] = {}
-        for entry in list_rounds(self.bucket, host=self.host, client_id=client_id):
-            remote[entry.round_num] = ""
-            if entry.round_num in local:  # which version is there matters only for these
-                key = manifest_key(self.bucket.url, self.host, client_id, entry.round_num)
-                info = self.bucket.head(key)
-                if info is not None:
-                    remote[entry.round_num] = info.metadata.get("chunkd-file-sha256", "")
-        return remote
+        listed = list_rounds(self.bucket, host=self.host, client_id=client_id, versions=True)
+        return {e.round_num: e.version for e in listed if e.version is not None}
 
     def _upload(
         self,
         client_id: str,
         store: ChunkStore,
         local: Mapping[int, RoundInfo],
-        remote: dict[int, str],
+        remote: dict[int, ManifestVersion],
         pending: list[int],
     ) -> None:
         from chunkd.replica.bucket import ReplicaError
@@ -270,7 +276,7 @@ class ReplicaStage:
         client_id: str,
         store: ChunkStore,
         local: Mapping[int, RoundInfo],
-        remote: dict[int, str],
+        remote: dict[int, ManifestVersion],
         pending: list[int],
     ) -> None:
         from chunkd.replica.prune import read_epoch
@@ -301,10 +307,10 @@ class ReplicaStage:
             except _Stopping:  # the next start finds the round missing and uploads it
                 return
             except (NotFoundError, IntegrityError):
-                if round_num in store.round_numbers():
+                if _same_version(_current(store, round_num), local[round_num]):
                     raise
-                continue  # local retention removed it meanwhile: nothing to upload
-            remote[round_num] = result.file_sha256
+                continue  # removed or rewritten meanwhile: the next comparison decides
+            remote[round_num] = _uploaded_version(result)
             self._set_lag(client_id, local, pending[index + 1 :])
             with self._lock:
                 self._uploaded_rounds += 1
@@ -334,6 +340,28 @@ class ReplicaStage:
         with self._lock:
             self._last_prune = {**result.log_fields(), "at": _utc_now()}
         self._log.info(log.REPLICA_PRUNED, **result.log_fields())
+
+
+def _same_version(held: ManifestVersion | RoundInfo | None, version: RoundInfo) -> bool:
+    """Whether the bucket (or the store) ``held`` this very version of the round."""
+    return held is not None and (held.file_sha256, held.run, held.generation) == (
+        version.file_sha256,
+        version.run,
+        version.generation,
+    )
+
+
+def _current(store: ChunkStore, round_num: int) -> RoundInfo | None:
+    try:
+        return store.get_round(round_num)
+    except NotFoundError:
+        return None
+
+
+def _uploaded_version(result: UploadResult) -> ManifestVersion:
+    from chunkd.replica.layout import ManifestVersion
+
+    return ManifestVersion(result.round_num, result.run, result.generation, result.file_sha256)
 
 
 def _utc_now() -> str:

@@ -13,7 +13,8 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
 import zstandard
 
@@ -24,6 +25,7 @@ from chunkd.replica.bucket import Bucket
 from chunkd.replica.layout import (
     MAX_CHAIN_DEPTH,
     ChunkForm,
+    ManifestVersion,
     RoundManifest,
     chunk_key,
     hosts_prefix,
@@ -40,21 +42,40 @@ BASE_CACHE = 4
 MAX_RESIDUE_BYTES = 1 << 30
 
 
+#: HEADs in flight when listing manifests with their versions.
+HEAD_CONCURRENCY = 8
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaRound:
-    """A manifest found by listing: no GET needed."""
+    """A manifest found by listing (no GET needed); its version only if listed ``versions``."""
 
     host: str
     client_id: str
     round_num: int
     manifest_bytes: int
     uploaded: str
+    version: ManifestVersion | None = None
+
+    @property
+    def order_key(self) -> tuple[int, int, int]:
+        """The store's order (run, round, generation); run 0 unless listed with ``versions``."""
+        return self.version.order_key if self.version else (0, self.round_num, 0)
 
 
 def list_rounds(
-    bucket: Bucket, *, host: str | None = None, client_id: str | None = None
+    bucket: Bucket,
+    *,
+    host: str | None = None,
+    client_id: str | None = None,
+    versions: bool = False,
 ) -> list[ReplicaRound]:
-    """Every round manifest (of one host / client if given), ordered by host, client, round."""
+    """Every round manifest (of one host / client if given), ordered by host, client, round.
+
+    With ``versions``, each manifest's version (run, generation, file SHA-256) is read with a
+    HEAD, and each client's rounds are in the store's order, newest last. A manifest removed
+    between the listing and its HEAD is left out.
+    """
     url = bucket.url
     if host is not None and client_id is not None:
         prefix = rounds_prefix(url, host, client_id)
@@ -70,7 +91,24 @@ def list_rounds(
         found.append(
             ReplicaRound(*parsed, obj.size, obj.last_modified.isoformat(timespec="seconds"))
         )
-    return sorted(found, key=lambda r: (r.host, r.client_id, r.round_num))
+    if versions:
+        found = _with_versions(bucket, found)
+    return sorted(found, key=lambda r: (r.host, r.client_id, r.order_key))
+
+
+def _with_versions(bucket: Bucket, found: list[ReplicaRound]) -> list[ReplicaRound]:
+    def head(r: ReplicaRound) -> ReplicaRound | None:
+        key = manifest_key(bucket.url, r.host, r.client_id, r.round_num)
+        info = bucket.head(key)
+        if info is None:
+            return None
+        version = ManifestVersion.from_metadata(r.round_num, info.metadata, where=key)
+        return replace(r, version=version)
+
+    if not found:
+        return []
+    with ThreadPoolExecutor(min(HEAD_CONCURRENCY, len(found))) as pool:
+        return [r for r in pool.map(head, found) if r is not None]
 
 
 def read_manifest(bucket: Bucket, host: str, client_id: str, round_num: int) -> RoundManifest:
@@ -88,7 +126,9 @@ def read_manifest(bucket: Bucket, host: str, client_id: str, round_num: int) -> 
 
 
 def latest_round(bucket: Bucket, host: str, client_id: str) -> int:
-    rounds = list_rounds(bucket, host=host, client_id=client_id)
+    """The newest round in the store's order (run, then round number): the most recently
+    written, as ``latest`` answers locally; a rerun's round 2 is newer than run A's round 6."""
+    rounds = list_rounds(bucket, host=host, client_id=client_id, versions=True)
     if not rounds:
         raise NotFoundError(f"replica {bucket.url}: host {host} client {client_id} has no rounds")
     return rounds[-1].round_num

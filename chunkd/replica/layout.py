@@ -13,6 +13,12 @@ names the raw bytes, so two hosts that store one chunk with different codecs sti
 object: whichever was uploaded first. A manifest therefore records, per chunk, the codec and base
 *of the object in the bucket*, and lists every base its chunks need (the closure), so the chunk
 sweep can mark bases without reading chunk metadata.
+
+A manifest holds the current version of its round number: with the version's ``run`` and
+``generation`` (the store's order, :attr:`chunkd.store.RoundInfo.order_key`) in its body and, with
+the file's SHA-256, in its object metadata, so that a HEAD tells which version the bucket holds
+and where it stands in the order. A manifest written before these fields existed is run 0,
+generation 0.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ MANIFEST_VERSION = 1
 META_CODEC = "chunkd-codec"
 META_RAW_SIZE = "chunkd-raw-size"
 META_BASE = "chunkd-base"
+#: Object metadata keys of a round manifest: which version of the round it holds.
+META_FILE_SHA256 = "chunkd-file-sha256"
+META_RUN = "chunkd-run"
+META_GENERATION = "chunkd-generation"
 #: A delta chain longer than this is treated as damage (a loop, or a runaway encoder).
 MAX_CHAIN_DEPTH = 64
 
@@ -170,11 +180,21 @@ class RoundManifest:
     source_path: str | None
     created_at: str
     uploaded_at: str
+    run: int = 0
+    generation: int = 0
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def file_sha256(self) -> str:
         return self.layout.file_sha256
+
+    @property
+    def version(self) -> ManifestVersion:
+        return ManifestVersion(self.round_num, self.run, self.generation, self.file_sha256)
+
+    def metadata(self) -> dict[str, str]:
+        """The manifest object's metadata: its version, readable with a HEAD."""
+        return self.version.metadata()
 
     @property
     def file_size(self) -> int:
@@ -191,6 +211,8 @@ class RoundManifest:
             "host": self.host,
             "client": self.client_id,
             "round": self.round_num,
+            "run": self.run,
+            "generation": self.generation,
             "file_sha256": self.layout.file_sha256,
             "file_size": self.layout.file_size,
             "source_path": self.source_path,
@@ -247,9 +269,53 @@ class RoundManifest:
                 source_path=doc.get("source_path"),
                 created_at=str(doc.get("created_at", "")),
                 uploaded_at=str(doc.get("uploaded_at", "")),
+                run=_count(doc.get("run", 0)),  # absent: written before runs, run 0
+                generation=_count(doc.get("generation", 0)),
             )
         except (ValueError, KeyError, TypeError, AttributeError, IntegrityError) as e:
             raise IntegrityError(f"{where}: damaged round manifest: {e}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestVersion:
+    """Which version of a round a manifest holds, and its place in the store's order."""
+
+    round_num: int
+    run: int
+    generation: int
+    file_sha256: str
+
+    @property
+    def order_key(self) -> tuple[int, int, int]:
+        """As :attr:`chunkd.store.RoundInfo.order_key`: newest last."""
+        return (self.run, self.round_num, self.generation)
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            META_FILE_SHA256: self.file_sha256,
+            META_RUN: str(self.run),
+            META_GENERATION: str(self.generation),
+        }
+
+    @classmethod
+    def from_metadata(cls, round_num: int, meta: dict[str, str], *, where: str) -> ManifestVersion:
+        """From a manifest object's metadata; a manifest without run / generation is 0 / 0."""
+        try:
+            run = _count(meta.get(META_RUN, "0"))
+            generation = _count(meta.get(META_GENERATION, "0"))
+        except ValueError as e:
+            raise IntegrityError(f"{where}: damaged manifest metadata: {e}") from None
+        return cls(round_num, run, generation, meta.get(META_FILE_SHA256, ""))
+
+
+def _count(value: object) -> int:
+    """A run or generation: a non-negative integer (JSON number or metadata text)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{value!r} is not a count")
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"{value!r} is negative")
+    return number
 
 
 def _form_json(form: ChunkForm) -> dict[str, object]:

@@ -19,8 +19,10 @@ The model is restic's prune against concurrent backups, with lock objects:
 
 Mark and sweep: every manifest of every host is read and the chunks (and delta bases) it lists are
 marked; a manifest that cannot be read or parsed stops the sweep (deleting on partial knowledge is
-how data is lost). Retention (which manifests go) is decided per client with
-:func:`chunkd.retention.plan_retention`, for this host's clients only.
+how data is lost). Retention (which manifests go) is decided per client, for this host's clients
+only, in the store's one order: :func:`chunkd.retention.newest` over the manifests' versions (run,
+round number; read with a HEAD each, only for a client with more manifests than it keeps), so a
+rerun's rounds are kept over an earlier run's higher-numbered ones, as locally.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from datetime import datetime, timedelta
 
 from chunkd.errors import BusyError, NotFoundError
 from chunkd.replica.bucket import Bucket, ObjectInfo, ReplicaError
+from chunkd.replica.fetch import list_rounds
 from chunkd.replica.layout import (
     RoundManifest,
     chunks_prefix,
@@ -44,7 +47,7 @@ from chunkd.replica.layout import (
     manifest_key,
     parse_manifest_key,
 )
-from chunkd.retention import plan_retention
+from chunkd.retention import newest
 
 LOCK_STALE_S = 1800.0
 LOCK_REFRESH_S = 300.0
@@ -158,6 +161,17 @@ def plan_sweep(
 MarkCache = dict[str, tuple[str, frozenset[str]]]
 
 
+def _retired(bucket: Bucket, host: str, client_id: str, rounds: list[int], keep: int) -> list[int]:
+    """The round numbers whose manifests retention removes: all but the newest ``keep`` in the
+    store's order. Their versions are read (a HEAD each) only when some must go."""
+    if keep == 0 or len(rounds) <= keep:
+        return []
+    listed = list_rounds(bucket, host=host, client_id=client_id, versions=True)
+    kept = {r.round_num for r in newest(listed, keep)}
+    # listed again, under our prune lock: no upload of this host changes the set meanwhile
+    return sorted(r.round_num for r in listed if r.round_num not in kept)
+
+
 def prune_replica(
     bucket: Bucket,
     *,
@@ -183,11 +197,11 @@ def prune_replica(
             if parsed is not None and parsed[0] == host:
                 by_client.setdefault(parsed[1], []).append(parsed[2])
         for client_id, rounds in sorted(by_client.items()):
-            plan = plan_retention(rounds, keep_rounds(client_id))
-            if plan.remove:
-                result.rounds_removed[client_id] = list(plan.remove)
+            remove = _retired(bucket, host, client_id, rounds, keep_rounds(client_id))
+            if remove:
+                result.rounds_removed[client_id] = remove
                 if not dry_run:
-                    bucket.delete([manifest_key(url, host, client_id, r) for r in plan.remove])
+                    bucket.delete([manifest_key(url, host, client_id, r) for r in remove])
         if not dry_run:
             bucket.put(
                 url.key("gc-epoch"), secrets.token_hex(16).encode(), content_type="text/plain"

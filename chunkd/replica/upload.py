@@ -106,6 +106,8 @@ class UploadResult:
     round_num: int
     file_sha256: str
     file_size: int
+    run: int
+    generation: int
     chunks: int
     chunks_uploaded: int
     bytes_uploaded: int  # chunk bodies and the manifest, as sent
@@ -115,6 +117,8 @@ class UploadResult:
         return {
             "client": self.client_id,
             "round": self.round_num,
+            "run": self.run,
+            "generation": self.generation,
             "sha256": self.file_sha256,
             "bytes_in": self.file_size,
             "chunks": self.chunks,
@@ -258,14 +262,18 @@ def upload_round(
     workers: ThreadPoolExecutor,
     keepalive: Callable[[], None] = lambda: None,
 ) -> UploadResult:
-    """Upload round ``round_num`` of ``store``; see the module docstring.
+    """Upload the current version of round ``round_num`` of ``store``; see the module docstring.
 
-    Raises NotFoundError if the round is not (or no longer) stored, ReplicaError if the bucket
-    fails; nothing is then visible in the bucket for this round beyond chunk objects.
+    The manifest replaces any earlier version of the round in the bucket and records the
+    version's run and generation (the order). Raises NotFoundError if the round is not (or no
+    longer) stored, ReplicaError if the bucket fails; nothing is then visible in the bucket for
+    this round beyond chunk objects.
     """
     started = time.monotonic()
     info = store.get_round(round_num)
-    layout, residue, refs = store.read_round(round_num)
+    # that version, even if a rewrite makes it an earlier generation meanwhile: the manifest
+    # never pairs one version's run with another's bytes (the next comparison sends the new one)
+    layout, residue, refs = store.read_round(round_num, info.generation)
     hashes = list(dict.fromkeys(ref.chunk_hash for ref in refs))
     up = _RoundUpload(bucket, store, cache, limiter, workers, keepalive)
     up.probe(hashes)
@@ -288,6 +296,8 @@ def upload_round(
         source_path=info.source_path,
         created_at=str(info.created_at),
         uploaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        run=info.run,
+        generation=info.generation,
     )
     body = manifest.to_json()
     limiter.acquire(len(body))
@@ -295,7 +305,7 @@ def upload_round(
     bucket.put(
         manifest_key(bucket.url, host, client_id, round_num),
         body,
-        metadata={"chunkd-file-sha256": layout.file_sha256},
+        metadata=manifest.metadata(),
         content_type="application/json",
     )
     return UploadResult(
@@ -303,6 +313,8 @@ def upload_round(
         round_num=round_num,
         file_sha256=layout.file_sha256,
         file_size=layout.file_size,
+        run=info.run,
+        generation=info.generation,
         chunks=len(refs),
         chunks_uploaded=up.sent_chunks,
         bytes_uploaded=up.sent_bytes + len(body),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -14,6 +15,7 @@ from chunkd.manifest import RoundLayout
 from chunkd.replica.layout import (
     ChunkForm,
     ManifestChunk,
+    ManifestVersion,
     ReplicaURL,
     RoundManifest,
     chunk_key,
@@ -22,6 +24,7 @@ from chunkd.replica.layout import (
     parse_manifest_key,
 )
 from chunkd.replica.prune import plan_sweep
+from chunkd.retention import newest
 
 H1 = hashlib.sha256(b"one").hexdigest()
 H2 = hashlib.sha256(b"two").hexdigest()
@@ -88,6 +91,42 @@ def test_a_damaged_manifest_is_an_integrity_error(damage) -> None:
     damage(doc)
     with pytest.raises(IntegrityError, match="damaged round manifest"):
         RoundManifest.from_json(json.dumps(doc).encode(), where="k")
+
+
+def test_a_manifest_records_its_version_and_an_old_one_is_run_0() -> None:
+    m = replace(_manifest(), run=4, generation=2)
+    doc = json.loads(m.to_json())
+    assert (doc["run"], doc["generation"]) == (4, 2)
+    assert RoundManifest.from_json(m.to_json(), where="k").version == ManifestVersion(3, 4, 2, H3)
+    assert m.metadata() == {
+        "chunkd-file-sha256": H3,
+        "chunkd-run": "4",
+        "chunkd-generation": "2",
+    }
+    assert ManifestVersion.from_metadata(3, m.metadata(), where="k") == m.version
+    # written before manifests carried a version: the body and the metadata say nothing
+    del doc["run"], doc["generation"]
+    old = RoundManifest.from_json(json.dumps(doc).encode(), where="k")
+    assert (old.run, old.generation) == (0, 0)
+    legacy = ManifestVersion.from_metadata(3, {"chunkd-file-sha256": H3}, where="k")
+    assert legacy == ManifestVersion(3, 0, 0, H3)
+    for bad in ({"chunkd-run": "-1"}, {"chunkd-run": "x"}, {"chunkd-generation": "1.5"}):
+        with pytest.raises(IntegrityError, match="damaged manifest metadata"):
+            ManifestVersion.from_metadata(3, bad, where="k")
+    doc["run"] = -2
+    with pytest.raises(IntegrityError, match="damaged round manifest"):
+        RoundManifest.from_json(json.dumps(doc).encode(), where="k")
+
+
+def test_newest_cuts_by_run_then_round_number() -> None:
+    """Run A's rounds 1-6 (run 0), then a rerun rewrote 2 and 3 (runs 1 and 2)."""
+    versions = [ManifestVersion(r, 0, 0, H1) for r in (1, 4, 5, 6)]
+    versions += [ManifestVersion(2, 1, 1, H2), ManifestVersion(3, 2, 1, H3)]
+    assert [v.round_num for v in newest(versions, 3)] == [6, 2, 3]
+    assert [v.round_num for v in newest(versions, 0)] == [1, 4, 5, 6, 2, 3]
+    assert newest(versions, 10) == newest(versions, 0)
+    with pytest.raises(ValueError):
+        newest(versions, -1)
 
 
 def test_sweep_plan_keeps_marked_and_young_chunks() -> None:
