@@ -8,6 +8,7 @@
 #
 # Then, on the host (not needed under DESTDIR):
 #   systemd-sysusers chunkd.conf && systemd-tmpfiles --create chunkd.conf
+# (tmpfiles also makes the config root:chunkd 0640, readable by the service's user; see below)
 #   systemctl daemon-reload && systemctl enable --now chunkd
 #
 # ExecStart= and Documentation= are rewritten to $PREFIX (the console script from
@@ -48,6 +49,24 @@ if [ -e "$confdir/chunkd.toml" ]; then
     echo "install.sh: kept $confdir/chunkd.toml; the new one is chunkd.toml.new"
 else
     install -m 0640 "$here/chunkd.toml" "$confdir/chunkd.toml"
+fi
+# The service runs as user chunkd: the config must be root:chunkd 0640 (readable by the service,
+# writable by root, nobody else's), the directory root:chunkd 0750. Group chunkd exists only once
+# systemd-sysusers ran (in $DESTDIR's /etc/group under DESTDIR), and chgrp needs root; when either
+# is missing, chunkd.tmpfiles' "z" line does it at `systemd-tmpfiles --create` and at every boot.
+if [ -n "$DESTDIR" ]; then
+    chunkd_gid=$(sed -n 's/^chunkd:[^:]*:\([0-9][0-9]*\):.*/\1/p' "$DESTDIR/etc/group" 2>/dev/null || :)
+else
+    chunkd_gid=$(getent group chunkd 2>/dev/null | cut -d: -f3 || :)
+fi
+if [ -n "$chunkd_gid" ] && [ "$(id -u)" = 0 ]; then
+    for f in "$confdir/chunkd.toml" "$confdir/chunkd.toml.new"; do
+        if [ -e "$f" ]; then chown "0:$chunkd_gid" "$f" && chmod 0640 "$f"; fi
+    done
+    chown "0:$chunkd_gid" "$confdir" && chmod 0750 "$confdir"
+else
+    echo "install.sh: run systemd-tmpfiles --create chunkd.conf (after systemd-sysusers) to give" \
+        "$SYSCONFDIR/chunkd/chunkd.toml to root:chunkd 0640, or the service cannot read it"
 fi
 install -m 0644 "$top/config/chunkd.toml" "$docdir/chunkd.toml.example"
 install -m 0644 "$top/README.md" "$docdir/README.md"

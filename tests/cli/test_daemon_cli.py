@@ -103,21 +103,23 @@ def test_restore_refuses_databases_and_client_files(make_daemon, tmp_path: Path)
     for target in (db, *sidecars, own, client_dir / "new.pth", link):
         result = daemon.cli("restore", "--client", "1", "-o", str(target))
         assert result.returncode == 2, (target, result)
-        assert b"--force" in result.stderr
+        # only a client's directory yields to --force (tests/cli/test_output_guard.py)
+        assert (b"--force" in result.stderr) == (target in (own, client_dir / "new.pth"))
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
     assert own.read_bytes() == content
     assert not (client_dir / "new.pth").exists()
     # an export is held to the same rule
     result = daemon.cli("export", "--client", "1", "--format", "safetensors", "-o", str(db))
     assert result.returncode == 2
-    # --force writes where it is told (here: a copy of a database outside every client)
+    # --force writes where it is told, but never onto a database, even a copy outside every client
     copy = tmp_path / "copy.db"
     copy.write_bytes(db.read_bytes())
-    refused = daemon.cli("restore", "--client", "1", "-o", str(copy))
-    assert refused.returncode == 2
-    forced = daemon.cli("restore", "--client", "1", "-o", str(copy), "--force")
+    for extra in ((), ("--force",)):
+        refused = daemon.cli("restore", "--client", "1", "-o", str(copy), *extra)
+        assert refused.returncode == 2
+    forced = daemon.cli("restore", "--client", "1", "-o", str(own), "--force")
     assert forced.returncode == 0, forced.stderr
-    assert copy.read_bytes() == content
+    assert own.read_bytes() == content
 
 
 def test_round_not_stored_lists_the_stored_rounds(make_daemon, tmp_path: Path) -> None:

@@ -4,14 +4,23 @@
 with ``--root``: ``systemd-sysusers`` (creates user and group chunkd), ``systemd-tmpfiles
 --create`` (the tenant layout), ``systemd-analyze verify`` of the installed unit (its ExecStart
 must exist in the root, as pip puts it there). systemd need not be PID 1 for any of this.
+
+Then the installed service is run as what the unit makes it, user and group chunkd (issue 17,
+finding 9: the config was root:root 0640 and the daemon exited 78 "Permission denied").
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import stat
 import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,6 +76,20 @@ def _gid_in_root(root: Path, group: str) -> int:
     raise AssertionError(f"no group {group} in {root}/etc/group")
 
 
+def _ids_in_root(root: Path, user: str) -> tuple[int, int]:
+    """``user``'s uid and primary gid in the root's /etc/passwd (systemd-sysusers wrote it)."""
+    for line in (root / "etc" / "passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise AssertionError(f"no user {user} in {root}/etc/passwd")
+
+
+def _owner_and_mode(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
 @pytest.fixture
 def installed(tmp_path: Path) -> Path:
     if os.geteuid() != 0:  # CI runs as root; systemd-tmpfiles --root must chown to root:root
@@ -102,7 +125,7 @@ def test_install_sysusers_tmpfiles_verify(installed: Path) -> None:
     etc = (root / "etc/chunkd").stat()
     assert stat.S_IMODE(etc.st_mode) == 0o750 and etc.st_gid == chunkd_gid
     config = root / "etc/chunkd/chunkd.toml"
-    assert stat.S_IMODE(config.stat().st_mode) == 0o640
+    assert _owner_and_mode(config) == (0, chunkd_gid, 0o640)  # the service's group may read it
 
     # systemd-analyze verify against the root: the console script must be where ExecStart says
     units = root / "usr/lib/systemd/system"
@@ -144,3 +167,135 @@ def test_reinstall_keeps_an_edited_config(installed: Path) -> None:
     run("sh", TOP / "systemd/install.sh", DESTDIR=str(installed), PREFIX="/usr")
     assert config.read_text() == edited
     assert (installed / "etc/chunkd/chunkd.toml.new").is_file()
+
+
+@pytest.fixture
+def shared_root() -> Iterator[Path]:
+    """A directory another uid can traverse (pytest's ``tmp_path`` has 0700 parents)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: runs the installed service as its own uid (setpriv)")
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv (util-linux) is needed to run the service as user chunkd")
+    base = Path(tempfile.mkdtemp(prefix="chunkd-install-"))
+    try:
+        base.chmod(0o755)
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _wait_for(log: Path, proc: subprocess.Popen[bytes], event: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                if json.loads(line).get("event") == event:
+                    return
+        if proc.poll() is not None:
+            raise AssertionError(f"the daemon exited {proc.returncode}:\n{log.read_text()}")
+        time.sleep(0.1)
+    raise AssertionError(f"no {event} within {timeout_s}s:\n{log.read_text()}")
+
+
+def test_installed_service_runs_as_its_own_user(shared_root: Path) -> None:
+    """``make install``, sysusers, tmpfiles; then ``chunkd serve`` as user and group chunkd with
+    the installed config starts, ingests a torch.save checkpoint, and restores it byte-identical.
+    """
+    import torch
+
+    base = shared_root
+    root = base / "root"
+    run("make", "-C", TOP, "--no-print-directory", "install", f"DESTDIR={root}", "PREFIX=/usr")
+    run(tool("systemd-sysusers"), f"--root={root}")
+    run(tool("systemd-tmpfiles"), f"--root={root}", "--create")
+    uid, gid = _ids_in_root(root, "chunkd")
+    config = root / "etc/chunkd/chunkd.toml"
+    installed_as = _owner_and_mode(config)
+
+    # What the unit's StateDirectory= and RuntimeDirectory= make, and one tenant directory.
+    state, runtime = base / "var/lib/chunkd", base / "run/chunkd"
+    client_dir = base / "srv/fl/client_alice"
+    for directory, owner, mode in (
+        (state, uid, 0o700),
+        (runtime, uid, 0o750),
+        (client_dir, 0, 0o2750),
+    ):
+        directory.mkdir(parents=True)
+        os.chown(directory, owner, gid)
+        directory.chmod(mode)
+    # Point the installed config's paths there, rewriting it in place: the file keeps the owner
+    # and mode the install gave it. The host has no group named chunkd: the socket's group by id.
+    text = config.read_text()
+    for old, new in (
+        ('watch_root = "/srv/fl"', f'watch_root = "{base}/srv/fl"'),
+        ('"/var/lib/chunkd/{client}/', f'"{state}/{{client}}/'),
+        ('socket = "/run/chunkd/chunkd.sock"', f'socket = "{runtime}/chunkd.sock"'),
+        ('socket_group = "chunkd"', f'socket_group = "{gid}"'),
+    ):
+        assert old in text, old
+        text = text.replace(old, new)
+    with open(config, "r+") as f:
+        f.write(text)
+        f.truncate()
+    assert _owner_and_mode(config) == installed_as
+
+    log = base / "daemon.log"
+    env = {k: v for k, v in os.environ.items() if k not in {"CHUNKD_CONFIG", "NOTIFY_SOCKET"}}
+    env["PYTHONPATH"] = str(TOP)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                "setpriv",
+                f"--reuid={uid}",
+                f"--regid={gid}",
+                "--clear-groups",
+                "--",
+                sys.executable,
+                "-m",
+                "chunkd.cli.main",
+                "serve",
+                "--config",
+                str(config),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=base,
+            env=env,
+        )
+    try:
+        _wait_for(log, proc, "daemon.ready")
+        checkpoint = client_dir / "model_round_1.pth"
+        generator = torch.Generator().manual_seed(17)
+        torch.save({"fc.weight": torch.randn(64, 64, generator=generator)}, checkpoint)
+        _wait_for(log, proc, "checkpoint.ingested")
+        restored = base / "restored.pth"
+        done = run(
+            sys.executable,
+            "-m",
+            "chunkd.cli.main",
+            "restore",
+            "--client",
+            "alice",
+            "--socket",
+            runtime / "chunkd.sock",
+            "-o",
+            restored,
+            PYTHONPATH=str(TOP),
+        )
+        assert restored.read_bytes() == checkpoint.read_bytes(), done.stdout
+        assert next(state.glob("alice/*.db")).stat().st_uid == uid  # the service wrote it
+        assert installed_as == (0, gid, 0o640)  # readable by the service, nobody else's
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_install_after_sysusers_gives_the_config_to_group_chunkd(installed: Path) -> None:
+    """Where group chunkd already exists (a reinstall), install.sh sets the group itself."""
+    run(tool("systemd-sysusers"), f"--root={installed}")
+    gid = _gid_in_root(installed, "chunkd")
+    (installed / "etc/chunkd/chunkd.toml").unlink()
+    run("sh", TOP / "systemd/install.sh", DESTDIR=str(installed), PREFIX="/usr")
+    config = installed / "etc/chunkd/chunkd.toml"
+    assert _owner_and_mode(config) == (0, gid, 0o640)
+    assert _owner_and_mode(config.parent) == (0, gid, 0o750)
