@@ -128,7 +128,7 @@ class Job:
 
 
 def write_file(path: Path, data: bytes, *, atomic: bool) -> None:
-    """Write ``data`` at ``path``: via a temp name and a rename, or in place (as torch.save does)."""
+    """Write ``data`` at ``path``: a temp name then a rename, or in place (as torch.save does)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if atomic:
         tmp = path.with_name(path.name + ".tmp")
@@ -147,7 +147,9 @@ class Oracle:
     #: version ids SPEC's retention let go at some point (never required again)
     retired: set[int] = field(default_factory=set)
 
-    def record(self, job: Job, path: Path, round_num: int | None, data: bytes, when: float) -> Version:
+    def record(
+        self, job: Job, path: Path, round_num: int | None, data: bytes, when: float
+    ) -> Version:
         """A job wrote ``data`` at ``path``; any pending version at that path was overwritten."""
         for v in self.versions:
             if v.path == path and v.state == PENDING:
@@ -166,7 +168,9 @@ class Oracle:
         return version
 
     def of(self, client: str, *states: str) -> list[Version]:
-        return [v for v in self.versions if v.client == client and (not states or v.state in states)]
+        return [
+            v for v in self.versions if v.client == client and (not states or v.state in states)
+        ]
 
     @staticmethod
     def order_key(v: Version) -> tuple[int, int, int]:
@@ -255,9 +259,13 @@ def make_plan(seed: int, n_actions: int, *, replica: bool | None = None) -> Plan
     keep = rng.choice((2, 3, 3, 4, 5))
     with_replica = rng.random() < 0.5 if replica is None else replica
     styles = tuple(rng.choice(STYLES) for _ in range(rng.choice((1, 2))))
-    names = [a for a in ACTIONS if (a != "burst" or "nvflare" in styles) and (a != "replica" or with_replica)]
+    names = [
+        a
+        for a in ACTIONS
+        if (a != "burst" or "nvflare" in styles) and (a != "replica" or with_replica)
+    ]
     weights = [ACTIONS[a] for a in names]
-    actions = ["write"] + rng.choices(names, weights, k=n_actions - 1)
+    actions = ["write", *rng.choices(names, weights, k=n_actions - 1)]
     return Plan(
         seed=seed,
         keep=keep,

@@ -26,7 +26,8 @@ name the SPEC sentence they enforce.
 
 ``make test`` runs :func:`test_lifecycle_short` (two fixed seeds, one with a bucket). The long form
 is :func:`test_lifecycle_campaign`, marked ``campaign``: 6 seeds for ``make campaign``, 300 with
-``--torture`` (``make torture``). ``CHUNKD_LIFECYCLE_SEED=N`` replays one sequence (either test).
+``--torture`` (``make torture``); ``CHUNKD_LIFECYCLE_SEQUENCES=N`` runs the first N long-form
+seeds. ``CHUNKD_LIFECYCLE_SEED=N`` replays one sequence (either test).
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ from .lifecycle_run import Sequence, _Abort
 pytestmark = [pytest.mark.slow]
 
 #: make test: one sequence with a bucket, one without (each chosen to reach restarts and kills)
-SHORT_SEEDS = (17, 4)
-SHORT_ACTIONS = 12
+SHORT_SEEDS = (67, 311)
+SHORT_ACTIONS = 9
 LONG_ACTIONS = 16
 CAMPAIGN_SEEDS = 6
 TORTURE_SEEDS = 300
@@ -84,6 +85,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         seeds = list(SHORT_SEEDS)
     else:
         count = TORTURE_SEEDS if torture_enabled(metafunc.config) else CAMPAIGN_SEEDS
+        count = int(os.environ.get("CHUNKD_LIFECYCLE_SEQUENCES", count))
         seeds = [SEED_BASE + n for n in range(count)]
     metafunc.parametrize("seed", seeds, ids=[f"seed{s}" for s in seeds])
 
@@ -156,7 +158,9 @@ def act(seq: Sequence, action: str) -> None:
         for args in (("prune", "--dry-run", "--json"), ("prune", "--json")):
             done = cli(seq, *args)
             if done.returncode != 0:
-                seq.fail(f"chunkd {' '.join(args)} exited {done.returncode}: {done.stderr[-300:]!r}")
+                seq.fail(
+                    f"chunkd {' '.join(args)} exited {done.returncode}: {done.stderr[-300:]!r}"
+                )
         seq.check(exact=True)
         seq.paused = False
     elif action == "restore":
@@ -223,6 +227,7 @@ def run_sequence(plan: Plan, root: Path, weed: Any) -> Sequence:
             seq.seconds[action] += time.monotonic() - started
         started = time.monotonic()
         done = cli(seq, "verify")
+        seq.seconds["final_verify"] += time.monotonic() - started
         if done.returncode != 0:
             seq.fail(f"final chunkd verify exited {done.returncode}: {done.stdout[-300:]!r}")
         if plan.replica:
@@ -257,7 +262,9 @@ def _run(seed: int, n_actions: int, tmp_path: Path, weed: Any, figures: Any, **k
     figures["failure_details"] = seq.failures[:20]
     figures.save()
     replay = f"CHUNKD_LIFECYCLE_SEED={seed} pytest tests/reliability/test_lifecycle_campaign.py"
-    assert not seq.failures, f"{replay}\nplan: {plan.actions}\n" + json.dumps(seq.failures[:12], indent=1)
+    assert not seq.failures, f"{replay}\nplan: {plan.actions}\n" + json.dumps(
+        seq.failures[:12], indent=1
+    )
 
 
 def test_lifecycle_short(seed: int, tmp_path: Path, weed: Any, figures: Any) -> None:
