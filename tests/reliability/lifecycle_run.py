@@ -405,12 +405,23 @@ class Sequence:
                 held.add(
                     (r.round_num, read_manifest(bucket, "lc", client, r.round_num).file_sha256)
                 )
+            expected = [
+                v for v in self.replica_expected(client) if (v.round_num, v.sha256) not in held
+            ]
+            local = self.listed(client) if expected and self._daemon_up() else {}
             missing += [
-                f"{client} r{v.round_num} (run {v.run}, file #{v.vid})"
-                for v in self.replica_expected(client)
-                if (v.round_num, v.sha256) not in held
+                f"{client} r{v.round_num} (run {v.run}, file #{v.vid}"
+                + (", held locally)" if (v.round_num, v.sha256) in local else ")")
+                for v in expected
             ]
         return missing
+
+    def _daemon_up(self) -> bool:
+        return (
+            self.daemon is not None
+            and self.daemon.proc is not None
+            and self.daemon.proc.poll() is None
+        )
 
     def host_loss(self) -> None:
         """The host is lost: its databases are deleted; every round the bucket must hold
