@@ -155,6 +155,9 @@ class Sequence:
         v.deletable = self.delete
         self.last_stored[v.client] = v
         self.stats["versions_stored"] += 1
+        # SPEC Retention runs on a schedule, so it may have run right after this ingest: what it
+        # would let go in this state may be gone from now on (never required again).
+        self.oracle.settle_retention(v.client, self.keep)
 
     def settle(self) -> None:
         """Wait until every pending version is stored (SPEC Watching: every complete file is
