@@ -8,6 +8,7 @@ field the daemon adds later still reads well.
 from __future__ import annotations
 
 import argparse
+import textwrap
 from datetime import datetime, timezone
 
 from chunkd.cli import options
@@ -73,11 +74,11 @@ def render_status(status: dict[str, object]) -> str:
             if value:
                 parts.append("warnings:\n" + "\n".join(_fit(f"  ! {w}") for w in value))
         elif key == "removed_clients" and isinstance(value, dict):
-            lines = [f"  ! client {cid}: {removed_text(r)}" for cid, r in value.items()]
-            parts.append("removed clients:\n" + "\n".join(_fit(line) for line in lines))
+            lines = [_wrap(f"! client {cid}: {removed_text(r)}") for cid, r in value.items()]
+            parts.append("removed clients:\n" + "\n".join(lines))
         elif key == "damaged_databases" and isinstance(value, dict):
-            lines = [f"  ! client {cid}: {reason}" for cid, reason in value.items()]
-            parts.append("damaged databases:\n" + "\n".join(_fit(line) for line in lines))
+            lines = [_wrap(f"! client {cid}: {reason}") for cid, reason in value.items()]
+            parts.append("damaged databases:\n" + "\n".join(lines))
         elif key in ("last_ingest", "last_error") and isinstance(value, dict):
             parts.append(_fit(f"{_label(key)}: {_event_text(value)}"))
         elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
@@ -146,6 +147,13 @@ def _event_text(event: dict[str, object]) -> str:
     if at:
         text += f" at {at}"
     return text or "-"
+
+
+def _wrap(text: str) -> str:
+    """A message that must be read whole (what was lost): wrapped to :data:`WIDTH`, not cut."""
+    return textwrap.fill(
+        text, width=WIDTH, initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False
+    )
 
 
 def _clip(text: str, width: int) -> str:

@@ -15,8 +15,10 @@ module only decides, from the identities it is handed, so it needs no file and n
   ``checkpoint.superseded``. Not every version can be caught; none vanishes unlogged.
 
 Only completion events count: a modify event, a scan or a touch says nothing about a complete
-version, and the polling observer sends no completion events at all (there, as on network
-filesystems, an overwritten version cannot be told from a slow write).
+version. So a version seen only by a scan (written before the directory's watch existed: a new
+client directory's first file) is not known to be complete, nor is anything on the polling
+observer, which sends no completion events (there, as on network filesystems, an overwritten
+version cannot be told from a slow write).
 """
 
 from __future__ import annotations
