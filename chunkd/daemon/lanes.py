@@ -50,7 +50,7 @@ from chunkd.daemon.outcomes import (
 )
 from chunkd.daemon.settle import SettleTable, Superseded
 from chunkd.daemon.state import HeldRounds
-from chunkd.errors import BusyError, CheckpointError, ChunkdError
+from chunkd.errors import BusyError, CheckpointError, ChunkdError, NotFoundError
 from chunkd.ingest import IngestOptions, IngestResult
 from chunkd.prune import PruneResult, prune_store
 from chunkd.store import ChunkStore, FileIdentity
@@ -347,9 +347,12 @@ class ClientLane:
             return
         store = self._ensure_store()
         if store is None:
-            job.future.set_exception(
-                BusyError(f"database {self.db_path} is held by another writer")
-            )
+            error: ChunkdError = BusyError(f"database {self.db_path} is held by another writer")
+            if self._orphaned():
+                error = NotFoundError(
+                    f"client {self.client_id}: its directory {self.directory} is gone"
+                )
+            job.future.set_exception(error)
             return
         self.stats.busy_since = time.monotonic()
         try:
@@ -400,6 +403,8 @@ class ClientLane:
             self._store.close()
             self._store = None
         if self._store is None:
+            if self._orphaned():
+                return None  # never re-create a removed client's directory (client.removed)
             try:
                 self._store = ChunkStore.open_writer(self.db_path)
             except ChunkdError as e:
@@ -409,8 +414,15 @@ class ClientLane:
             self._note_held()
         return self._store
 
+    def _orphaned(self) -> bool:
+        """The client directory is gone and the database with it: there is nothing to open, and
+        opening would create both again."""
+        return not self.db_path.exists() and not self.directory.is_dir()
+
     def prune_scheduled(self) -> None:
         """The retention schedule's entry point: queue a prune; never waits."""
+        if self._store is None and self._orphaned():
+            return
         try:
             future = self.submit(lambda store: self._prune(store, dry_run=False))
         except BusyError:
