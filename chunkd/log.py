@@ -43,6 +43,7 @@ CHECKPOINT_INGESTED = "checkpoint.ingested"
 CHECKPOINT_DUPLICATE = "checkpoint.duplicate"
 CHECKPOINT_REJECTED = "checkpoint.rejected"
 CHECKPOINT_RETRYING = "checkpoint.retrying"
+CHECKPOINT_SUPERSEDED = "checkpoint.superseded"
 CHECKPOINT_DELETED = "checkpoint.deleted"
 INGEST_FAILED = "ingest.failed"
 ROUND_REPLACED = "round.replaced"
@@ -84,6 +85,7 @@ ALL_EVENTS: tuple[str, ...] = (
     CHECKPOINT_DUPLICATE,
     CHECKPOINT_REJECTED,
     CHECKPOINT_RETRYING,
+    CHECKPOINT_SUPERSEDED,
     CHECKPOINT_DELETED,
     INGEST_FAILED,
     ROUND_REPLACED,

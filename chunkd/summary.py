@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import sqlite3
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from chunkd.errors import BusyError, ChunkdError, ForbiddenError
 from chunkd.forget import ForgetResult
 from chunkd.ingest import IngestResult
 from chunkd.prune import PruneResult
@@ -70,6 +72,7 @@ def summarize_store(
             "stored_bytes": 0,
             "db_bytes": 0,
             "chunks": 0,
+            **_NO_GENERATIONS,
             "disk_ratio": None,
             "dedup_ratio": 1.0,
             "compression_ratio": 1.0,
@@ -98,11 +101,53 @@ def summarize_store(
         "stored_bytes": stats.stored_bytes,
         "db_bytes": db_bytes,
         "chunks": stats.chunks,
+        # what rewritten rounds' earlier versions cost (SPEC "Rounds": at most N of them are kept)
+        "generation_count": stats.generations,
+        "generation_file_bytes": stats.generation_file_bytes,
+        "generation_stored_bytes": stats.generation_stored_bytes,
         "disk_ratio": None if disk_ratio is None else round(disk_ratio, 3),
         "dedup_ratio": round(dedup, 3),
         "compression_ratio": round(compression, 3),
         **on_disk,
     }
+
+
+_NO_GENERATIONS: dict[str, object] = {
+    "generation_count": 0,
+    "generation_file_bytes": 0,
+    "generation_stored_bytes": 0,
+}
+
+
+def summarize_unreadable(client_id: str, db_path: Path, error: BaseException) -> dict[str, object]:
+    """The ``list`` entry of a client whose database cannot be read: the figures of an empty
+    client, an ``error`` (code, message) and, when the file itself is at fault, ``damaged``
+    with the reason (issue 17, finding 6: a damaged database is never shown as an empty client).
+
+    Damaged: not a SQLite database, malformed, a newer format, no chunkd schema, an I/O error.
+    Not damaged: busy (another process holds a lock; try again) or not permitted.
+    """
+    message = f"database {db_path} cannot be read: {type(error).__name__}: {error}"
+    damaged = is_damage(error)
+    if damaged:
+        code = "integrity"
+    elif isinstance(error, ChunkdError):
+        code = error.code
+    else:
+        code = "internal"
+    entry = {**summarize_store(client_id, None), "error": {"code": code, "message": message}}
+    if damaged:
+        entry["damaged"] = {"reason": str(error) or type(error).__name__}
+    return entry
+
+
+def is_damage(error: BaseException) -> bool:
+    """Whether an error opening or reading a database means the file is damaged."""
+    if isinstance(error, (BusyError, ForbiddenError, PermissionError)):
+        return False
+    if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+        return False
+    return isinstance(error, (ChunkdError, sqlite3.DatabaseError, OSError))
 
 
 def _db_bytes_on_disk(path: Path, db_file_bytes: int) -> int:

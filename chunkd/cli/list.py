@@ -3,6 +3,12 @@
 Without ``--client``: one line per client. With it: that client's summary and one line per
 round. ``--db PATH`` reads one database directly (no daemon); the document is the same
 (:mod:`chunkd.summary`), so ``--json`` output does not depend on where it came from.
+
+Every client shows what its earlier generations (versions of rewritten rounds kept until
+retention removes them) cost. A damaged database is listed as damaged with the reason, and
+``list`` then exits 5 (``integrity``, as ``verify`` does) after printing everything else; a
+database that could not be read for another reason (busy) exits with that error's status. A
+client whose directory disappeared is listed as removed, with the rounds its database held.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from pathlib import Path
 
 from chunkd.cli import offline, options, replica
 from chunkd.cli.client import DaemonClient
-from chunkd.cli.render import format_bytes, format_ratio, format_table, print_json
+from chunkd.cli.render import format_bytes, format_ratio, format_table, print_json, removed_text
+from chunkd.errors import CLASS_BY_CODE, ChunkdError, IntegrityError, RequestError
 
 
 def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> None:
@@ -35,26 +42,66 @@ def run(args: argparse.Namespace) -> int:
     if args.replica is not None:  # docs/REPLICA.md
         return replica.run_list(args)
     if args.db is not None:
-        from chunkd.summary import summarize_store
-
-        client_id = offline.client_for_db(args, args.db)
-        client_dir, patterns = _client_dir_of(args, args.db)
-        with offline.open_db(args.db) as store:
-            entry = summarize_store(client_id, store, client_dir=client_dir, file_patterns=patterns)
-        document = {"clients": [entry]}
+        document = {"clients": [_list_db(args, args.db)]}
     else:
         with DaemonClient.connect(options.socket_path(args)) as client:
             document = client.call("list", client=args.client)
-    if args.json:
-        print_json(document)
-        return 0
     clients = document["clients"]
     assert isinstance(clients, list)
-    if args.client is None and args.db is None:
+    if args.json:
+        print_json(document)
+    elif args.client is None and args.db is None:
         print(render_clients(clients))
     else:
         print("\n\n".join(render_client(entry) for entry in clients))
+    raise_for_unreadable(clients)
     return 0
+
+
+def _list_db(args: argparse.Namespace, db: Path) -> dict[str, object]:
+    """``--db``: the entry of one database, or of a damaged one (then the exit status is 5).
+
+    A file that is not SQLite at all is a wrong path (exit 2, as for every ``--db`` form) unless
+    its name is a chunkd database's by the config's ``db_path``: then it is damaged.
+    """
+    from chunkd.summary import is_damage, summarize_store, summarize_unreadable
+
+    client_id = offline.client_for_db(args, db)
+    client_dir, patterns = _client_dir_of(args, db)
+    try:
+        with offline.open_db(db) as store:
+            return summarize_store(client_id, store, client_dir=client_dir, file_patterns=patterns)
+    except RequestError as e:
+        if not _named_as_database(args, db):
+            raise
+        return summarize_unreadable(client_id, db, e)
+    except ChunkdError as e:
+        if (e.code == "not_found" and not db.exists()) or not is_damage(e):
+            raise
+        return summarize_unreadable(client_id, db, e)
+
+
+def _named_as_database(args: argparse.Namespace, db: Path) -> bool:
+    try:
+        template = options.load_cli_settings(args).db_path
+    except ChunkdError:
+        template = "{client_dir}/client_{client}_chunks.db"
+    return offline.client_from_db_name(db, template) is not None
+
+
+def raise_for_unreadable(clients: list[dict[str, object]]) -> None:
+    """After the listing: exit 5 if a database is damaged, else the status of the first
+    database that could not be read (busy: 7), else nothing."""
+    damaged = [str(c["client"]) for c in clients if c.get("damaged")]
+    if damaged:
+        raise IntegrityError(
+            f"{len(damaged)} damaged database(s): client {', '.join(damaged)} (see the listing)"
+        )
+    for entry in clients:
+        error = entry.get("error")
+        if isinstance(error, dict):
+            cls = CLASS_BY_CODE.get(str(error.get("code")), ChunkdError)
+            raise cls(str(error.get("message")))
 
 
 def _client_dir_of(args: argparse.Namespace, db: Path) -> tuple[Path | None, tuple[str, ...]]:
@@ -78,8 +125,9 @@ def render_clients(clients: list[dict[str, object]]) -> str:
     rows = [
         [
             str(c["client"]),
-            str(c["round_count"]),
+            _rounds_cell(c),
             "-" if c["latest_round"] is None else str(c["latest_round"]),
+            _earlier_cell(c),
             format_bytes(_int(c["file_bytes"])),
             format_bytes(_int(c.get("db_bytes"))),
             format_ratio(_float(c.get("disk_ratio"))),
@@ -93,6 +141,7 @@ def render_clients(clients: list[dict[str, object]]) -> str:
         "CLIENT",
         "ROUNDS",
         "LATEST",
+        "EARLIER GENS",
         "CHECKPOINTS",
         "DATABASE",
         "RATIO",
@@ -100,11 +149,65 @@ def render_clients(clients: list[dict[str, object]]) -> str:
         "COMPRESSION",
         ".PTH LEFT",
     ]
-    table = format_table(headers, rows, right={1, 2, 3, 4, 5, 6, 7, 8})
-    return table + _files_note(clients)
+    table = format_table(headers, rows, right={1, 2, 3, 4, 5, 6, 7, 8, 9})
+    return table + _problems_note(clients) + _generations_note(clients) + _files_note(clients)
+
+
+def _rounds_cell(entry: dict[str, object]) -> str:
+    """The round count, or what is wrong instead: never a damaged or removed client as 0."""
+    if entry.get("damaged"):
+        return "DAMAGED"
+    if entry.get("error"):
+        return "UNREADABLE"
+    removed = entry.get("removed")
+    if isinstance(removed, dict) and removed.get("db_deleted"):
+        return "REMOVED"
+    return str(entry["round_count"])
+
+
+def _earlier_cell(entry: dict[str, object]) -> str:
+    """``3 / 12.0 MiB``: earlier generations and the chunk bytes only they need."""
+    count = _int(entry.get("generation_count"))
+    if not count:
+        return "0"
+    return f"{count} / {format_bytes(_int(entry.get('generation_stored_bytes')))}"
+
+
+def _problems_note(entries: list[dict[str, object]]) -> str:
+    """One line per damaged, unreadable or removed client, below the table."""
+    lines = []
+    for entry in entries:
+        client = entry["client"]
+        damaged = entry.get("damaged")
+        error = entry.get("error")
+        removed = entry.get("removed")
+        if isinstance(damaged, dict):
+            lines.append(f"client {client}: database DAMAGED: {damaged.get('reason')}")
+        elif isinstance(error, dict):
+            lines.append(f"client {client}: {error.get('message')}")
+        if isinstance(removed, dict):
+            lines.append(f"client {client}: {removed_text(removed)}")
+    return "".join("\n" + textwrap.fill(line, width=100) for line in lines)
+
+
+def _generations_note(entries: list[dict[str, object]]) -> str:
+    """What earlier generations cost, when any client keeps some."""
+    count = sum(_int(e.get("generation_count")) for e in entries)
+    if not count:
+        return ""
+    stored = sum(_int(e.get("generation_stored_bytes")) for e in entries)
+    note = (
+        f"{count} earlier generation(s) of rewritten rounds (reruns, resumed jobs) hold "
+        f"{format_bytes(stored)} of chunk data no current round needs; retention keeps at most "
+        "chunk_keep_rounds of them per client (chunkd list --client ID shows them)."
+    )
+    return "\n" + textwrap.fill(note, width=100)
 
 
 def render_client(entry: dict[str, object]) -> str:
+    removed = entry.get("removed")
+    if entry.get("error") or (isinstance(removed, dict) and removed.get("db_deleted")):
+        return _problems_note([entry]).lstrip("\n")  # no figures: there is no database to read
     rounds = entry["rounds"]
     assert isinstance(rounds, list)
     summary = (
@@ -116,7 +219,15 @@ def render_client(entry: dict[str, object]) -> str:
         f"compression and overhead {format_ratio(_float(entry['compression_ratio']))}; "
         f"{format_bytes(_int(entry['stored_bytes']))} of chunk data in {entry['chunks']} chunks)"
     )
-    summary += _files_note([entry])
+    count = _int(entry.get("generation_count"))
+    if count:
+        files = format_bytes(_int(entry.get("generation_file_bytes")))
+        stored = format_bytes(_int(entry.get("generation_stored_bytes")))
+        summary += (
+            f"\n{count} earlier generation(s): {files} of checkpoints, {stored} of chunk data "
+            "that no current round needs"
+        )
+    summary += _problems_note([entry]) + _files_note([entry])
     if not rounds:
         return summary
     earlier = entry.get("generations") or []

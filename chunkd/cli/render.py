@@ -74,6 +74,35 @@ def format_pairs(pairs: Sequence[tuple[str, str]], indent: int = 0) -> str:
     return "\n".join(f"{' ' * indent}{key.ljust(width)}  {value}" for key, value in pairs)
 
 
+def removed_text(removed: dict[str, object]) -> str:
+    """``directory /x removed at T; its database went with it: 5 rounds (1-5) lost``."""
+    rounds = removed.get("rounds")
+    numbers = [int(r) for r in rounds] if isinstance(rounds, list) else []
+    count = _as_int(removed.get("round_count"))
+    held = f"{count} round(s)" + (f" ({_span(numbers)})" if numbers else "")
+    generations = _as_int(removed.get("generations"))
+    if generations:
+        held += f" and {generations} earlier generation(s)"
+    text = f"directory {removed.get('dir')} removed at {removed.get('removed_at')}; "
+    if removed.get("db_deleted"):
+        text += f"its database went with it: {held} lost"
+    else:
+        text += f"its database {removed.get('db')} is kept ({held})"
+    if removed.get("returned_at"):
+        text += f"; the directory is back since {removed.get('returned_at')}"
+    return text
+
+
+def _span(numbers: list[int]) -> str:
+    if len(numbers) > 6:
+        return f"{numbers[0]}-{numbers[-1]}"
+    return ", ".join(map(str, numbers))
+
+
+def _as_int(value: object) -> int:
+    return int(value) if isinstance(value, (int, float)) else 0
+
+
 def print_json(document: object, stream: TextIO | None = None) -> None:
     """``--json`` output: one JSON document on stdout, stable key order, ending with a newline."""
     out = stream or sys.stdout

@@ -8,6 +8,7 @@ field the daemon adds later still reads well.
 from __future__ import annotations
 
 import argparse
+import textwrap
 from datetime import datetime, timezone
 
 from chunkd.cli import options
@@ -18,6 +19,7 @@ from chunkd.cli.render import (
     format_pairs,
     format_table,
     print_json,
+    removed_text,
 )
 
 
@@ -52,20 +54,31 @@ _CLIENT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("rejected", "REJECTED"),
     ("errors", "ERRORS"),
 )
+#: Shown only when some client has any (the table must fit :data:`WIDTH`).
+_RARE_COLUMNS: tuple[tuple[str, str], ...] = (("superseded", "SUPERSEDED"),)
 
 
 def render_status(status: dict[str, object]) -> str:
     """Scalars as aligned ``key  value`` lines, warnings, then the clients as a table no wider
     than :data:`WIDTH` with each client's last error below it. Other nested objects: a table
-    when they map names to objects, else indented lines. ``--json`` shows everything."""
+    when they map names to objects, else indented lines; an empty one is left out (no header
+    over nothing). ``--json`` shows everything."""
     scalars = [(_label(k), _value(k, v)) for k, v in status.items() if not _is_container(v)]
     parts = [_fit(format_pairs(scalars))] if scalars else []
     for key, value in status.items():
         if key == "clients" and isinstance(value, dict):
             parts.append(_clients(value))
+        elif isinstance(value, dict) and not value:
+            continue
         elif key == "warnings" and isinstance(value, list):
             if value:
                 parts.append("warnings:\n" + "\n".join(_fit(f"  ! {w}") for w in value))
+        elif key == "removed_clients" and isinstance(value, dict):
+            lines = [_wrap(f"! client {cid}: {removed_text(r)}") for cid, r in value.items()]
+            parts.append("removed clients:\n" + "\n".join(lines))
+        elif key == "damaged_databases" and isinstance(value, dict):
+            lines = [_wrap(f"! client {cid}: {reason}") for cid, reason in value.items()]
+            parts.append("damaged databases:\n" + "\n".join(lines))
         elif key in ("last_ingest", "last_error") and isinstance(value, dict):
             parts.append(_fit(f"{_label(key)}: {_event_text(value)}"))
         elif isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
@@ -84,7 +97,12 @@ def _clients(clients: dict[str, object]) -> str:
     """One row per client: counters and the last ingest; then each client's last error."""
     if not clients:
         return "clients: none"
-    headers = ["CLIENT", *(h for _, h in _CLIENT_COLUMNS), "LAST INGEST"]
+    columns = _CLIENT_COLUMNS + tuple(
+        (key, header)
+        for key, header in _RARE_COLUMNS
+        if any(isinstance(e, dict) and e.get(key) for e in clients.values())
+    )
+    headers = ["CLIENT", *(h for _, h in columns), "LAST INGEST"]
     rows = []
     errors = []
     for cid, entry in clients.items():
@@ -93,7 +111,7 @@ def _clients(clients: dict[str, object]) -> str:
         rows.append(
             [
                 _clip(cid, 20),
-                *(_value(k, fields.get(k)) for k, _ in _CLIENT_COLUMNS),
+                *(_value(k, fields.get(k)) for k, _ in columns),
                 _event_text(last) if isinstance(last, dict) else "-",
             ]
         )
@@ -102,7 +120,7 @@ def _clients(clients: dict[str, object]) -> str:
             errors.append(_fit(f"  client {cid}: {_event_text(error)}"))
         elif isinstance(error, str):
             errors.append(_fit(f"  client {cid}: {error}"))
-    table = format_table(headers, rows, right=set(range(1, len(_CLIENT_COLUMNS) + 1)))
+    table = format_table(headers, rows, right=set(range(1, len(columns) + 1)))
     text = "clients:\n" + "\n".join(_fit(line) for line in table.splitlines())
     if errors:
         text += "\n\nlast errors:\n" + "\n".join(errors)
@@ -129,6 +147,13 @@ def _event_text(event: dict[str, object]) -> str:
     if at:
         text += f" at {at}"
     return text or "-"
+
+
+def _wrap(text: str) -> str:
+    """A message that must be read whole (what was lost): wrapped to :data:`WIDTH`, not cut."""
+    return textwrap.fill(
+        text, width=WIDTH, initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False
+    )
 
 
 def _clip(text: str, width: int) -> str:

@@ -39,7 +39,7 @@ from chunkd.daemon.output import (  # noqa: F401 - STREAMED etc. re-exported for
     answer_for,
     send_output,
 )
-from chunkd.daemon.state import ClientInfo, DaemonState
+from chunkd.daemon.state import ClientInfo, DaemonState, RemovedClient
 from chunkd.errors import BusyError, ChunkdError, ForbiddenError, NotFoundError
 from chunkd.export import StoredRound, plan_safetensors, stream_safetensors
 from chunkd.protocol import Request
@@ -50,6 +50,7 @@ from chunkd.summary import (
     summarize_ingest,
     summarize_prune,
     summarize_store,
+    summarize_unreadable,
     summarize_verify,
 )
 from chunkd.verify import verify_store
@@ -151,6 +152,7 @@ def status(state: DaemonState, request: Request, conn: Connection) -> Result:
         result["errors"] = (errors if isinstance(errors, int) else 0) + len(damaged)
     result["damaged_databases"] = damaged
     if not conn.access.admin:
+        removed = result.get("removed_clients")
         clients = state.clients()
         readable = {info.client_id for info in conn.access.readable(clients.values())}
         per_client = result.get("clients")
@@ -160,6 +162,8 @@ def status(state: DaemonState, request: Request, conn: Connection) -> Result:
         if isinstance(last, dict) and last.get("client") not in readable:
             result["last_ingest"] = None
         result["damaged_databases"] = {k: v for k, v in damaged.items() if k in readable}
+        if isinstance(removed, dict):
+            result["removed_clients"] = {k: v for k, v in removed.items() if k in readable}
     return result
 
 
@@ -192,40 +196,74 @@ class DamagedDatabases:
 DAMAGED: Final = DamagedDatabases()
 
 
-def _summary_or_error(state: DaemonState, info: ClientInfo) -> dict[str, object]:
+def _summary_or_error(
+    state: DaemonState, info: ClientInfo, removed: RemovedClient | None
+) -> dict[str, object]:
     """One client's ``list`` entry; a database that cannot be read is reported in place.
 
-    The entry then has the figures of an empty client and an ``error`` object (code, message),
-    so one damaged file never hides every other client.
+    The entry then has the figures of an empty client, an ``error`` object (code, message) and,
+    when the file is damaged, ``damaged`` with the reason (:func:`summarize_unreadable`), so one
+    damaged file never hides every other client, and never passes for an empty one. A client
+    whose directory disappeared carries ``removed`` (what its database held, and whether the
+    database went with the directory).
     """
     try:
-        store = _open_store_if_any(info)
-        try:
-            entry = summarize_store(
-                info.client_id,
-                store,
-                client_dir=info.directory,
-                file_patterns=state.settings.file_patterns,
-            )
-        finally:
-            if store is not None:
-                store.close()
+        entry = _summary(state, info)
     except (ChunkdError, sqlite3.Error, OSError) as e:
-        code = e.code if isinstance(e, ChunkdError) else "internal"
-        message = f"database {info.db_path} cannot be read: {type(e).__name__}: {e}"
-        DAMAGED.mark(info.client_id, message)
-        _log.error(log.REQUEST_FAILED, client=info.client_id, error_code=code, error=message)
-        return {
-            **summarize_store(info.client_id, None),
-            "error": {"code": code, "message": message},
-        }
-    DAMAGED.clear(info.client_id)
+        if isinstance(e, NotFoundError) and not _has_database(info):
+            entry = summarize_store(info.client_id, None)  # deleted since we looked
+        else:  # a file with no chunkd schema in it is damaged too
+            entry = _unreadable(info, e)
+    else:
+        DAMAGED.clear(info.client_id)
+    if removed is not None:
+        entry["removed"] = removed.to_dict()
     return entry
+
+
+def _summary(state: DaemonState, info: ClientInfo) -> dict[str, object]:
+    store = _open_store_if_any(info)
+    try:
+        return summarize_store(
+            info.client_id,
+            store,
+            client_dir=info.directory,
+            file_patterns=state.settings.file_patterns,
+        )
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _unreadable(info: ClientInfo, error: BaseException) -> dict[str, object]:
+    entry = summarize_unreadable(info.client_id, info.db_path, error)
+    failure = entry["error"]
+    assert isinstance(failure, dict)
+    DAMAGED.mark(info.client_id, str(failure["message"]))
+    _log.error(
+        log.REQUEST_FAILED,
+        client=info.client_id,
+        error_code=failure["code"],
+        error=failure["message"],
+    )
+    return entry
+
+
+def _still_removed(state: DaemonState) -> dict[str, RemovedClient]:
+    """Removed clients whose directory is still gone (``list`` shows them as removed)."""
+    return {
+        cid: removed
+        for cid, removed in state.removed_clients().items()
+        if removed.returned_at is None and not removed.directory.is_dir()
+    }
 
 
 def list_clients(state: DaemonState, request: Request, conn: Connection) -> Result:
     infos = _selected_clients(state, request.client_id, conn.access)
-    return {"clients": [_summary_or_error(state, info) for info in infos]}
+    removed = _still_removed(state)
+    return {
+        "clients": [_summary_or_error(state, info, removed.get(info.client_id)) for info in infos]
+    }
 
 
 def verify(state: DaemonState, request: Request, conn: Connection) -> Result:

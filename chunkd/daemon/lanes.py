@@ -9,58 +9,53 @@ Threads that are not the lane only *offer* work (:meth:`ClientLane.offer`, :meth
 bounded queue, never blocking. Pending paths, their settle deadlines and retry counts live in the
 lane thread alone, so they need no lock.
 
-Completion detection: an event (or a scan) for a path sets its deadline to ``now +
-settle_delay``; a later event pushes it back. When the deadline passes, the file's size and mtime
-must equal what they were at the last look, else the deadline moves again. A file that still
-fails validation in a way that may mean "still being written" (truncated, CRC mismatch, changed
-while read) is retried with backoff before it is rejected.
+Completion detection (:mod:`chunkd.daemon.settle`): an event (or a scan) for a path sets its
+deadline to ``now + settle_delay``; a later event pushes it back; at the deadline the file must be
+unchanged since the last look. A complete version overwritten before it was taken is logged
+(``checkpoint.superseded``). A file that still fails validation in a way that may mean "still
+being written" (truncated, CRC mismatch, changed while read) is retried with backoff before it is
+rejected. What came of each file is reported by :mod:`chunkd.daemon.outcomes`.
 
-Every file is opened beneath the client directory without following links
-(:mod:`chunkd.safepath`), read through that descriptor, and deleted (``delete_after_ingest``)
-through it too, so a tenant swapping a path component for a symlink reaches nothing outside.
-Before streaming, the attempt is recorded durably (:mod:`chunkd.daemon.attempts`): a file that
-killed the daemon :data:`~chunkd.daemon.attempts.MAX_ATTEMPTS` times is set aside.
+The lane also keeps what its database holds (:attr:`ClientLane.held`, refreshed after every
+write), so that when the client directory disappears with the database in it the daemon can still
+say which rounds went with it (``client.removed``).
+
+Taking a file (open beneath the directory, record the attempt, ingest, delete) is
+:mod:`chunkd.daemon.intake`.
 
 Liveness: ``stats.last_progress`` moves on every loop of an idle lane and on every chunk an
 ingest stores (the ``progress`` callback), so :meth:`ClientLane.healthy` measures progress, not
 the length of a job: a long ingest that keeps storing chunks is healthy.
 """
 
-from __future__ import annotations
-
 import contextlib
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from chunkd import log, safepath
-from chunkd.daemon.attempts import MAX_ATTEMPTS, AttemptLog, CrashedDaemonError, delete_verified
-from chunkd.daemon.progress import IngestProgress
-from chunkd.errors import (
-    BusyError,
-    CheckpointError,
-    ChunkdError,
-    ForbiddenError,
-    NotACheckpointError,
+from chunkd import log
+from chunkd.daemon.intake import Intake, record_outcome, release_memory, stat_key
+from chunkd.daemon.outcomes import (
+    LaneStats,
+    report_ingest,
+    report_rejected,
+    report_superseded,
+    utc_now_iso,
 )
-from chunkd.ingest import (
-    OUTCOME_DUPLICATE,
-    OUTCOME_REPLACED,
-    OUTCOME_SEEN,
-    IngestOptions,
-    IngestResult,
-    ingest_file,
-)
+from chunkd.daemon.settle import SettleTable, Superseded
+from chunkd.daemon.state import HeldRounds
+from chunkd.errors import BusyError, CheckpointError, ChunkdError, NotFoundError
+from chunkd.ingest import IngestOptions, IngestResult
 from chunkd.prune import PruneResult, prune_store
-from chunkd.store import ChunkStore, FileIdentity, SourceRecord
+from chunkd.store import ChunkStore, FileIdentity
+
+__all__ = ["ClientLane", "LaneStats", "utc_now_iso"]
 
 QUEUE_LIMIT = 10_000
 #: Backoff before each retry of a file that may still be being written (seconds).
@@ -69,16 +64,11 @@ RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 REOPEN_DELAY_S = 5.0
 
 
-@dataclass(slots=True)
-class _Pending:
-    deadline: float
-    last_stat: FileIdentity | None
-    attempts: int = 0
-
-
 @dataclass(frozen=True, slots=True)
 class _Offer:
     path: Path
+    #: the file's identity at a complete write (close-after-write, rename), seen by the watcher
+    completed: FileIdentity | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,18 +77,8 @@ class _Job:
     future: Future[object]
 
 
-@dataclass(slots=True)
-class LaneStats:
-    """Figures for ``chunkd status``; written by the lane thread, read by anyone (plain ints)."""
-
-    ingested: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    errors: int = 0
-    last_ingest: dict[str, object] | None = None
-    last_error: str | None = None
-    busy_since: float | None = None
-    last_progress: float = field(default_factory=time.monotonic)
+class _DirectoryGone:
+    """The client directory was removed: drop pending files, let go of the deleted database."""
 
 
 class ClientLane:
@@ -122,38 +102,53 @@ class ClientLane:
         self.client_id = client_id
         self.directory = directory
         self.db_path = db_path
-        self._options = options
-        self._settle_s = settle_delay_s
         self._keep_rounds = keep_rounds
         self._delete_after_ingest = delete_after_ingest
         self._leased = leased
-        self._slots = ingest_slots
-        self._pool = pool
         self._on_round = on_round  # the replica stage's hook: returns at once
-        self._inbox: queue.Queue[_Offer | _Job | None] = queue.Queue(QUEUE_LIMIT)
-        self._pending: dict[Path, _Pending] = {}  # lane thread only
+        self._inbox: queue.Queue[_Offer | _Job | _DirectoryGone | None] = queue.Queue(QUEUE_LIMIT)
+        self._pending = SettleTable(settle_delay_s)  # lane thread only
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lane-{client_id}", daemon=True)
         self._store: ChunkStore | None = None
         self.stats = LaneStats()
-        self._attempts = AttemptLog(db_path)
+        #: what the database held at its last change (replaced whole; read by the main thread)
+        self.held = HeldRounds()
+        self._intake = Intake(
+            directory,
+            db_path,
+            options=options,
+            ingest_slots=ingest_slots,
+            pool=pool,
+            stats=self.stats,
+        )
         self._log = structlog.get_logger("chunkd.lane").bind(client=client_id)
 
     # -- other threads ---------------------------------------------------------------------------
     def open(self) -> None:
         """Open the database as its writer (raises BusyError if another process holds it)."""
         self._store = ChunkStore.open_writer(self.db_path)
+        self._note_held()
 
     def start(self) -> None:
         self._thread.start()
 
-    def offer(self, path: Path) -> bool:
-        """A path may be a new or changed checkpoint; returns at once, False if queue is full."""
+    def offer(self, path: Path, completed: FileIdentity | None = None) -> bool:
+        """A path may be a new or changed checkpoint; returns at once, False if queue is full.
+
+        ``completed``: the file's identity at a close-after-write or a rename onto its name.
+        """
         try:
-            self._inbox.put_nowait(_Offer(path))
+            self._inbox.put_nowait(_Offer(path, completed))
             return True
         except queue.Full:
             return False
+
+    def directory_removed(self) -> None:
+        """The client directory is gone (the daemon checked): forget its files, close the
+        database if it went with it (an open handle would keep a deleted file's disk space)."""
+        with contextlib.suppress(queue.Full):  # the lane reopens lazily anyway
+            self._inbox.put_nowait(_DirectoryGone())
 
     def submit(self, run: Callable[[ChunkStore], object]) -> Future[object]:
         """Run ``run(store)`` on the lane; BusyError if stopping or the queue is full."""
@@ -194,17 +189,6 @@ class ClientLane:
             return True
         return time.monotonic() - max(busy, self.stats.last_progress) < stall_s
 
-    def _progress(self, path: Path) -> Callable[[int, int], None]:
-        """ingest_file's progress callback (lane thread), after each chunk: the watchdog's
-        heartbeat, and ``checkpoint.progress`` lines and ``status.ingesting`` for long files."""
-        report = IngestProgress(self._log, path)
-
-        def beat(bytes_done: int, bytes_total: int) -> None:
-            self.stats.last_progress = time.monotonic()
-            report(bytes_done, bytes_total)
-
-        return beat
-
     # -- the lane thread -------------------------------------------------------------------------
     def _run(self) -> None:
         structlog.contextvars.bind_contextvars(client=self.client_id)
@@ -214,7 +198,9 @@ class ClientLane:
                 try:
                     item = self._next_item()
                     if isinstance(item, _Offer):
-                        self._note_offer(item.path)
+                        self._note_offer(item)
+                    elif isinstance(item, _DirectoryGone):
+                        self._directory_gone()
                     elif item is not None:
                         self._run_job(item)
                 except Exception as e:  # the lane's boundary: one bad file never stops a client
@@ -228,35 +214,35 @@ class ClientLane:
                 self._store.close()
                 self._store = None
 
-    def _next_item(self) -> _Offer | _Job | None:
+    def _next_item(self) -> _Offer | _Job | _DirectoryGone | None:
         now = time.monotonic()
-        due = [p for p, pending in self._pending.items() if pending.deadline <= now]
-        for path in due:
+        for path in self._pending.due(now):
             if self._stopping.is_set():
                 return None
             self._settle_or_ingest(path)
         timeout = 1.0
-        if self._pending:
-            timeout = max(0.0, min(timeout, min(p.deadline for p in self._pending.values()) - now))
+        deadline = self._pending.next_deadline()
+        if deadline is not None:
+            timeout = max(0.0, min(timeout, deadline - now))
         try:
             return self._inbox.get(timeout=timeout)
         except queue.Empty:
             return None
 
-    def _note_offer(self, path: Path) -> None:
-        pending = self._pending.get(path)
-        deadline = time.monotonic() + self._settle_s
-        if pending is not None:
-            # Settled means unchanged since the *last* event, not since the first one (which
-            # for a new file is usually its creation at size 0).
-            pending.deadline = max(pending.deadline, deadline)
-            pending.last_stat = _stat_key(path)
+    def _note_offer(self, offer: _Offer) -> None:
+        path = offer.path
+        key = stat_key(path)
+        if path in self._pending:
+            self._superseded(self._pending.offer(path, key, time.monotonic(), offer.completed))
             return
-        key = _stat_key(path)
         if key is None or self._already_taken(path, key):
             return
-        self._pending[path] = _Pending(deadline, key)
+        self._pending.add(path, key, time.monotonic(), offer.completed)
         self._log.info(log.CHECKPOINT_DETECTED, path=str(path), bytes=key.size)
+
+    def _superseded(self, lost: Superseded | None) -> None:
+        if lost is not None:
+            report_superseded(self._log, self.stats, lost)
 
     def _already_taken(self, path: Path, key: FileIdentity) -> bool:
         """This exact file (path, size, mtime) was ingested, found duplicate, or rejected."""
@@ -264,49 +250,42 @@ class ClientLane:
         return store is not None and store.find_source(str(path.absolute()), key) is not None
 
     def _settle_or_ingest(self, path: Path) -> None:
-        pending = self._pending[path]
-        now_stat = _stat_key(path)
-        if now_stat is None:  # gone (renamed away, deleted): nothing to take
-            del self._pending[path]
-            return
-        if now_stat != pending.last_stat:
-            pending.last_stat = now_stat
-            pending.deadline = time.monotonic() + self._settle_s
-            return
-        self._ingest_pending(path, pending)
+        take, lost = self._pending.settle(path, stat_key(path), time.monotonic())
+        self._superseded(lost)
+        if take:
+            self._ingest_pending(path)
 
-    def _ingest_pending(self, path: Path, pending: _Pending) -> None:
+    def _ingest_pending(self, path: Path) -> None:
         store = self._ensure_store()
         if store is None:
-            pending.deadline = time.monotonic() + REOPEN_DELAY_S
+            self._pending.postpone(path, REOPEN_DELAY_S, time.monotonic())
             return
         try:
             self._take(store, path, None, delete=self._delete_after_ingest)
         except CheckpointError as e:
-            if e.retryable and pending.attempts < len(RETRY_DELAYS_S):
+            pending = self._pending.get(path)
+            if e.retryable and pending is not None and pending.attempts < len(RETRY_DELAYS_S):
                 delay = RETRY_DELAYS_S[pending.attempts]
-                pending.attempts += 1
-                pending.deadline = time.monotonic() + delay
-                pending.last_stat = _stat_key(path)
+                attempt = self._pending.retry(path, delay, stat_key(path), time.monotonic())
                 self._log.info(
                     log.CHECKPOINT_RETRYING,
                     path=str(path),
                     error=str(e),
                     error_code=e.code,
-                    attempt=pending.attempts,
+                    attempt=attempt,
                     retry_in_s=delay,
                 )
                 return
-            del self._pending[path]
+            self._pending.drop(path)
             self._reject(store, path, e)
             return
         except FileNotFoundError:
-            del self._pending[path]
+            self._pending.drop(path)
             return
         except (ChunkdError, OSError) as e:
             # Our side failed (disk full, database error): not recorded, so the next
             # reconciliation scan tries again once the fault is gone.
-            del self._pending[path]
+            self._pending.drop(path)
             self.stats.errors += 1
             self.stats.last_error = str(e)
             self._log.error(
@@ -317,7 +296,7 @@ class ClientLane:
             )
             return
         except Exception as e:  # boundary: a bug met by one file must not stall the client
-            del self._pending[path]
+            self._pending.drop(path)
             self.stats.errors += 1
             self.stats.last_error = f"internal error: {e}"
             self._log.exception(
@@ -326,148 +305,35 @@ class ClientLane:
                 error_code="internal",
                 error=f"{type(e).__name__}: {e}",
             )
-            self._record(store, path, "failed")  # not retried until the file changes
+            record_outcome(store, path, "failed", self._log)  # not retried until the file changes
             return
-        del self._pending[path]
+        self._pending.drop(path)
 
     def _ingest_now(self, store: ChunkStore, path: Path, round_num: int | None) -> IngestResult:
         """An explicit ``ingest`` request: no settle, no retry; errors go back to the caller."""
-        self._pending.pop(path, None)
+        self._pending.drop(path)
         try:
             return self._take(store, path, round_num, delete=False)
         except CheckpointError as e:
             self._reject(store, path, e)
             raise
 
+    def _reject(self, store: ChunkStore, path: Path, error: CheckpointError) -> None:
+        report_rejected(self._log, self.stats, path, error)
+        record_outcome(store, path, "rejected", self._log)
+
     def _take(
         self, store: ChunkStore, path: Path, round_num: int | None, *, delete: bool
     ) -> IngestResult:
-        """Open beneath the directory, record the attempt, ingest through the descriptor,
-        report, and (``delete``) remove the file through the same descriptor's directory."""
-        try:
-            beneath = safepath.open_beneath(self.directory, path)
-        except ForbiddenError as e:
-            raise NotACheckpointError(str(e)) from None
-        with beneath:
-            source = str(path.absolute())
-            identity = FileIdentity.of(beneath.stat)
-            earlier = self._attempts.previous(source, identity)
-            if earlier >= MAX_ATTEMPTS:
-                self._attempts.end()
-                raise CrashedDaemonError(
-                    f"{path}: the daemon died {earlier} times while ingesting this version of "
-                    "the file; it is set aside until the file changes"
-                )
-
-            def attempt() -> IngestResult:
-                # Recorded once this lane holds an ingest slot: waiting for one is no attempt.
-                self._record_attempt(source, identity, earlier + 1)
-                return ingest_file(
-                    path,
-                    store,
-                    self._options,
-                    round_num=round_num,
-                    pool=self._pool,
-                    fd=beneath.fd,
-                    progress=self._progress(path),
-                )
-
-            try:
-                result = self._with_slot(attempt)
-            finally:
-                self._attempts.end()
-            self._report(result)
-            if delete and result.outcome != OUTCOME_SEEN:
-                self._delete_verified(store, beneath, result)
-            return result
-
-    def _record_attempt(self, source: str, identity: FileIdentity, count: int) -> None:
-        """Best effort: a full disk must fail the ingest in the database, where it is reported
-        and retried, not here; the guard against crash loops is then off for this attempt."""
-        try:
-            self._attempts.begin(source, identity, count)
-        except OSError as e:
-            self._log.warning(log.ATTEMPT_UNRECORDED, path=source, error=str(e))
-
-    def _with_slot(self, work: Callable[[], IngestResult]) -> IngestResult:
-        with self._slots:
-            self.stats.busy_since = time.monotonic()
-            try:
-                return work()
-            finally:
-                self.stats.busy_since = None
-                self.stats.last_progress = time.monotonic()
-                self._release_memory()
-
-    def _release_memory(self) -> None:
-        if self._store is not None:
-            try:
-                self._store.release_memory()
-            except ChunkdError as e:
-                self._log.warning(log.INGEST_FAILED, error=f"cannot release memory: {e}")
-
-    def _report(self, result: IngestResult) -> None:
-        fields = result.log_fields()
-        if result.outcome == OUTCOME_SEEN:
-            self._log.debug("checkpoint.seen", path=result.path, round=result.round_num)
-            return
-        if result.outcome == OUTCOME_DUPLICATE:
-            self.stats.duplicates += 1
-            self._log.info(
-                log.CHECKPOINT_DUPLICATE,
-                path=result.path,
-                round=result.round_num,
-                sha256=result.file_sha256,
-                bytes_in=result.bytes_in,
-            )
-            return
-        self.stats.ingested += 1
-        self.stats.last_ingest = {
-            "round": result.round_num,
-            "path": result.path,
-            "at": utc_now_iso(),
-            "bytes_in": result.bytes_in,
-        }
-        if result.outcome == OUTCOME_REPLACED:
-            # the earlier version stays restorable as generation ``generation - 1``
-            self._log.warning(
-                log.ROUND_REPLACED,
-                round=result.round_num,
-                path=result.path,
-                sha256=result.file_sha256,
-                previous_sha256=result.previous_sha256,
-                previous_path=result.previous_path,
-                generation=result.generation,
-            )
-        self._log.info(log.CHECKPOINT_INGESTED, **fields)
-        if self._on_round is not None and result.round_num is not None:
-            self._on_round(self.client_id, result.round_num)
-
-    def _reject(self, store: ChunkStore, path: Path, error: CheckpointError) -> None:
-        self.stats.rejected += 1
-        self.stats.last_error = str(error)
-        self._log.warning(
-            log.CHECKPOINT_REJECTED,
-            path=str(path),
-            error=str(error),
-            error_code=error.code,
-            reason=type(error).__name__,
+        return self._intake.take(
+            store, path, round_num, delete=delete, logger=self._log, report=self._ingested
         )
-        self._record(store, path, "rejected")
 
-    def _record(self, store: ChunkStore, path: Path, outcome: str) -> None:
-        """Remember this version of the file, so no scan offers it again until it changes."""
-        key = _stat_key(path)
-        if key is not None:
-            try:
-                store.record_source(SourceRecord(str(path.absolute()), key, None, None, outcome))
-            except ChunkdError as e:
-                self._log.error(log.INGEST_FAILED, path=str(path), error=str(e))
-
-    def _delete_verified(
-        self, store: ChunkStore, beneath: safepath.BeneathFile, result: IngestResult
-    ) -> None:
-        delete_verified(store, beneath, result, self._log)
+    def _ingested(self, result: IngestResult) -> None:
+        if report_ingest(self._log, self.stats, result):
+            self._note_held()
+            if self._on_round is not None and result.round_num is not None:
+                self._on_round(self.client_id, result.round_num)
 
     def _prune(self, store: ChunkStore, *, dry_run: bool) -> PruneResult:
         leased = self._leased(self.client_id)
@@ -481,9 +347,12 @@ class ClientLane:
             return
         store = self._ensure_store()
         if store is None:
-            job.future.set_exception(
-                BusyError(f"database {self.db_path} is held by another writer")
-            )
+            error: ChunkdError = BusyError(f"database {self.db_path} is held by another writer")
+            if self._orphaned():
+                error = NotFoundError(
+                    f"client {self.client_id}: its directory {self.directory} is gone"
+                )
+            job.future.set_exception(error)
             return
         self.stats.busy_since = time.monotonic()
         try:
@@ -492,7 +361,8 @@ class ClientLane:
             job.future.set_exception(e)
         finally:
             self.stats.busy_since = None
-            self._release_memory()
+            release_memory(self._store, self._log)
+            self._note_held()  # a prune (or any job) may have changed what is stored
 
     def _drain_jobs(self) -> None:
         while True:
@@ -503,6 +373,27 @@ class ClientLane:
             if isinstance(item, _Job) and item.future.set_running_or_notify_cancel():
                 item.future.set_exception(BusyError("the daemon is stopping"))
 
+    def _directory_gone(self) -> None:
+        self._pending.clear()
+        if self._store is not None and not self._store.is_current():
+            self._store.close()
+            self._store = None
+
+    def _note_held(self) -> None:
+        """Remember the stored rounds (O(versions), narrow columns): a deleted database cannot
+        be asked afterwards. Best effort: a failed read keeps the last figures."""
+        store = self._store
+        if store is None or not store.is_current():
+            return
+        try:
+            versions = store.list_versions()
+        except ChunkdError:
+            return
+        self.held = HeldRounds(
+            rounds=tuple(sorted(v.round_num for v in versions if v.current)),
+            generations=sum(1 for v in versions if not v.current),
+        )
+
     def _ensure_store(self) -> ChunkStore | None:
         if self._store is not None and not self._store.is_current():
             # the client directory (and the database in it) was deleted or replaced
@@ -512,16 +403,26 @@ class ClientLane:
             self._store.close()
             self._store = None
         if self._store is None:
+            if self._orphaned():
+                return None  # never re-create a removed client's directory (client.removed)
             try:
                 self._store = ChunkStore.open_writer(self.db_path)
             except ChunkdError as e:
                 self.stats.last_error = str(e)
                 self._log.error(log.INGEST_FAILED, error=str(e), error_code=e.code)
                 return None
+            self._note_held()
         return self._store
+
+    def _orphaned(self) -> bool:
+        """The client directory is gone and the database with it: there is nothing to open, and
+        opening would create both again."""
+        return not self.db_path.exists() and not self.directory.is_dir()
 
     def prune_scheduled(self) -> None:
         """The retention schedule's entry point: queue a prune; never waits."""
+        if self._store is None and self._orphaned():
+            return
         try:
             future = self.submit(lambda store: self._prune(store, dry_run=False))
         except BusyError:
@@ -536,16 +437,3 @@ class ClientLane:
                 error=str(error),
                 error_code=getattr(error, "code", "internal"),
             )
-
-
-def utc_now_iso() -> str:
-    """ISO 8601 UTC with a Z, as in the log lines; sortable as text."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _stat_key(path: Path) -> FileIdentity | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return FileIdentity.of(st)

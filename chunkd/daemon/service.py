@@ -33,17 +33,18 @@ from chunkd.daemon import sdnotify
 from chunkd.daemon.lanes import ClientLane, utc_now_iso
 from chunkd.daemon.leases import LeaseTable
 from chunkd.daemon.progress import in_progress
+from chunkd.daemon.removals import ClientRemovals
 from chunkd.daemon.replication import ReplicaStage
 from chunkd.daemon.scheduler import build_scheduler
 from chunkd.daemon.startup import report_startup_failure, startup_key
-from chunkd.daemon.state import ClientInfo, CountingLogger, ErrorLedger
+from chunkd.daemon.state import ClientInfo, CountingLogger, ErrorLedger, RemovedClient
 from chunkd.daemon.watcher import Watcher
 from chunkd.errors import BusyError, ChunkdError, NotFoundError
 from chunkd.forget import ForgetResult, forget_version
 from chunkd.ingest import IngestOptions, IngestResult
 from chunkd.log import configure_logging
 from chunkd.prune import PruneResult
-from chunkd.store import ChunkStore
+from chunkd.store import ChunkStore, FileIdentity
 
 #: A lane inside one job for longer than this is considered stuck (no WATCHDOG=1 then).
 STALL_S = 900.0
@@ -75,9 +76,10 @@ class Daemon:
             delta=settings.delta,
             round_regex=settings.round_regex,
         )
-        self._watcher = Watcher(settings, self._offer, self._request_client)
+        self._watcher = Watcher(settings, self._offer, self._request_client, self._request_gone)
         self._notifier = sdnotify.Notifier()
         self._log = structlog.get_logger("chunkd.daemon")
+        self._removals = ClientRemovals(self._log)  # client directories that disappeared
         self.ready = False
         self._replica = ReplicaStage.from_settings(settings, self._client_dbs)  # docs/REPLICA.md
         #: What an operator should know although the daemon runs (shown by ``chunkd status``).
@@ -90,6 +92,9 @@ class Daemon:
                 cid: ClientInfo(cid, lane.directory, lane.db_path)
                 for cid, lane in self._lanes.items()
             }
+
+    def removed_clients(self) -> Mapping[str, RemovedClient]:
+        return self._removals.snapshot()
 
     def _client_dbs(self) -> dict[str, Path]:
         return {cid: info.db_path for cid, info in self.clients().items()}
@@ -142,6 +147,7 @@ class Daemon:
                 "ingested": st.ingested,
                 "duplicates": st.duplicates,
                 "rejected": st.rejected,
+                "superseded": st.superseded,
                 "errors": ledger.errors,
                 "last_ingest": st.last_ingest,
                 "last_error": ledger.last_error,
@@ -163,6 +169,7 @@ class Daemon:
             "queue_depth": sum(c["queue_depth"] for c in per_client.values()),  # type: ignore[misc]
             "ingested": sum(c["ingested"] for c in per_client.values()),  # type: ignore[misc]
             "rejected": sum(c["rejected"] for c in per_client.values()),  # type: ignore[misc]
+            "superseded": sum(c["superseded"] for c in per_client.values()),  # type: ignore[misc]
             "errors": sum(c["errors"] for c in per_client.values()),  # type: ignore[misc]
             "dropped_offers": self._watcher.dropped_offers,
             "last_ingest": last_ingest,
@@ -170,17 +177,23 @@ class Daemon:
             "ingesting": in_progress(),
             "warnings": list(self.warnings),
             "clients": per_client,
+            "removed_clients": {
+                cid: removed.to_dict() for cid, removed in sorted(self._removals.snapshot().items())
+            },
             "replica": self._replica.status() if self._replica is not None else None,
         }
 
     # -- callbacks from other threads: enqueue only ----------------------------------------------
-    def _offer(self, client_id: str, path: Path) -> bool:
+    def _offer(self, client_id: str, path: Path, completed: FileIdentity | None = None) -> bool:
         with self._lanes_lock:
             lane = self._lanes.get(client_id)
-        return lane.offer(path) if lane is not None else False
+        return lane.offer(path, completed) if lane is not None else False
 
     def _request_client(self, client_id: str, directory: Path) -> None:
         self._control.put(("client", (client_id, directory)))
+
+    def _request_gone(self, path: Path) -> None:
+        self._control.put(("gone", path))
 
     def request_rescan(self) -> None:
         self._control.put(("rescan", None))
@@ -210,6 +223,7 @@ class Daemon:
                 )
                 return
             # The directory was deleted and created again: its old watch died with it.
+            self._removals.returned(client_id)
             self._watcher.rewatch_client(client_id, directory)
             self._watcher.scan_client(client_id, directory)
             return
@@ -252,6 +266,7 @@ class Daemon:
     def scan_all(self) -> int:
         """Discover client directories and offer every candidate file (start-up, reconcile)."""
         self._watcher.unwatch_missing()
+        self._check_removed(None)
         for client_id, directory in self._watcher.discover_clients():
             self.add_client(client_id, directory, at_start=False)
         offered = 0
@@ -263,6 +278,18 @@ class Daemon:
                 offered += self._watcher.scan_client(lane.client_id, lane.directory)
         self._log.info(log.SCAN_COMPLETED, clients=len(lanes), files_offered=offered)
         return offered
+
+    def _check_removed(self, gone: Path | None) -> None:
+        """Clients whose directory is gone (at or below ``gone``; None: every client)."""
+        with self._lanes_lock:
+            lanes = list(self._lanes.values())
+        for lane in lanes:
+            if gone is not None and not lane.directory.is_relative_to(gone):
+                continue
+            if lane.directory.is_dir():
+                continue
+            if self._removals.note(lane.client_id, lane.directory, lane.db_path, lane.held):
+                lane.directory_removed()
 
     def start(self) -> None:
         settings = self.settings
@@ -302,6 +329,8 @@ class Daemon:
                 self._guard(partial(self.add_client, client_id, directory, at_start=False))
             elif kind == "rescan":
                 self._guard(self.scan_all)
+            elif kind == "gone":
+                self._guard(partial(self._check_removed, payload))
             self._heartbeat()
 
     def _guard(self, work: object) -> None:

@@ -30,6 +30,45 @@ class ClientInfo:
     db_path: Path
 
 
+@dataclass(frozen=True, slots=True)
+class HeldRounds:
+    """What a client's database held at its last change, kept by its lane (issue 17, finding 6).
+
+    The daemon must still know it after the directory, and the database in it, are gone.
+    """
+
+    rounds: tuple[int, ...] = ()
+    #: earlier generations of rewritten rounds
+    generations: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedClient:
+    """A client whose directory disappeared while the daemon watched it."""
+
+    client_id: str
+    directory: Path
+    db_path: Path
+    held: HeldRounds
+    #: the database went with the directory (the default ``db_path`` puts it there)
+    db_deleted: bool
+    removed_at: str
+    #: when the directory was there again (a new, empty history if the database went)
+    returned_at: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "dir": str(self.directory),
+            "db": str(self.db_path),
+            "db_deleted": self.db_deleted,
+            "rounds": list(self.held.rounds),
+            "round_count": len(self.held.rounds),
+            "generations": self.held.generations,
+            "removed_at": self.removed_at,
+            "returned_at": self.returned_at,
+        }
+
+
 class DaemonState(Protocol):
     settings: Settings
     leases: LeaseTable
@@ -40,6 +79,10 @@ class DaemonState(Protocol):
 
     def status(self) -> dict[str, object]:
         """Health: uptime_s, clients, queue_depth, last_ingest, errors, version, pid, ..."""
+        ...
+
+    def removed_clients(self) -> Mapping[str, RemovedClient]:
+        """Clients whose directory disappeared since the daemon started, by id (a snapshot)."""
         ...
 
     def submit_ingest(

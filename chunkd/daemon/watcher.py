@@ -6,7 +6,13 @@ and on the reconciliation schedule) that enumerate everything. Both only *offer*
 client's lane; the lane's ``sources`` table makes offering the same file twice harmless.
 
 Callbacks run on watchdog's observer thread and must return at once: they filter the name and
-call ``offer`` (a non-blocking queue put) or ``on_new_client`` (which only enqueues, too).
+call ``offer`` (a non-blocking queue put) or ``on_new_client`` / ``on_gone`` (which only
+enqueue, too). A *complete* write (close-after-write, or a rename onto the name) is offered with
+the file's identity as it is at that event (one ``stat``), so that the lane can tell a complete
+version that was overwritten before it settled (``checkpoint.superseded``,
+:mod:`chunkd.daemon.settle`) even when it reads the offer late. A directory deleted or moved away
+under ``watch_root``, or a client directory's own watch reporting its deletion, is passed to
+``on_gone``: the daemon checks which clients lost their directory (``client.removed``).
 
 Client directories may sit at any depth under ``watch_root`` (``outputs/<run>/client_3/``,
 Hydra's dated trees). ``client_dir_pattern`` is matched against the directory's path relative to
@@ -31,6 +37,7 @@ from pathlib import Path
 import structlog
 from watchdog.events import (
     DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
     FileAttribEvent,
     FileClosedEvent,
@@ -47,14 +54,18 @@ from watchdog.observers.polling import PollingObserver
 from chunkd import log
 from chunkd.config import Settings, check_client_id
 from chunkd.errors import ChunkdError
+from chunkd.store import FileIdentity
 
 #: Modified events for one path closer together than this are one offer (a large write sends
 #: thousands; the settle delay decides completion, not the event count).
 OFFER_THROTTLE_S = 0.25
 _TEMP_SUFFIXES = (".tmp", ".partial", "~", ".part", ".swp")
 
-Offer = Callable[[str, Path], bool]
+#: ``offer(client_id, path)``, or with the file's identity at a complete write as a third argument
+Offer = Callable[..., bool]
 NewClient = Callable[[str, Path], None]
+#: ``on_gone(path)``: a directory under ``watch_root`` (or a client directory) was deleted or moved
+Gone = Callable[[Path], None]
 
 
 def is_candidate(name: str, patterns: tuple[str, ...]) -> bool:
@@ -123,17 +134,26 @@ class _ClientHandler(FileSystemEventHandler):
     def __init__(
         self,
         client_id: str,
+        directory: Path,
         patterns: tuple[str, ...],
         offer: Offer,
         on_drop: Callable[[str], None],
+        on_gone: Gone | None = None,
     ) -> None:
         self._client_id = client_id
+        self._directory = directory
         self._patterns = patterns
         self._offer = offer
         self._on_drop = on_drop
+        self._on_gone = on_gone
         self._last_offer: dict[str, float] = {}  # observer thread only
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, (DirDeletedEvent, DirMovedEvent)):
+            # the watch on the client directory itself reports the directory's own end
+            if self._on_gone is not None and Path(os.fsdecode(event.src_path)) == self._directory:
+                self._on_gone(self._directory)
+            return
         if isinstance(event, FileMovedEvent):
             path = os.fsdecode(event.dest_path)
         elif isinstance(
@@ -154,8 +174,20 @@ class _ClientHandler(FileSystemEventHandler):
         self._last_offer[path] = now
         if len(self._last_offer) > 10_000:
             self._last_offer.clear()
-        if not self._offer(self._client_id, Path(path)):
+        if isinstance(event, (FileClosedEvent, FileMovedEvent)):
+            offered = self._offer(self._client_id, Path(path), _identity(path))
+        else:
+            offered = self._offer(self._client_id, Path(path))
+        if not offered:
             self._on_drop(self._client_id)
+
+
+def _identity(path: str) -> FileIdentity | None:
+    """The file as a complete write left it (None if it is already gone again)."""
+    try:
+        return FileIdentity.of(os.stat(path, follow_symlinks=False))
+    except OSError:
+        return None
 
 
 class _RootHandler(FileSystemEventHandler):
@@ -166,11 +198,17 @@ class _RootHandler(FileSystemEventHandler):
     -p outputs/run/client_3``), and the reconciliation scan covers anything else.
     """
 
-    def __init__(self, settings: Settings, on_new_client: NewClient) -> None:
+    def __init__(
+        self, settings: Settings, on_new_client: NewClient, on_gone: Gone | None = None
+    ) -> None:
         self._settings = settings
         self._on_new_client = on_new_client
+        self._on_gone = on_gone
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, (DirDeletedEvent, DirMovedEvent)) and self._on_gone is not None:
+            # a client directory, or one above clients, deleted or moved away: the daemon checks
+            self._on_gone(Path(os.fsdecode(event.src_path)))
         if isinstance(event, DirMovedEvent):
             path = os.fsdecode(event.dest_path)
         elif isinstance(event, DirCreatedEvent):
@@ -210,10 +248,17 @@ def _inside_client(relative: str, settings: Settings) -> bool:
 class Watcher:
     """Owns the observers. Methods are called from the service's main thread."""
 
-    def __init__(self, settings: Settings, offer: Offer, on_new_client: NewClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        offer: Offer,
+        on_new_client: NewClient,
+        on_gone: Gone | None = None,
+    ) -> None:
         self._settings = settings
         self._offer = offer
         self._on_new_client = on_new_client
+        self._on_gone = on_gone
         self._observer = self._make_observer(settings.observer)
         self._polling: BaseObserver | None = None
         self._watched: set[Path] = set()
@@ -229,7 +274,8 @@ class Watcher:
         root = self._settings.watch_root
         self._observer.start()
         if root.is_dir():
-            self._schedule(_RootHandler(self._settings, self._on_new_client), root, recursive=True)
+            handler = _RootHandler(self._settings, self._on_new_client, self._on_gone)
+            self._schedule(handler, root, recursive=True)
 
     def stop(self) -> None:
         for observer in (self._observer, self._polling):
@@ -275,7 +321,12 @@ class Watcher:
         if directory in self._watched:
             return
         handler = _ClientHandler(
-            client_id, self._settings.file_patterns, self._offer, self._note_drop
+            client_id,
+            directory,
+            self._settings.file_patterns,
+            self._offer,
+            self._note_drop,
+            self._on_gone,
         )
         self._schedule(handler, directory, recursive=True)
         self._watched.add(directory)

@@ -34,6 +34,21 @@ _ROUND_COLUMNS = (
 )
 
 
+#: Stored bytes of the chunks that earlier generations need and no current round does (a delta's
+#: bases count as needed by whoever needs the delta): narrow tables only, O(chunk references).
+_GENERATIONS_ONLY_BYTES = """
+WITH RECURSIVE
+  cur(h) AS (SELECT chunk_hash FROM chunk_metadata
+             UNION SELECT i.base_hash FROM chunk_info i JOIN cur ON i.chunk_hash = cur.h
+             WHERE i.base_hash IS NOT NULL),
+  old(h) AS (SELECT chunk_hash FROM round_history_chunks
+             UNION SELECT i.base_hash FROM chunk_info i JOIN old ON i.chunk_hash = old.h
+             WHERE i.base_hash IS NOT NULL)
+SELECT COALESCE(SUM(i.stored_size), 0) FROM chunk_info i JOIN old ON i.chunk_hash = old.h
+WHERE old.h NOT IN (SELECT h FROM cur)
+"""
+
+
 def wrap_error(e: sqlite3.Error, path: Path, what: str) -> StoreError:
     if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
         return BusyError(f"database {path} is busy ({what}): {e}")
@@ -319,6 +334,7 @@ class StoreReading:
             "SELECT COUNT(*), COALESCE(SUM(stored_size), 0), COALESCE(SUM(raw_size), 0)"
             " FROM chunk_info"
         )[0]
+        old_only = self._query(_GENERATIONS_ONLY_BYTES)[0][0] if generations else 0
         page_size = self._query("PRAGMA page_size")[0][0]
         free = self._query("PRAGMA freelist_count")[0][0] * page_size
         try:
@@ -335,6 +351,8 @@ class StoreReading:
             db_bytes,
             generations,
             free,
+            old_file_bytes,
+            old_only,
         )
 
     # -- files taken -----------------------------------------------------------------------------

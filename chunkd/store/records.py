@@ -77,6 +77,11 @@ class StoreStats:
     generations: int = 0
     #: pages SQLite holds free for reuse (part of ``db_file_bytes``)
     free_bytes: int = 0
+    #: the checkpoint bytes of the earlier generations (part of ``file_bytes``)
+    generation_file_bytes: int = 0
+    #: stored chunk bytes that only earlier generations need (deltas' bases included): what
+    #: keeping them costs on disk, and what retention gives back when they go
+    generation_stored_bytes: int = 0
 
     @property
     def dedup_ratio(self) -> float:

@@ -39,7 +39,7 @@ from chunkd.config import Settings, settings_from_mapping
 from chunkd.daemon.leases import LeaseTable
 from chunkd.daemon.server import Server, ServerLimits
 from chunkd.daemon.socketfile import SocketFile
-from chunkd.daemon.state import ClientInfo
+from chunkd.daemon.state import ClientInfo, RemovedClient
 from chunkd.errors import (
     BusyError,
     ConfigError,
@@ -75,6 +75,9 @@ class LocalState:
 
     def clients(self) -> Mapping[str, ClientInfo]:
         return dict(self._clients)
+
+    def removed_clients(self) -> Mapping[str, RemovedClient]:
+        return {}
 
     def status(self) -> dict[str, object]:
         return {

@@ -1,0 +1,159 @@
+"""Taking one file into a client's database: the lane's ingest, from open to delete.
+
+Split from :mod:`chunkd.daemon.lanes` (which decides *when* a file is taken). Every file is opened
+beneath the client directory without following links (:mod:`chunkd.safepath`), read through
+that descriptor, and deleted (``delete_after_ingest``) through it too, so a tenant swapping a path
+component for a symlink reaches nothing outside. Before streaming, the attempt is recorded durably
+(:mod:`chunkd.daemon.attempts`): a file that killed the daemon
+:data:`~chunkd.daemon.attempts.MAX_ATTEMPTS` times is set aside. The ingest itself holds one of
+the daemon's ingest slots (a global semaphore), so memory stays bounded however many clients
+ingest at once.
+
+Runs on the lane thread only.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+from chunkd import log, safepath
+from chunkd.daemon.attempts import MAX_ATTEMPTS, AttemptLog, CrashedDaemonError, delete_verified
+from chunkd.daemon.outcomes import LaneStats
+from chunkd.daemon.progress import IngestProgress
+from chunkd.errors import ChunkdError, ForbiddenError, NotACheckpointError
+from chunkd.ingest import OUTCOME_SEEN, IngestOptions, IngestResult, ingest_file
+from chunkd.store import ChunkStore, FileIdentity, SourceRecord
+
+
+class Intake:
+    """One client's way of taking files: its directory, options, attempt log and ingest slots."""
+
+    def __init__(
+        self,
+        directory: Path,
+        db_path: Path,
+        *,
+        options: IngestOptions,
+        ingest_slots: threading.Semaphore,
+        pool: Executor,
+        stats: LaneStats,
+    ) -> None:
+        self.directory = directory
+        self._options = options
+        self._slots = ingest_slots
+        self._pool = pool
+        self._stats = stats
+        self._attempts = AttemptLog(db_path)
+
+    def take(
+        self,
+        store: ChunkStore,
+        path: Path,
+        round_num: int | None,
+        *,
+        delete: bool,
+        logger: Any,
+        report: Callable[[IngestResult], None],
+    ) -> IngestResult:
+        """Open beneath the directory, record the attempt, ingest through the descriptor,
+        ``report`` the result, and (``delete``) remove the file through the same descriptor's
+        directory."""
+        try:
+            beneath = safepath.open_beneath(self.directory, path)
+        except ForbiddenError as e:
+            raise NotACheckpointError(str(e)) from None
+        with beneath:
+            source = str(path.absolute())
+            identity = FileIdentity.of(beneath.stat)
+            earlier = self._attempts.previous(source, identity)
+            if earlier >= MAX_ATTEMPTS:
+                self._attempts.end()
+                raise CrashedDaemonError(
+                    f"{path}: the daemon died {earlier} times while ingesting this version of "
+                    "the file; it is set aside until the file changes"
+                )
+
+            def attempt() -> IngestResult:
+                # Recorded once this lane holds an ingest slot: waiting for one is no attempt.
+                self._record_attempt(source, identity, earlier + 1, logger)
+                return ingest_file(
+                    path,
+                    store,
+                    self._options,
+                    round_num=round_num,
+                    pool=self._pool,
+                    fd=beneath.fd,
+                    progress=self._progress(path, logger),
+                )
+
+            try:
+                result = self._with_slot(store, attempt, logger)
+            finally:
+                self._attempts.end()
+            report(result)
+            if delete and result.outcome != OUTCOME_SEEN:
+                delete_verified(store, beneath, result, logger)
+            return result
+
+    def _record_attempt(self, source: str, identity: FileIdentity, count: int, logger: Any) -> None:
+        """Best effort: a full disk must fail the ingest in the database, where it is reported
+        and retried, not here; the guard against crash loops is then off for this attempt."""
+        try:
+            self._attempts.begin(source, identity, count)
+        except OSError as e:
+            logger.warning(log.ATTEMPT_UNRECORDED, path=source, error=str(e))
+
+    def _with_slot(
+        self, store: ChunkStore, work: Callable[[], IngestResult], logger: Any
+    ) -> IngestResult:
+        with self._slots:
+            self._stats.busy_since = time.monotonic()
+            try:
+                return work()
+            finally:
+                self._stats.busy_since = None
+                self._stats.last_progress = time.monotonic()
+                release_memory(store, logger)
+
+    def _progress(self, path: Path, logger: Any) -> Callable[[int, int], None]:
+        """ingest_file's progress callback, after each chunk: the watchdog's heartbeat, and
+        ``checkpoint.progress`` lines and ``status.ingesting`` for long files."""
+        report = IngestProgress(logger, path)
+
+        def beat(bytes_done: int, bytes_total: int) -> None:
+            self._stats.last_progress = time.monotonic()
+            report(bytes_done, bytes_total)
+
+        return beat
+
+
+def release_memory(store: ChunkStore | None, logger: Any) -> None:
+    if store is not None:
+        try:
+            store.release_memory()
+        except ChunkdError as e:
+            logger.warning(log.INGEST_FAILED, error=f"cannot release memory: {e}")
+
+
+def record_outcome(store: ChunkStore, path: Path, outcome: str, logger: Any) -> None:
+    """Remember this version of the file, so no scan offers it again until it changes."""
+    key = stat_key(path)
+    if key is not None:
+        try:
+            store.record_source(SourceRecord(str(path.absolute()), key, None, None, outcome))
+        except ChunkdError as e:
+            logger.error(log.INGEST_FAILED, path=str(path), error=str(e))
+
+
+def stat_key(path: Path) -> FileIdentity | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return FileIdentity.of(st)
