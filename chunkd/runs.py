@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 #: The run of a client's first round.
 FIRST_RUN: int = 0
@@ -43,41 +44,75 @@ class Written:
     mtime_ns: int
 
 
+class StoredRuns(Protocol):
+    """The questions the rule asks of a client's stored versions (current and earlier
+    generations). The store answers them with indexed queries, so a commit costs O(log n), not
+    O(rounds stored); :class:`WrittenVersions` answers them from a list."""
+
+    def newest_run(self) -> int | None:
+        """The highest run stored, None when nothing is."""
+        ...
+
+    def written_before(self, run: int, round_at_least: int, mtime_ns: int) -> bool:
+        """Whether a version of ``run`` numbered ``round_at_least`` or more was written before
+        ``mtime_ns``."""
+        ...
+
+    def begun_by(self, run: int, mtime_ns: int) -> bool:
+        """Whether ``run`` has a version written at or before ``mtime_ns``."""
+        ...
+
+    def run_at(self, mtime_ns: int) -> int:
+        """The newest run with a version written at or before ``mtime_ns``; the oldest stored
+        run if none has one."""
+        ...
+
+
 def assign_run(
     round_num: int,
     mtime_ns: int | None,
-    stored: Iterable[Written],
+    stored: StoredRuns,
     *,
     replacing: Written | None = None,
 ) -> int:
     """The run for a new version of ``round_num`` whose file was written at ``mtime_ns``.
 
-    ``stored`` is every version the client has (current and earlier generations); ``replacing``
-    is the current version of ``round_num`` when this is new content for a stored round.
-    ``mtime_ns`` is None when the bytes have no file to date them: the version continues the
-    newest run (or starts the next one if it replaces a round of it).
+    ``replacing`` is the current version of ``round_num`` when this is new content for a stored
+    round. ``mtime_ns`` is None when the bytes have no file to date them: the version continues
+    the newest run (or starts the next one if it replaces a round of it).
     """
-    versions = list(stored)
-    if not versions:
+    newest = stored.newest_run()
+    if newest is None:
         return FIRST_RUN
-    newest = max(v.run for v in versions)
     if replacing is not None and replacing.run >= newest:
         return newest + 1
     if mtime_ns is None:
         return newest
-    current = [v for v in versions if v.run == newest]
-    if any(v.round_num >= round_num and v.mtime_ns < mtime_ns for v in current):
+    if stored.written_before(newest, round_num, mtime_ns):
         return newest + 1
-    if mtime_ns < min(v.mtime_ns for v in current):
-        return _run_at(mtime_ns, versions)
+    if not stored.begun_by(newest, mtime_ns):
+        return stored.run_at(mtime_ns)
     return newest
 
 
-def _run_at(mtime_ns: int, versions: list[Written]) -> int:
-    """The newest run that had begun (written its first stored file) by ``mtime_ns``; the oldest
-    stored run if none had."""
-    began: dict[int, int] = {}
-    for v in versions:
-        began[v.run] = min(began.get(v.run, v.mtime_ns), v.mtime_ns)
-    started = [run for run, first in began.items() if first <= mtime_ns]
-    return max(started) if started else min(began)
+class WrittenVersions:
+    """:class:`StoredRuns` over a list of versions (tests, and reasoning about the rule)."""
+
+    def __init__(self, versions: Iterable[Written]) -> None:
+        self._versions = list(versions)
+
+    def newest_run(self) -> int | None:
+        return max((v.run for v in self._versions), default=None)
+
+    def written_before(self, run: int, round_at_least: int, mtime_ns: int) -> bool:
+        return any(
+            v.run == run and v.round_num >= round_at_least and v.mtime_ns < mtime_ns
+            for v in self._versions
+        )
+
+    def begun_by(self, run: int, mtime_ns: int) -> bool:
+        return any(v.run == run and v.mtime_ns <= mtime_ns for v in self._versions)
+
+    def run_at(self, mtime_ns: int) -> int:
+        begun = [v.run for v in self._versions if v.mtime_ns <= mtime_ns]
+        return max(begun) if begun else min(v.run for v in self._versions)

@@ -118,7 +118,11 @@ _V3_ADDITIONS = """
 ALTER TABLE rounds ADD COLUMN file_mtime_ns INTEGER;
 ALTER TABLE rounds ADD COLUMN ingest_seq INTEGER;
 ALTER TABLE round_history ADD COLUMN file_mtime_ns INTEGER;
-ALTER TABLE round_history ADD COLUMN ingest_seq INTEGER
+ALTER TABLE round_history ADD COLUMN ingest_seq INTEGER;
+CREATE INDEX idx_rounds_run ON rounds(run, round_num);
+CREATE INDEX idx_rounds_ingest_seq ON rounds(ingest_seq);
+CREATE INDEX idx_round_history_run ON round_history(run, round_num);
+CREATE INDEX idx_round_history_ingest_seq ON round_history(ingest_seq)
 """
 
 #: Format 1's chunk figures, copied once into the narrow table (the one full scan an upgrade costs).

@@ -20,13 +20,10 @@ from chunkd.runs import Written, assign_run
 from chunkd.store.core import BATCH_BYTES, source_upsert
 from chunkd.store.reading import wrap_error
 from chunkd.store.records import RoundInfo, SourceRecord
+from chunkd.store.runs import SqlRuns
 
 if TYPE_CHECKING:
     from chunkd.store.core import ChunkStore
-
-#: A version's write time for the run rule: its file's mtime, or (format 2 rows, which did not
-#: record it) the time it was ingested.
-_WRITTEN_AT = "COALESCE(file_mtime_ns, CAST(strftime('%s', created_at) AS INTEGER) * 1000000000)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +118,12 @@ class RoundWriter:
                 " FROM rounds WHERE round_num = ?",
                 (round_num,),
             ).fetchone()
-            stored = self._stored_writes()
             replacing = None
             if old is not None:
                 superseded = RoundInfo(*old, current=False)
                 generation = self._next_generation(round_num)
-                replacing = next(
-                    v for v in stored if v.round_num == round_num and v.run == superseded.run
-                )
-            run = assign_run(round_num, written_at, stored, replacing=replacing)
+                replacing = Written(superseded.run, round_num, 0)
+            run = assign_run(round_num, written_at, SqlRuns(c), replacing=replacing)
             if old is not None:
                 self._move_to_history(round_num)
             c.executemany(
@@ -169,14 +163,6 @@ class RoundWriter:
             raise wrap_error(e, self._store.path, f"commit of round {round_num}") from None
         self._added.clear()
         return CommitResult(superseded, generation, run)
-
-    def _stored_writes(self) -> list[Written]:
-        """Every stored version as the run rule sees it (format-2 rows: ingest time for mtime)."""
-        rows = self._conn.execute(
-            f"SELECT run, round_num, {_WRITTEN_AT} FROM rounds"  # noqa: S608 - constant SQL
-            f" UNION ALL SELECT run, round_num, {_WRITTEN_AT} FROM round_history"
-        ).fetchall()
-        return [Written(run, round_num, mtime) for run, round_num, mtime in rows]
 
     def _next_generation(self, round_num: int) -> int:
         """One more than any generation this round number has had that is still stored: a

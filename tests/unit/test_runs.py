@@ -5,7 +5,12 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chunkd.runs import FIRST_RUN, Written, assign_run
+from chunkd.runs import FIRST_RUN, Written, WrittenVersions
+from chunkd.runs import assign_run as assign
+
+
+def assign_run(round_num, mtime_ns, stored, **kw):
+    return assign(round_num, mtime_ns, WrittenVersions(stored), **kw)
 
 
 def job(run: int, rounds: range, start_ns: int, step_ns: int = 10) -> list[Written]:
