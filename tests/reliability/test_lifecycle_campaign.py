@@ -26,8 +26,8 @@ name the SPEC sentence they enforce.
 
 ``make test`` runs :func:`test_lifecycle_short` (two fixed seeds, one with a bucket). The long form
 is :func:`test_lifecycle_campaign`, marked ``campaign``: 6 seeds for ``make campaign``, 300 with
-``--torture`` (``make torture``); ``CHUNKD_LIFECYCLE_SEQUENCES=N`` runs the first N long-form
-seeds. ``CHUNKD_LIFECYCLE_SEED=N`` replays one sequence (either test).
+``--torture`` (``make torture``); ``CHUNKD_LIFECYCLE_SEQUENCES=N`` runs N long-form seeds from
+``CHUNKD_LIFECYCLE_FIRST`` (default 0; two processes can share a campaign). ``CHUNKD_LIFECYCLE_SEED=N`` replays one sequence (either test).
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     else:
         count = TORTURE_SEEDS if torture_enabled(metafunc.config) else CAMPAIGN_SEEDS
         count = int(os.environ.get("CHUNKD_LIFECYCLE_SEQUENCES", count))
-        seeds = [SEED_BASE + n for n in range(count)]
+        first = int(os.environ.get("CHUNKD_LIFECYCLE_FIRST", 0))  # split a campaign across runs
+        seeds = [SEED_BASE + first + n for n in range(count)]
     metafunc.parametrize("seed", seeds, ids=[f"seed{s}" for s in seeds])
 
 
