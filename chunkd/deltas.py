@@ -13,8 +13,9 @@ coded as a delta only if its base is fewer than ``KEY_INTERVAL - 1`` links from 
 * **Retention** (:func:`promote_orphaned_deltas`): when the start of a chain is pruned, the oldest
   kept delta of that chain is re-coded as a key chunk, so the pruned bases become garbage and
   keeping N rounds with delta never costs more than keeping N rounds without.
-* **Restore**: :meth:`~chunkd.store.reading.StoreReading.decode_chunk` walks the chain from the
-  nearest key (or from a chunk in :data:`RECENT`).
+* **Restore**: :meth:`~chunkd.store.reading.StoreReading.read_chain` reads the chain, in one read
+  transaction, from the nearest key (or from a chunk in :data:`RECENT`, looked up with one atomic
+  ``get``); see docs/DESIGN.md "Readers see one consistent chain".
 
 The hash of every chunk names its raw bytes, whatever its codec or base.
 """
