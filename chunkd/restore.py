@@ -219,17 +219,15 @@ def _restore(
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-restore") as worker:
             reader = _ChunkReader(store, round_num, layout, chunks, worker, verify_chunks, recent)
-            try:
-                return _write_file(reader, round_num, layout, residue, write)
-            except IntegrityError:
-                if not verify_chunks:
-                    _name_the_bad_chunk(store, round_num, chunks)
-                raise
+            return _write_file(reader, round_num, layout, residue, write)
     except IntegrityError:
+        # The prefetch thread has stopped: the store's connection is ours alone again.
         if not _still_stored(store, round_num, generation):
             raise NotFoundError(
                 f"round {round_num} was removed by retention while it was being restored"
             ) from None
+        if not verify_chunks:
+            _name_the_bad_chunk(store, round_num, chunks)
         raise
 
 
