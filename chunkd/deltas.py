@@ -13,8 +13,9 @@ coded as a delta only if its base is fewer than ``KEY_INTERVAL - 1`` links from 
 * **Retention** (:func:`promote_orphaned_deltas`): when the start of a chain is pruned, the oldest
   kept delta of that chain is re-coded as a key chunk, so the pruned bases become garbage and
   keeping N rounds with delta never costs more than keeping N rounds without.
-* **Restore**: :meth:`~chunkd.store.reading.StoreReading.decode_chunk` walks the chain from the
-  nearest key (or from a chunk in :data:`RECENT`).
+* **Restore**: :meth:`~chunkd.store.reading.StoreReading.read_chain` reads the chain, in one read
+  transaction, from the nearest key (or from a chunk in :data:`RECENT`, looked up with one atomic
+  ``get``); see docs/DESIGN.md "Readers see one consistent chain".
 
 The hash of every chunk names its raw bytes, whatever its codec or base.
 """
@@ -85,19 +86,13 @@ class RecentChunks:
             return item[0]
 
     def get(self, chunk_hash: str) -> bytes | bytearray | None:
+        """The chunk, or None. The only way to read an entry: restores and the next ingest share
+        this cache, and a ``take`` may come between any two calls, so a membership test and a
+        read after it would race (issue 17: ``KeyError`` in 2 of 300 restores). There is
+        deliberately no ``__contains__`` or ``__getitem__``."""
         with self._lock:
             item = self._items.get(chunk_hash)
             return None if item is None else item[0]
-
-    def __contains__(self, chunk_hash: object) -> bool:
-        with self._lock:
-            return chunk_hash in self._items
-
-    def __getitem__(self, chunk_hash: str) -> bytes:
-        raw = self.get(chunk_hash)
-        if raw is None:
-            raise KeyError(chunk_hash)
-        return bytes(raw) if isinstance(raw, bytearray) else raw
 
     def clear(self) -> None:
         with self._lock:

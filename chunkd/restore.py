@@ -24,15 +24,16 @@ import contextlib
 import hashlib
 import json
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 from chunkd.deltas import RECENT, RecentChunks
-from chunkd.errors import IntegrityError
+from chunkd.errors import ChunkdError, IntegrityError, NotFoundError
 from chunkd.manifest import RoundLayout
 from chunkd.store import ChunkRef
+from chunkd.store.chains import KnownChunks
 
 
 class RoundSource(Protocol):
@@ -42,9 +43,7 @@ class RoundSource(Protocol):
         self, round_num: int, generation: int | None = None
     ) -> tuple[RoundLayout, bytes, list[ChunkRef]]: ...
 
-    def read_raw_chunk(
-        self, chunk_hash: str, known: Mapping[str, bytes] | None = None
-    ) -> bytes: ...
+    def read_raw_chunk(self, chunk_hash: str, known: KnownChunks | None = None) -> bytes: ...
 
 
 #: Decoded chunks kept for reuse; checkpoint order equals file order in practice, so 2 suffice.
@@ -110,8 +109,10 @@ class _ChunkReader:
         ref = self.chunks[index]
         expected_size = self.starts[index + 1] - self.starts[index]
         try:
-            if self.recent is not None and ref.chunk_hash in self.recent:
-                raw = self.recent[ref.chunk_hash]  # just ingested: no read, no decode
+            # one atomic look-up: the next ingest may take the entry at any moment
+            cached = self.recent.get(ref.chunk_hash) if self.recent is not None else None
+            if cached is not None:  # just ingested: no read, no decode
+                raw = bytes(cached) if isinstance(cached, bytearray) else cached
             else:
                 raw = self.store.read_raw_chunk(ref.chunk_hash, known=self.recent)
         except IntegrityError as e:
@@ -215,14 +216,38 @@ def _restore(
     recent: RecentChunks | None,
 ) -> RestoreResult:
     layout, residue, chunks = store.read_round(round_num, generation)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-restore") as worker:
-        reader = _ChunkReader(store, round_num, layout, chunks, worker, verify_chunks, recent)
-        try:
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-restore") as worker:
+            reader = _ChunkReader(store, round_num, layout, chunks, worker, verify_chunks, recent)
             return _write_file(reader, round_num, layout, residue, write)
-        except IntegrityError:
-            if not verify_chunks:
-                _name_the_bad_chunk(store, round_num, chunks)
-            raise
+    except IntegrityError:
+        # The prefetch thread has stopped: the store's connection is ours alone again.
+        if not _still_stored(store, round_num, generation):
+            raise NotFoundError(
+                f"round {round_num} was removed by retention while it was being restored"
+            ) from None
+        if not verify_chunks:
+            _name_the_bad_chunk(store, round_num, chunks)
+        raise
+
+
+def _still_stored(store: RoundSource, round_num: int, generation: int | None) -> bool:
+    """Whether the round version being restored is still stored (a bucket's always is).
+
+    A reader without a lease (``restore --db`` beside a daemon) can lose its round to retention
+    mid-read, and its chunks then go too: that is a round no longer stored, not a damaged store
+    (docs/DESIGN.md "Readers see one consistent chain").
+    """
+    get_round = getattr(store, "get_round", None)
+    if get_round is None:
+        return True
+    try:
+        get_round(round_num, generation)
+    except NotFoundError:
+        return False
+    except ChunkdError:
+        return True  # cannot tell: report what was found
+    return True
 
 
 def _name_the_bad_chunk(store: RoundSource, round_num: int, chunks: list[ChunkRef]) -> None:

@@ -7,15 +7,16 @@ Listing and figures read only narrow tables (``rounds`` without its blobs, ``chu
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import zstandard
 
-from chunkd import codec
 from chunkd.errors import BusyError, IntegrityError, NotFoundError, StoreError
 from chunkd.manifest import RoundLayout
+from chunkd.store.chains import Chain, KnownChunks
 from chunkd.store.records import (
     ChunkRef,
     FileIdentity,
@@ -60,6 +61,31 @@ class StoreReading:
 
     path: Path
     _conn: sqlite3.Connection
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one committed state of the database (one read transaction; a no-op
+        inside a transaction already open on this connection).
+
+        The store runs in rollback-journal mode: the transaction holds SHARED, so a writer's
+        commit waits for it (up to ``busy_timeout``). Callers keep it to a few rows: one round's
+        descriptors, or one chunk's chain, never a whole round's bytes.
+        """
+        if self._conn.in_transaction:
+            yield
+            return
+        try:
+            self._conn.execute("BEGIN")
+        except sqlite3.Error as e:
+            raise wrap_error(e, self.path, "read transaction") from None
+        try:
+            yield
+        finally:
+            if self._conn.in_transaction:
+                try:
+                    self._conn.execute("COMMIT")
+                except sqlite3.Error as e:
+                    raise wrap_error(e, self.path, "end of read transaction") from None
 
     def _query(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:
         try:
@@ -177,15 +203,9 @@ class StoreReading:
         One read transaction: a replacement of the round committed between two separate reads
         would pair the old layout with the new chunks.
         """
-        try:
-            self._conn.execute("BEGIN")
-            try:
-                layout, residue = self.read_layout(round_num, generation)
-                chunks = self.round_chunks(round_num, generation)
-            finally:
-                self._conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            raise wrap_error(e, self.path, f"read of round {round_num}") from None
+        with self.snapshot():
+            layout, residue = self.read_layout(round_num, generation)
+            chunks = self.round_chunks(round_num, generation)
         return layout, residue, chunks
 
     def round_chunks(self, round_num: int, generation: int | None = None) -> list[ChunkRef]:
@@ -205,63 +225,75 @@ class StoreReading:
 
     # -- chunks ----------------------------------------------------------------------------------
     def read_chunk(self, chunk_hash: str) -> StoredChunk:
-        rows = self._query(
-            "SELECT codec, data, raw_size, base_hash FROM chunk_data WHERE chunk_hash = ?",
-            (chunk_hash,),
-        )
+        """The chunk's stored form (one statement; see :meth:`read_chain` for a whole chain)."""
+        rows = self._chunk_rows(chunk_hash)
         if not rows:
             raise IntegrityError(f"chunk {chunk_hash} is referenced but not stored")
-        codec_name, data, raw_size, base_hash = rows[0]
-        return StoredChunk(chunk_hash, codec_name, data, raw_size, base_hash)
+        return StoredChunk(chunk_hash, *rows[0])
 
-    def read_raw_chunk(self, chunk_hash: str, known: Mapping[str, bytes] | None = None) -> bytes:
-        """A chunk's raw bytes, decoded (its delta chain applied); not hash-checked. ``known``:
-        raw bytes already at hand, by hash, where a chain may stop early."""
-        return self.decode_chunk(self.read_chunk(chunk_hash), known)
+    def read_raw_chunk(self, chunk_hash: str, known: KnownChunks | None = None) -> bytes:
+        """A chunk's raw bytes, decoded (its delta chain applied); not hash-checked. The chain is
+        read in one read transaction (:meth:`read_chain`). ``known``: raw bytes already at hand,
+        by hash, where a chain may stop early."""
+        chain = self.read_chain(chunk_hash, known)
+        if chain is None:
+            raise IntegrityError(f"chunk {chunk_hash} is referenced but not stored")
+        return chain.decode()
 
-    def decode_chunk(self, stored: StoredChunk, known: Mapping[str, bytes] | None = None) -> bytes:
+    def read_chain(self, chunk_hash: str, known: KnownChunks | None = None) -> Chain | None:
+        """The chunk's stored form and every link down to its key chunk (or to a chunk in
+        ``known``), all from one read transaction; None if the chunk is not stored.
+
+        One snapshot is what makes a chain consistent: retention re-codes a kept delta as a key
+        chunk and garbage collection then removes its base (docs/DESIGN.md "Readers see one
+        consistent chain"), so links read in separate transactions can name a base that is gone
+        by the time it is read. Within one snapshot every link's base is stored, or the store is
+        damaged. The transaction holds at most ``KEY_INTERVAL`` chunk rows' reads; decoding
+        happens after it ends.
+        """
+        with self.snapshot():
+            rows = self._chunk_rows(chunk_hash)
+            if not rows:
+                return None
+            return self._links(StoredChunk(chunk_hash, *rows[0]), known)
+
+    def decode_chunk(self, stored: StoredChunk, known: KnownChunks | None = None) -> bytes:
         """Decode ``stored``, applying its delta chain from the nearest key chunk (or from a
         chunk already decoded in ``known``, hash -> raw bytes). Memory: the chain's stored forms
         and two decoded chunks.
 
-        Retention may re-code a delta as a key chunk and drop its base between our reads of the
-        two (each read is its own short transaction); a base that vanished mid-chain means
-        exactly that, so the chunk is read again once in its new form.
+        ``stored`` may have been read many statements ago (``verify`` reads chunks in batches):
+        since then retention may have re-coded it or a link of its chain as a key chunk and
+        removed the bases nothing needs any more. Its links are read in one snapshot; if that
+        fails, the chunk is read again from the top, chain and all, in one snapshot, and what
+        fails then is damage (or a chunk no longer stored).
         """
         try:
-            return self._decode_chain(stored, known)
+            with self.snapshot():
+                chain = self._links(stored, known)
+            return chain.decode()
         except IntegrityError:
             if stored.base_hash is None:
-                raise
-            again = self.read_chunk(stored.chunk_hash)
-            if again.base_hash == stored.base_hash and again.data == stored.data:
-                raise
-            return self._decode_chain(again, known)
+                raise  # a key chunk decodes alone, whenever it was read: its bytes are bad
+        return self.read_raw_chunk(stored.chunk_hash, known)
 
-    def _decode_chain(self, stored: StoredChunk, known: Mapping[str, bytes] | None) -> bytes:
-        chain = [stored]
-        base: bytes | None = None
-        while chain[-1].base_hash is not None:
-            base_hash = chain[-1].base_hash
-            if known is not None and base_hash in known:
-                base = known[base_hash]
-                break
-            if len(chain) > MAX_CHAIN:
-                raise IntegrityError(f"chunk {stored.chunk_hash}: delta chain is too long")
-            chain.append(self.read_chunk(base_hash))
-        if base is None:
-            key = chain.pop()
-            base = self._decode_one(key, None)
-        for link in reversed(chain):
-            base = self._decode_one(link, base)
-        return base
+    def _chunk_rows(self, chunk_hash: str) -> list[tuple]:
+        return self._query(
+            "SELECT codec, data, raw_size, base_hash FROM chunk_data WHERE chunk_hash = ?",
+            (chunk_hash,),
+        )
 
-    @staticmethod
-    def _decode_one(stored: StoredChunk, base: bytes | None) -> bytes:
-        try:
-            return codec.decode(stored.codec, stored.data, stored.raw_size, base)
-        except IntegrityError as e:
-            raise IntegrityError(f"chunk {stored.chunk_hash}: {e}") from None
+    def _links(self, top: StoredChunk, known: KnownChunks | None) -> Chain:
+        """``top``'s chain; the caller holds the read transaction the links come from."""
+        links = [top]
+        while (base_hash := links[-1].base_hash) is not None:
+            base = known.get(base_hash) if known is not None else None  # one atomic look-up
+            if base is not None:
+                return Chain(tuple(links), base)
+            if len(links) > MAX_CHAIN:
+                raise IntegrityError(f"chunk {top.chunk_hash}: delta chain is too long")
+            links.append(self.read_chunk(base_hash))
+        return Chain(tuple(links), None)
 
     def chunk_base(self, chunk_hash: str) -> str | None:
         """The key chunk at the start of ``chunk_hash``'s chain (itself for a key chunk)."""

@@ -89,7 +89,13 @@ def test_export_safetensors_equals_the_original(make_daemon, tmp_path):
 def test_restores_while_ingesting_and_pruning_are_correct(make_daemon, tmp_path):
     daemon = make_daemon(chunk_keep_rounds=3, retention_interval="0.5s")
     written = fill(daemon, clients=1, rounds=3, elements=200_000)
+    # Every file is made before the restore threads start: they only read what they compare
+    # with (issue 17: they iterated ``written`` while this thread added to it, and both died).
+    staging = tmp_path / "staging"
+    later = {r: save_model(staging / f"{r}.pth", 1000 + r, elements=200_000) for r in range(4, 10)}
+    known = frozenset(hashlib.sha256(c).hexdigest() for c in [*written.values(), *later.values()])
     errors: list[str] = []
+    served: list[int] = []
     stop = threading.Event()
 
     def restore_loop() -> None:
@@ -98,9 +104,8 @@ def test_restores_while_ingesting_and_pruning_are_correct(make_daemon, tmp_path)
             n += 1
             result = daemon.cli("restore", "--client", "1", "--round", "latest", "-o", "-")
             if result.returncode == 0:
-                digest = hashlib.sha256(result.stdout).hexdigest()
-                known = {hashlib.sha256(c).hexdigest() for c in written.values()}
-                if digest not in known:
+                served.append(n)
+                if hashlib.sha256(result.stdout).hexdigest() not in known:
                     errors.append(f"restore {n}: unknown bytes")
             elif result.returncode != 3:  # a pruned round may vanish between list and read
                 errors.append(result.stderr.decode())
@@ -108,16 +113,19 @@ def test_restores_while_ingesting_and_pruning_are_correct(make_daemon, tmp_path)
     threads = [threading.Thread(target=restore_loop) for _ in range(2)]
     for t in threads:
         t.start()
-    for r in range(4, 10):
-        path = daemon.watch_root / "client_1" / f"model_round_{r}.pth"
-        written[("1", r)] = save_model(path, 1000 + r, elements=200_000)
-        time.sleep(0.3)
-    daemon.wait_event(lambda e: e["event"] == "checkpoint.ingested", count=9)
-    time.sleep(1.5)
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        for r, content in later.items():
+            path = daemon.watch_root / "client_1" / f"model_round_{r}.pth"
+            path.write_bytes(content)
+            time.sleep(0.3)
+        daemon.wait_event(lambda e: e["event"] == "checkpoint.ingested", count=9)
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
     assert errors == []
+    assert served, "no restore succeeded"
     assert daemon.rounds("1") == [7, 8, 9]
     assert daemon.cli("verify").returncode == 0
 
