@@ -11,11 +11,13 @@ same file again. Chunks no version needs any more go the way retention's do.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection
 from dataclasses import dataclass
 
 from chunkd.deltas import promote_orphaned_deltas
 from chunkd.errors import BusyError
+from chunkd.prune import LeaseGate
 from chunkd.store import ChunkStore, RoundInfo
 
 
@@ -50,6 +52,7 @@ def forget_version(
     generation: int | None = None,
     *,
     leased: Collection[int] = (),
+    lease_gate: LeaseGate | None = None,
     dry_run: bool = False,
 ) -> ForgetResult:
     """Remove one version of ``round_num`` (its current one unless ``generation`` is given).
@@ -57,16 +60,19 @@ def forget_version(
     Raises NotFoundError (with the stored rounds) if there is no such version, BusyError if a
     restore holds the round.
     """
-    version = store.get_round(round_num, generation)
-    promoted = None
-    if version.current:
-        earlier = [v for v in store.list_versions() if v.round_num == round_num and not v.current]
-        promoted = max(earlier, key=lambda v: v.generation, default=None)
-    if round_num in leased:
-        raise BusyError(f"round {round_num} is being restored; forget it once the restore ends")
-    if dry_run:
-        return ForgetResult(version, promoted, True, 0, 0)
-    store.forget_version(version)
+    with lease_gate() if lease_gate is not None else contextlib.nullcontext(leased) as held:
+        version = store.get_round(round_num, generation)
+        promoted = None
+        if version.current:
+            earlier = [
+                v for v in store.list_versions() if v.round_num == round_num and not v.current
+            ]
+            promoted = max(earlier, key=lambda v: v.generation, default=None)
+        if round_num in held:
+            raise BusyError(f"round {round_num} is being restored; forget it once the restore ends")
+        if dry_run:
+            return ForgetResult(version, promoted, True, 0, 0)
+        store.forget_version(version)
     promote_orphaned_deltas(store)  # a forgotten chain start: its successors become key chunks
     chunks, nbytes = store.collect_garbage()
     return ForgetResult(version, promoted, False, chunks, nbytes)

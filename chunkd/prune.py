@@ -13,12 +13,16 @@ referenced: garbage collection never has to stop for a reader.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import contextlib
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from chunkd.deltas import promote_orphaned_deltas
 from chunkd.retention import RetentionPlan, plan_versions
 from chunkd.store import ChunkStore, RoundInfo
+
+#: Yields the rounds leased now and holds new leases back while open (the daemon's LeaseTable).
+LeaseGate = Callable[[], contextlib.AbstractContextManager[Collection[int]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,23 +57,31 @@ def prune_store(
     keep_rounds: int,
     *,
     leased: Collection[int] = (),
+    lease_gate: LeaseGate | None = None,
     dry_run: bool = False,
     any_lease: bool = False,  # accepted for old callers; leases no longer stop GC
 ) -> PruneResult:
-    """Apply ``keep_rounds`` to ``store``; with ``dry_run`` only say what would go."""
-    versions = store.list_versions()
-    plan = plan_versions(versions, keep_rounds, leased, just_ingested(versions))
-    if dry_run:
-        return PruneResult(plan, True, 0, 0, 0)
-    removed_rounds = set(plan.remove)
-    removed_generations = set(plan.generations_removed)
-    doomed = [
-        v
-        for v in versions
-        if (v.current and v.round_num in removed_rounds)
-        or (not v.current and (v.round_num, v.generation) in removed_generations)
-    ]
-    store.delete_versions(doomed)
+    """Apply ``keep_rounds`` to ``store``; with ``dry_run`` only say what would go.
+
+    ``lease_gate`` (the daemon's): a context that yields the rounds leased now and holds new
+    leases back until it ends; the plan and the delete run inside it, so a restore that starts
+    meanwhile waits for the delete instead of losing its round mid-read. Garbage collection and
+    the return of free pages run after it. Without it, ``leased`` is taken as given.
+    """
+    with lease_gate() if lease_gate is not None else contextlib.nullcontext(leased) as held:
+        versions = store.list_versions()
+        plan = plan_versions(versions, keep_rounds, held, just_ingested(versions))
+        if dry_run:
+            return PruneResult(plan, True, 0, 0, 0)
+        removed_rounds = set(plan.remove)
+        removed_generations = set(plan.generations_removed)
+        doomed = [
+            v
+            for v in versions
+            if (v.current and v.round_num in removed_rounds)
+            or (not v.current and (v.round_num, v.generation) in removed_generations)
+        ]
+        store.delete_versions(doomed)
     promote_orphaned_deltas(store)  # pruned chain starts: their successors become key chunks
     chunks, nbytes = store.collect_garbage()
     returned = store.return_free_space()

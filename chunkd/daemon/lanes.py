@@ -29,11 +29,13 @@ the length of a job: a long ingest that keeps storing chunks is healthy.
 """
 
 import contextlib
+import functools
 import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +96,7 @@ class ClientLane:
         settle_delay_s: float,
         keep_rounds: int,
         delete_after_ingest: bool,
-        leased: Callable[[str], frozenset[int]],
+        lease_gate: Callable[[str], AbstractContextManager[frozenset[int]]],
         ingest_slots: threading.Semaphore,
         pool: Executor,
         on_round: Callable[[str, int], None] | None = None,
@@ -104,7 +106,8 @@ class ClientLane:
         self.db_path = db_path
         self._keep_rounds = keep_rounds
         self._delete_after_ingest = delete_after_ingest
-        self._leased = leased
+        #: retention plans and deletes inside it (see chunkd.daemon.leases)
+        self._lease_gate = lease_gate
         self._on_round = on_round  # the replica stage's hook: returns at once
         self._inbox: queue.Queue[_Offer | _Job | _DirectoryGone | None] = queue.Queue(QUEUE_LIMIT)
         self._pending = SettleTable(settle_delay_s)  # lane thread only
@@ -336,8 +339,12 @@ class ClientLane:
                 self._on_round(self.client_id, result.round_num)
 
     def _prune(self, store: ChunkStore, *, dry_run: bool) -> PruneResult:
-        leased = self._leased(self.client_id)
-        result = prune_store(store, self._keep_rounds, leased=leased, dry_run=dry_run)
+        result = prune_store(
+            store,
+            self._keep_rounds,
+            lease_gate=functools.partial(self._lease_gate, self.client_id),
+            dry_run=dry_run,
+        )
         if result.plan.remove or result.chunks_removed or dry_run:
             self._log.info(log.RETENTION_PRUNED, **result.log_fields())
         return result

@@ -14,6 +14,7 @@ so systemd restarts a daemon whose ingest is stuck rather than one that is merel
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import signal
@@ -123,8 +124,13 @@ class Daemon:
         logger = self._log.bind(client=client_id)
 
         def job(store: ChunkStore) -> ForgetResult:
-            leased = self.leases.leased(client_id)
-            result = forget_version(store, round_num, generation, leased=leased, dry_run=dry_run)
+            result = forget_version(
+                store,
+                round_num,
+                generation,
+                lease_gate=functools.partial(self.leases.deleting, client_id),
+                dry_run=dry_run,
+            )
             if not dry_run:
                 logger.warning(log.ROUND_FORGOTTEN, **result.log_fields())
             return result
@@ -238,7 +244,7 @@ class Daemon:
             settle_delay_s=self.settings.settle_delay_s,
             keep_rounds=self.settings.chunk_keep_rounds,
             delete_after_ingest=self.settings.delete_after_ingest,
-            leased=self.leases.leased,
+            lease_gate=self.leases.deleting,
             ingest_slots=self._ingest_slots,
             pool=self._pool,
             on_round=self._replica.round_committed if self._replica is not None else None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -109,8 +110,7 @@ class LocalState:
                 store,
                 self.settings.chunk_keep_rounds,
                 dry_run=dry_run,
-                leased=self.leases.leased(client_id),
-                any_lease=self.leases.any_held(client_id),
+                lease_gate=functools.partial(self.leases.deleting, client_id),
             )
 
     def close(self) -> None:

@@ -27,7 +27,8 @@ name the SPEC sentence they enforce.
 ``make test`` runs :func:`test_lifecycle_short` (two fixed seeds, one with a bucket). The long form
 is :func:`test_lifecycle_campaign`, marked ``campaign``: 6 seeds for ``make campaign``, 300 with
 ``--torture`` (``make torture``); ``CHUNKD_LIFECYCLE_SEQUENCES=N`` runs N long-form seeds from
-``CHUNKD_LIFECYCLE_FIRST`` (default 0; two processes can share a campaign). ``CHUNKD_LIFECYCLE_SEED=N`` replays one sequence (either test).
+``CHUNKD_LIFECYCLE_FIRST`` (default 0; two processes can share a campaign).
+``CHUNKD_LIFECYCLE_SEED=N`` replays one sequence (either test).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ with ``checkpoint.rejected``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -43,7 +44,7 @@ def test_a_long_ingest_that_keeps_storing_chunks_is_healthy(tmp_path: Path, figu
         settle_delay_s=0.0,
         keep_rounds=0,
         delete_after_ingest=False,
-        leased=lambda _client: frozenset(),
+        lease_gate=lambda _client: contextlib.nullcontext(frozenset()),
         ingest_slots=threading.Semaphore(1),
         pool=pool,
     )
