@@ -277,6 +277,8 @@ def verify(state: DaemonState, request: Request, conn: Connection) -> Result:
             with store:
                 hold = functools.partial(state.leases.hold, info.client_id)
                 report = verify_store(store, hold=hold)
+        except BusyError:
+            raise  # a writer held the database past the busy timeout: busy, not damaged
         except (ChunkdError, sqlite3.Error, OSError) as e:
             # A database that cannot even be opened fails its verify; the others still run.
             message = f"database {info.db_path} cannot be read: {type(e).__name__}: {e}"
