@@ -67,6 +67,7 @@ CONFIG_INVALID = "config.invalid"
 REPLICA_UPLOADED = "replica.uploaded"  # docs/REPLICA.md
 REPLICA_FAILED = "replica.failed"
 REPLICA_PRUNED = "replica.pruned"
+REPLICA_LOCKS_RELEASED = "replica.locks_released"  # a killed predecessor's locks, removed
 WATCH_ROOT_MISSING = "watch_root.missing"
 ATTEMPT_UNRECORDED = "attempt.unrecorded"
 CHECKPOINT_PROGRESS = "checkpoint.progress"
@@ -109,6 +110,7 @@ ALL_EVENTS: tuple[str, ...] = (
     REPLICA_UPLOADED,
     REPLICA_FAILED,
     REPLICA_PRUNED,
+    REPLICA_LOCKS_RELEASED,
     WATCH_ROOT_MISSING,
     ATTEMPT_UNRECORDED,
     CHECKPOINT_PROGRESS,

@@ -152,6 +152,7 @@ class ReplicaStage:
 
     # -- the stage thread ------------------------------------------------------------------------
     def _run(self) -> None:
+        self._guard(self._release_dead_locks)
         next_full = 0.0
         next_prune = time.monotonic() + self.config.prune_interval_s
         backoff = 0.0
@@ -176,6 +177,15 @@ class ReplicaStage:
                 next_full = 0.0  # after an outage compare everything again
             self._wake.wait(max(0.0, wait))
             self._wake.clear()
+
+    def _release_dead_locks(self) -> None:
+        """A previous run of this daemon killed mid-prune left its lock: remove it now rather
+        than let uploads wait for it to go stale."""
+        from chunkd.replica.prune import release_dead_locks
+
+        released = release_dead_locks(self.bucket, self.host)
+        if released:
+            self._log.info(log.REPLICA_LOCKS_RELEASED, locks=released)
 
     def _guard(self, work: Callable[..., None], *args: str) -> bool:
         """Run one unit of work; a failure is logged and recorded, never raised (the boundary)."""

@@ -10,7 +10,9 @@ The model is restic's prune against concurrent backups, with lock objects:
   of two racing parties sees the other, so a sweep never overlaps an upload.
 * a lock is live while its LastModified is younger than :data:`LOCK_STALE_S`, measured against
   the LastModified of the caller's own fresh lock (the server's clock, never two hosts' clocks);
-  holders rewrite theirs every :data:`LOCK_REFRESH_S`. A crashed host's lock goes stale.
+  holders rewrite theirs every :data:`LOCK_REFRESH_S`. A crashed host's lock goes stale. A daemon
+  killed mid-prune and started again does not wait that long: each lock names its machine, boot
+  and pid, and :func:`release_dead_locks` removes this host's locks whose process is gone.
 * before sweeping, the prune rewrites ``gc-epoch``; an uploader reads it after taking its lock and
   forgets what it believed was present if it changed (its cache may name swept chunks).
 * and a grace period on top: an unreferenced chunk is deleted only if its LastModified is older
@@ -63,7 +65,9 @@ class ReplicaLock:
         self.bucket = bucket
         self.kind = kind
         self.key = bucket.url.key("locks", f"{kind}-{host}-{secrets.token_hex(8)}")
-        self._body = json.dumps({"kind": kind, "host": host, "pid": os.getpid()}).encode()
+        self._body = json.dumps(
+            {"kind": kind, "host": host, "pid": os.getpid(), **_this_boot()}
+        ).encode()
         self._written = 0.0
         self.server_time: datetime | None = None
 
@@ -107,6 +111,65 @@ class ReplicaLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+#: A lock object is a few dozen bytes; anything larger under ``locks/`` is not read.
+_MAX_LOCK_BYTES = 4096
+
+
+def _this_boot() -> dict[str, str]:
+    """The machine and boot a lock was written in (empty where the kernel does not say)."""
+    found = {}
+    for name, path in (("machine", "/etc/machine-id"), ("boot", "/proc/sys/kernel/random/boot_id")):
+        try:
+            with open(path, encoding="ascii") as f:
+                found[name] = f.read(64).strip()
+        except OSError:
+            pass
+    return found
+
+
+def _process_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # cannot tell: leave it to go stale
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_dead_locks(bucket: Bucket, host: str) -> list[str]:
+    """Delete this host's lock objects left by a process of this machine that is gone (a daemon
+    killed mid-prune, then started again), so its uploads need not wait :data:`LOCK_STALE_S`.
+
+    Only locks that say they were written on this machine are touched: in this boot by a pid that
+    no longer runs, or in an earlier boot. Another machine using the same host name (a
+    misconfiguration) keeps its locks; they go stale as usual. Returns the keys deleted."""
+    here = _this_boot()
+    if not here.get("machine"):
+        return []
+    dead = []
+    for obj in bucket.list(bucket.url.key("locks") + "/"):
+        name = obj.key.rsplit("/", 1)[-1]
+        if f"-{host}-" not in name or obj.size > _MAX_LOCK_BYTES:
+            continue
+        try:
+            data, _ = bucket.get(obj.key)
+            body = json.loads(data)
+        except (NotFoundError, ValueError):
+            continue
+        if not isinstance(body, dict) or body.get("host") != host:
+            continue
+        if body.get("machine") != here["machine"]:
+            continue
+        if body.get("boot") != here.get("boot") or not _process_alive(body.get("pid")):
+            dead.append(obj.key)
+    if dead:
+        bucket.delete(dead)
+    return dead
 
 
 def read_epoch(bucket: Bucket) -> str:

@@ -162,3 +162,42 @@ def test_the_mark_cache_follows_the_manifests(bucket: Bucket, tmp_path: Path) ->
     assert chunk_hashes(bucket) == referenced(bucket)
     for r, size in sizes.items():
         assert len(restore_bytes(bucket, "h", "1", r)) == size
+
+
+def test_a_killed_daemons_prune_lock_is_released_by_its_successor(bucket):
+    """Issue 17 (lifecycle campaign, seed 1702): a daemon SIGKILLed mid-prune left its lock, and
+    the restarted daemon's uploads waited 30 minutes for it to go stale (lag never reached 0).
+    The successor removes its host's locks whose process is gone; a live process's lock, and a
+    lock written on another machine under the same host name, stay."""
+    import json
+    import subprocess
+    import sys
+
+    from chunkd.replica.prune import release_dead_locks
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead_pid = int(gone.stdout)
+    dead = ReplicaLock(bucket, PRUNE, "hostA")
+    dead._body = json.dumps({**json.loads(dead._body), "pid": dead_pid}).encode()
+    dead._write()
+    live = ReplicaLock(bucket, UPLOAD, "hostA")  # this process: alive
+    live._write()
+    elsewhere = ReplicaLock(bucket, PRUNE, "hostA")
+    elsewhere._body = json.dumps(
+        {**json.loads(elsewhere._body), "pid": dead_pid, "machine": "another-machine"}
+    ).encode()
+    elsewhere._write()
+    other_host = ReplicaLock(bucket, PRUNE, "hostB")
+    other_host._body = json.dumps({**json.loads(other_host._body), "pid": dead_pid}).encode()
+    other_host._write()
+    with pytest.raises(BusyError):
+        ReplicaLock(bucket, UPLOAD, "hostA").acquire()
+
+    assert release_dead_locks(bucket, "hostA") == [dead.key]
+    keys = {o.key for o in bucket.list(bucket.url.key("locks") + "/")}
+    assert keys == {live.key, elsewhere.key, other_host.key}
