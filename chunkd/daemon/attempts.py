@@ -115,18 +115,31 @@ def delete_verified(
     store: ChunkStore, beneath: BeneathFile, result: IngestResult, logger: BoundLogger
 ) -> None:
     """Remove the client's file only once its round restores byte-identical to it, and
-    only while its name in the client's directory is still the file that was read."""
+    only while its name in the client's directory is still the file that was read.
+
+    A job that rewrites its file in place (``open(path, "wb")``, as NVFlare's global model is
+    written) keeps the inode, so "still the same file" also means unchanged since the content was
+    hashed: the identity (size, mtime, ctime) is taken before the hash and compared again just
+    before the unlink. What a rewrite in the microseconds between that check and the unlink
+    writes is the one window left; a job that writes a temporary name and renames it never
+    meets it (the name then refers to another inode)."""
     if result.round_num is None:
         return
     path = beneath.path
     digest = hashlib.sha256()
     try:
+        identity = FileIdentity.of(os.fstat(beneath.fd))
         restored = restore_round(store, result.round_num, digest.update)
         on_disk = _fd_sha256(beneath.fd)
+        unchanged = FileIdentity.of(os.fstat(beneath.fd)) == identity
     except (ChunkdError, OSError) as e:
         logger.error(log.INGEST_FAILED, path=str(path), error=f"not deleted: {e}")
         return
-    if restored.file_sha256 != result.file_sha256 or on_disk != result.file_sha256:
+    if (
+        restored.file_sha256 != result.file_sha256
+        or on_disk != result.file_sha256
+        or not unchanged
+    ):
         logger.warning(
             log.INGEST_FAILED,
             path=str(path),
@@ -134,7 +147,7 @@ def delete_verified(
         )
         return
     try:
-        removed = beneath.unlink_if_same()
+        removed = FileIdentity.of(os.fstat(beneath.fd)) == identity and beneath.unlink_if_same()
     except OSError as e:
         logger.error(log.INGEST_FAILED, path=str(path), error=f"not deleted: {e}")
         return
