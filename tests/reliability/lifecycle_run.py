@@ -398,6 +398,7 @@ class Sequence:
     def _bucket_missing(self) -> list[str]:
         """What the bucket lacks of :meth:`replica_expected` (listed as `list --replica` does,
         in process: a CLI start per poll would cost more than the wait)."""
+        from chunkd.errors import NotFoundError
         from chunkd.replica.fetch import list_rounds, read_manifest
 
         bucket = self._bucket()
@@ -405,9 +406,11 @@ class Sequence:
         for client in sorted(self.jobs):
             held = set()
             for r in list_rounds(bucket, host="lc", client_id=client):
-                held.add(
-                    (r.round_num, read_manifest(bucket, "lc", client, r.round_num).file_sha256)
-                )
+                try:
+                    manifest = read_manifest(bucket, "lc", client, r.round_num)
+                except NotFoundError:  # replica retention removed it since the listing
+                    continue
+                held.add((r.round_num, manifest.file_sha256))
             expected = [
                 v for v in self.replica_expected(client) if (v.round_num, v.sha256) not in held
             ]
