@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             done = restore_through_daemon(args, "export", out, progress, format=args.export_format)
         progress.total = done.bytes_written  # the round's size was only an estimate of it
         progress.update(done.bytes_written, force=True)
-        out.commit(done.sha256)
+        out.commit(done.sha256, done.bytes_written)
     if args.json:
         print_json({**done.result, "output": str(out.target) if out.target else STDOUT})
     elif out.target is not None:

@@ -1,23 +1,24 @@
 """Where restored and exported bytes land: a file replaced atomically, or stdout.
 
 A file output is written to a temporary name next to the target (same directory, so the final
-``rename`` is atomic and never crosses filesystems), created ``O_EXCL``, read-write (so it can be
-hashed again), with mode 0644 minus the umask and the caller's own permissions: when the daemon
-writes, it writes through this descriptor, never by path. On success the bytes are flushed to
-disk, hashed again as they landed and compared with the SHA-256 the writer reported, and only
-then renamed over the target. On any failure, interrupts included, the temporary file is
-removed: the target is either the complete, verified file or untouched (Litestream's "write
-``.tmp``, then rename"; restic's restorer, which leaves partial files behind, is what this
-avoids).
+``rename`` is atomic and never crosses filesystems), created ``O_EXCL``, read-write, with mode
+0644 minus the umask and the caller's own permissions: when the daemon writes, it writes through
+this descriptor, never by path. On success the bytes are flushed to disk, the file's size is
+checked against what the writer reported, and only then is it renamed over the target. The
+bytes are not read back: the writer (the daemon, or this process) hashed exactly the buffers it
+wrote, in order, and a restore compared that SHA-256 with the ingested file's before reporting
+success (docs/DESIGN.md "Digests"); a second pass over a GiB would cost as much as the copy it
+checks. On any failure, interrupts included, the temporary file is removed: the target is
+either the complete, verified file or untouched (Litestream's "write ``.tmp``, then rename";
+restic's restorer, which leaves partial files behind, is what this avoids).
 
-Stdout (``-o -``) cannot be re-read; there the writer's SHA-256 (the daemon's, or the frame
-trailer the client checked) is the proof.
+Stdout (``-o -``) cannot be re-read either; there too the writer's SHA-256 (the daemon's, or the
+frame trailer the client checked) is the proof.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat
 import sys
@@ -27,7 +28,6 @@ from typing import Final
 from chunkd.errors import ChunkdError, ForbiddenError, IntegrityError, RequestError
 
 STDOUT: Final = "-"
-_READ_BLOCK_BYTES: Final = 1 << 20
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -93,19 +93,19 @@ class Output:
     def write(self, data: bytes | memoryview) -> None:
         write_all(self.fd, data)
 
-    def commit(self, sha256: str) -> None:
-        """Make the output final if what landed hashes to ``sha256``.
+    def commit(self, sha256: str, size: int) -> None:
+        """Make the output final if ``size`` bytes landed (the writer proved ``sha256`` of them).
 
-        IntegrityError if it does not; the caller's ``with`` block then removes the file.
+        IntegrityError if the file's size differs; the caller's ``with`` block then removes it.
         """
         if self._tmp is None or self.target is None:
             return
         os.fsync(self.fd)
-        landed = _hash_fd(self.fd)
-        if landed != sha256:
+        landed = os.fstat(self.fd).st_size
+        if landed != size:
             raise IntegrityError(
-                f"the bytes written to {self.target} hash to {landed[:16]}…, not "
-                f"{sha256[:16]}…; nothing was kept"
+                f"{self.target} holds {landed} bytes, the writer reported {size} "
+                f"(sha256 {sha256[:16]}…); nothing was kept"
             )
         os.close(self.fd)
         self.fd = -1
@@ -129,15 +129,6 @@ class Output:
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if exc_type is not None or self._tmp is not None:
             self.discard()  # failed, or never committed: nothing half-written survives
-
-
-def _hash_fd(fd: int) -> str:
-    digest = hashlib.sha256()
-    offset = 0
-    while block := os.pread(fd, _READ_BLOCK_BYTES, offset):
-        digest.update(block)
-        offset += len(block)
-    return digest.hexdigest()
 
 
 def _fsync_dir(directory: Path) -> None:

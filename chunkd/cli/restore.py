@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             done = restore_through_daemon(args, "restore", out, progress)
         progress.update(done.bytes_written, force=True)
-        out.commit(done.sha256)
+        out.commit(done.sha256, done.bytes_written)
     _report(args, done, out)
     return 0
 
