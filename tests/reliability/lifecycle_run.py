@@ -150,10 +150,11 @@ class Sequence:
         unseen = 0
         if expected is None:
             expected = self.oracle.next_sequence_round(v.client)
+            last = max((u.vid for u in self.oracle.of(v.client, STORED)), default=-1)
             unseen = sum(
                 1
                 for u in self.oracle.of(v.client, UNOBSERVABLE)
-                if u.round_num is None and u.vid < v.vid
+                if u.round_num is None and last < u.vid < v.vid
             )
         taken = e.get("round")
         if isinstance(taken, int) and expected < taken <= expected + unseen:
