@@ -203,7 +203,9 @@ def restore_any(seq: Sequence, client: str) -> None:
         seq.fail(f"client {client} round {v.round_num} (file #{v.vid}): not listed")
         return
     args = ["restore", "--client", client, "--round", str(v.round_num), "-o", str(out)]
-    if seq.rng.random() < 0.5 or generation:
+    # the round's current version is its highest generation; any other needs --generation
+    current = generation == max(g for (r, _), g in listed.items() if r == v.round_num)
+    if seq.rng.random() < 0.5 or not current:
         args += ["--generation", str(generation)]
     done = cli(seq, *args)
     got = hashlib.sha256(out.read_bytes()).hexdigest() if done.returncode == 0 else None
