@@ -22,7 +22,9 @@ The signal is the file's write time (its mtime) against the rounds already store
 * anything else continues the newest run: a backlog of one run ingested in any order after downtime
   stays one run, because each file is compared only with rounds written before it.
 
-Versions stored before chunkd recorded write times stand in their ingest time.
+Versions stored before chunkd recorded write times stand in their ingest time. A run is numbered
+by the write time (ns) of the file that started it, so runs stay in order across a database's
+lifetimes (see :func:`_next_run`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-#: The run of a client's first round.
+#: The run of a client's first round when it has no write time (otherwise: that time, in ns).
 FIRST_RUN: int = 0
 
 
@@ -83,16 +85,24 @@ def assign_run(
     """
     newest = stored.newest_run()
     if newest is None:
-        return FIRST_RUN
+        return mtime_ns if mtime_ns is not None else FIRST_RUN
     if replacing is not None and replacing.run >= newest:
-        return newest + 1
+        return _next_run(newest, mtime_ns)
     if mtime_ns is None:
         return newest
     if stored.written_before(newest, round_num, mtime_ns):
-        return newest + 1
+        return _next_run(newest, mtime_ns)
     if not stored.begun_by(newest, mtime_ns):
         return stored.run_at(mtime_ns)
     return newest
+
+
+def _next_run(newest: int, mtime_ns: int | None) -> int:
+    """A new run's number: the write time of the file that starts it, and always above the newest
+    run. Numbering runs by time (not 0, 1, 2, ...) keeps them comparable across a database's
+    lifetimes: a client whose database was deleted starts again with runs newer than every run
+    an older copy (a replica's manifests) holds."""
+    return max(newest + 1, mtime_ns if mtime_ns is not None else 0)
 
 
 class WrittenVersions:

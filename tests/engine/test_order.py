@@ -78,7 +78,7 @@ def test_a_backlog_taken_in_any_order_stays_one_run(tmp_path, db_path):
     with ChunkStore.open_writer(db_path) as store:
         for r in sorted(files, key=lambda r: files[r].name):
             take(store, files[r], 5)
-        assert {v.run for v in store.list_versions()} == {0}
+        assert len({v.run for v in store.list_versions()}) == 1
         assert store.round_numbers() == [6, 7, 8, 9, 10]
         assert store.latest_round() == 10
 

@@ -17,13 +17,22 @@ def job(run: int, rounds: range, start_ns: int, step_ns: int = 10) -> list[Writt
     return [Written(run, r, start_ns + i * step_ns) for i, r in enumerate(rounds)]
 
 
-def test_the_first_round_starts_the_first_run():
-    assert assign_run(7, 100, []) == FIRST_RUN
+def test_a_run_is_numbered_by_the_write_time_of_the_file_that_starts_it():
+    assert assign_run(7, 100, []) == 100
+    assert assign_run(7, None, []) == FIRST_RUN  # bytes with no file to date them
+
+
+def test_a_recreated_database_starts_newer_than_its_old_copy():
+    """Runs numbered by time: a client whose database was deleted (and whose replica still holds
+    run 1000's rounds) starts again with a run newer than that."""
+    old = job(1000, range(1, 6), 1000)
+    fresh = assign_run(1, 9000, [])
+    assert fresh > max(v.run for v in old)
 
 
 def test_a_job_restarted_from_round_1_starts_a_new_run_even_when_round_1_was_pruned():
     stored = job(0, range(6, 11), 1000)  # rounds 1-5 pruned, 6-10 kept
-    assert assign_run(1, 5000, stored) == 1
+    assert assign_run(1, 5000, stored) == 5000
 
 
 def test_a_job_resumed_past_its_last_round_continues_its_run():
@@ -37,13 +46,13 @@ def test_a_backlog_ingested_in_any_order_stays_one_run():
     stored: list[Written] = []
     for r in sorted(written, reverse=True):
         run = assign_run(r, written[r], stored)
-        assert run == 0
+        assert run == written[10]  # the run the first file taken started
         stored.append(Written(run, r, written[r]))
 
 
 def test_a_rewrite_of_a_round_of_the_newest_run_starts_a_new_run():
     stored = job(0, range(1, 4), 1000)
-    assert assign_run(2, 5000, stored, replacing=stored[1]) == 1
+    assert assign_run(2, 5000, stored, replacing=stored[1]) == 5000
     # even without a write time (bytes from a pipe), the new version is newer than the old one
     assert assign_run(2, None, stored, replacing=stored[1]) == 1
 
@@ -88,6 +97,6 @@ def test_runs_never_go_backwards_for_files_taken_in_write_order(files):
         run = assign_run(round_num, mtime, stored)
         assert run >= previous_run
         if previous_round is not None and round_num <= previous_round:
-            assert run == previous_run + 1
+            assert run > previous_run
         stored.append(Written(run, round_num, mtime))
         previous_run, previous_round = run, round_num
