@@ -135,11 +135,7 @@ def delete_verified(
     except (ChunkdError, OSError) as e:
         logger.error(log.INGEST_FAILED, path=str(path), error=f"not deleted: {e}")
         return
-    if (
-        restored.file_sha256 != result.file_sha256
-        or on_disk != result.file_sha256
-        or not unchanged
-    ):
+    if restored.file_sha256 != result.file_sha256 or on_disk != result.file_sha256 or not unchanged:
         logger.warning(
             log.INGEST_FAILED,
             path=str(path),
