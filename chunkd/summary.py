@@ -78,7 +78,8 @@ def summarize_store(
             "compression_ratio": 1.0,
             **on_disk,
         }
-    rounds = store.list_rounds()
+    # newest last, in the one order retention and `latest` use (run, then round number)
+    rounds = sorted(store.list_rounds(), key=lambda v: v.order_key)
     stats = store.stats()
     db_bytes = _db_bytes_on_disk(store.path, stats.db_file_bytes)
     disk_ratio = stats.file_bytes / db_bytes if db_bytes and stats.file_bytes else None

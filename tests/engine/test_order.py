@@ -118,3 +118,17 @@ def test_the_round_just_ingested_is_never_removed(tmp_path, db_path):
         plan = prune_store(store, 5).plan
         assert 2 in plan.keep and 2 in plan.held
         assert store.round_numbers() == [2, 3, 4, 5, 6, 7]
+
+
+def test_list_shows_rounds_newest_last_in_the_order(tmp_path, db_path):
+    """``list`` uses the one order too: after a restart the restarted job's rounds come last."""
+    from chunkd.summary import summarize_store
+
+    with ChunkStore.open_writer(db_path) as store:
+        for r in range(1, 6):
+            take(store, write(tmp_path, r, r, r)[0], 0)
+        for r in (1, 2):
+            take(store, write(tmp_path, r, 100 + r, 60 + r)[0], 0)
+        entry = summarize_store("1", store)
+    assert [r["round"] for r in entry["rounds"]] == [3, 4, 5, 1, 2]
+    assert entry["latest_round"] == 2
