@@ -104,6 +104,8 @@ class Sequence:
         assert self.daemon is not None
         self.pause()
         code = self.daemon.stop(sig)
+        if sig == signal.SIGKILL:  # versions written so far may be committed without a log line
+            self.killed_upto = len(self.oracle.versions)
         if sig == signal.SIGTERM and code != 0:  # SPEC systemd: on SIGTERM ... nothing lost
             self.fail(f"SIGTERM stop exited {code}")
         self.process_events()
@@ -214,6 +216,23 @@ class Sequence:
                         }
                     )
                     self.stats["stored_without_log_line"] += 1
+            self._stored_and_pruned_unseen(client, [v for v in pending if v.client == client])
+
+    def _stored_and_pruned_unseen(self, client: str, pending: list[Version]) -> None:
+        """A version written before a SIGKILL may have been committed (its log line cut) and then
+        removed by retention before any listing saw it: accepted when SPEC's retention, with it
+        stored at its round, lets it go now (SPEC Retention; nothing else may vanish)."""
+        for v in pending:
+            if v.state != PENDING or v.vid >= getattr(self, "killed_upto", 0):
+                continue
+            if v.round_num is None or v.sha256 in {d for (_, d) in self.listed(client)}:
+                continue
+            v.state = STORED
+            if v.vid in self.oracle.spec_keep(client, self.keep):
+                v.state = PENDING  # SPEC would keep it: it must still arrive
+                continue
+            self.oracle.retired.add(v.vid)
+            self.stats["stored_and_pruned_unseen"] += 1
 
     # -- the jobs ---------------------------------------------------------------------------------
     def write_round(self, job: Job, *, up: bool = True) -> Version:
