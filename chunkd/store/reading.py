@@ -150,13 +150,6 @@ class StoreReading:
     def highest_round(self) -> int | None:
         return self._query("SELECT MAX(round_num) FROM rounds")[0][0]
 
-    def current_run(self) -> int:
-        rows = self._query(
-            "SELECT MAX(r) FROM (SELECT MAX(run) AS r FROM rounds"
-            " UNION ALL SELECT MAX(run) FROM round_history)"
-        )
-        return int(rows[0][0] or 0)
-
     def _history_id(self, round_num: int, generation: int) -> int:
         rows = self._query(
             "SELECT id FROM round_history WHERE round_num = ? AND generation = ?",
