@@ -57,7 +57,9 @@ class SmallCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def client_process(client_id: int, out_dir: Path, inbox: mp.Queue, outbox: mp.Queue) -> None:
+def client_process(
+    client_id: int, out_dir: Path, inbox: mp.Queue, outbox: mp.Queue, frozen_backbone: bool
+) -> None:
     """One FL client: local training on its own synthetic shard, then a checkpoint per round."""
     torch.manual_seed(client_id)
     data = torch.randn(256, 1, 28, 28)
@@ -71,11 +73,16 @@ def client_process(client_id: int, out_dir: Path, inbox: mp.Queue, outbox: mp.Qu
             return
         round_num, global_state = message
         model.load_state_dict(global_state)
-        # A frozen, pretrained feature extractor and a trained head, as many FL deployments do:
-        # the backbone's bytes repeat every round, which is what chunkd deduplicates.
+        # Plain FedAvg trains every weight, so every byte of the file changes every round: chunkd
+        # saves by coding each round against the next (delta) and compressing. With
+        # --frozen-backbone the pretrained feature extractor stays fixed, as many deployments
+        # do, and its repeated bytes are also stored only once.
         model.train()
-        model.features.eval()
-        optimizer = torch.optim.SGD(model.classifier.parameters(), lr=0.05)
+        trained = model.parameters()
+        if frozen_backbone:
+            model.features.eval()
+            trained = model.classifier.parameters()
+        optimizer = torch.optim.SGD(trained, lr=0.02, momentum=0.9)
         for start in range(0, len(data), 32):
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(
@@ -156,6 +163,11 @@ def main() -> int:
         action="store_true",
         help="leave chunkd running after the demo (stop it with Ctrl-C)",
     )
+    parser.add_argument(
+        "--frozen-backbone",
+        action="store_true",
+        help="train only the classifier head (the backbone's bytes then repeat every round)",
+    )
     args = parser.parse_args()
 
     settings = load_settings(None)
@@ -171,7 +183,13 @@ def main() -> int:
         workers = [
             ctx.Process(
                 target=client_process,
-                args=(i + 1, settings.watch_root / f"client_{i + 1}", inboxes[i], outbox),
+                args=(
+                    i + 1,
+                    settings.watch_root / f"client_{i + 1}",
+                    inboxes[i],
+                    outbox,
+                    args.frozen_backbone,
+                ),
             )
             for i in range(args.clients)
         ]

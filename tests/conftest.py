@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from chunkd.deltas import RECENT
 from chunkd.ingest import IngestOptions, IngestResult, ingest_file
 from chunkd.restore import restore_round
 from chunkd.store import ChunkStore
@@ -59,10 +60,17 @@ class Engine:
 
     @staticmethod
     def options(
-        chunk_num: int = 10, max_chunk_bytes: int = 1 << 20, compression: str = "none"
+        chunk_num: int = 10,
+        max_chunk_bytes: int = 1 << 20,
+        compression: str = "none",
+        delta: bool = False,
     ) -> IngestOptions:
+        """Raw chunks unless asked: these tests read ``chunk_data`` as the seed does."""
         return IngestOptions(
-            chunk_num=chunk_num, max_chunk_bytes=max_chunk_bytes, compression=compression
+            chunk_num=chunk_num,
+            max_chunk_bytes=max_chunk_bytes,
+            compression=compression,
+            delta=delta,
         )
 
     @classmethod
@@ -114,6 +122,15 @@ class Engine:
         chunks = cls.query(db, "SELECT COUNT(*) FROM chunk_data")[0][0]
         metadata = cls.query(db, "SELECT COUNT(*) FROM chunk_metadata")[0][0]
         return Fingerprint(rounds, chunks, metadata, cls.sha256(db))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_recent_cache() -> Iterator[None]:
+    """The process-wide cache of recently ingested raw chunks starts empty in every test: a
+    restore served from it would not see damage a test made on disk."""
+    RECENT.clear()
+    yield
+    RECENT.clear()
 
 
 @pytest.fixture(scope="session")

@@ -106,8 +106,8 @@ _KEYS: dict[str, _Key] = {
     "observer": _Key("observer", "auto", _parse_choice("auto", "inotify", "polling")),
     "chunk_num": _Key("chunk_num", 10, _parse_int(1, MAX_CHUNK_NUM)),
     "max_chunk_bytes": _Key("max_chunk_bytes", "1MiB", _parse_max_chunk_bytes),
-    "compression": _Key("compression", "none", _parse_choice("none", "auto", "max")),
-    "delta": _Key("delta", False, _parse_bool),
+    "compression": _Key("compression", "auto", _parse_choice("none", "auto", "max")),
+    "delta": _Key("delta", True, _parse_bool),
     "chunk_keep_rounds": _Key("chunk_keep_rounds", 5, _parse_int(0, MAX_KEEP_ROUNDS)),
     "retention_interval": _Key(
         "retention_interval_s", "60s", _parse_duration_key(allow_zero=False)
