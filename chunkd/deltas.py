@@ -1,21 +1,30 @@
-"""Delta chains: a chunk coded against the same flat range of the client's previous round.
+"""Delta chains: older rounds coded against the round after them (reverse deltas).
 
-Federated rounds move every weight a little, so a round coded against the round before it is far
-smaller than the round on its own (issue 14: ~0.58 of the bytes for fp32 against ~0.85 for the
-best self-contained codec). As video codecs do with key frames, chains are bounded: a chunk is
-coded as a delta only if its base is fewer than ``KEY_INTERVAL - 1`` links from a key
-(self-contained) chunk, so a restore decodes at most ``KEY_INTERVAL`` chunks per chunk.
+Federated rounds move every weight a little, so a round coded against its neighbour is far
+smaller than the round on its own (on a real FedAvg trajectory a key chunk costs ~0.84 of its raw
+bytes, a delta ~0.75). The chain runs backwards in time, as in rdiff-backup: the newest round is
+stored whole (key chunks) and each older round as deltas against the round that followed it.
 
-* **Ingest** (:class:`DeltaBases`): the base of chunk *i* is chunk *i* of the previous round
-  (newest by ``(run, round)``) when both describe exactly the same parts. Its raw bytes come from
-  :data:`RECENT` (the raw chunks of recent ingests, bounded in bytes) or are decoded from the store
-  on the calling pool thread through a reader connection of its own, never on the writer thread.
-* **Retention** (:func:`promote_orphaned_deltas`): when the start of a chain is pruned, the oldest
-  kept delta of that chain is re-coded as a key chunk, so the pruned bases become garbage and
-  keeping N rounds with delta never costs more than keeping N rounds without.
-* **Restore**: :meth:`~chunkd.store.reading.StoreReading.read_chain` reads the chain, in one read
-  transaction, from the nearest key (or from a chunk in :data:`RECENT`, looked up with one atomic
-  ``get``); see docs/DESIGN.md "Readers see one consistent chain".
+* **Ingest** stores every new chunk as a key chunk (:func:`encode_chunk`), so the round is
+  complete and restorable the moment it commits, and keeps the raw bytes in :data:`RECENT`.
+* **Link** (:func:`link_previous_round`), after the commit and only when the new round is the
+  newest: each chunk of the round that was newest before is re-coded as a delta against the new
+  round's chunk of exactly the same parts, one atomic row update at a time. A crash in between
+  leaves a key chunk that is merely larger: nothing is ever lost or half-written.
+* **Restore** of the newest round, the common case, decodes key chunks only; an older round
+  decodes one link per round it is behind the next key. :data:`KEY_INTERVAL` bounds that: a chunk
+  that already carries ``KEY_INTERVAL - 2`` older links stays a key chunk.
+* **Retention** drops the oldest rounds: the leaves of the chains, so nothing is re-coded and a
+  pruned round frees its deltas. Where a kept delta's base does go (``forget`` of a newer round,
+  an earlier store's forward chains), :func:`promote_orphaned_deltas` re-codes it as a key chunk
+  before garbage collection, so keeping N rounds with delta never costs more than without.
+
+Why reverse (measured in ``benchmarks/chain_shapes.py``; docs/DESIGN.md "Reverse delta
+chains"): XOR is symmetric, so a delta costs the same in either direction, and what differs is
+where the key chunks fall. Forward chains put the key at the oldest kept round, which retention
+removes first: every prune re-coded a key (a chain decode and an encode per chunk) and ``latest``
+decoded up to three links. Reverse chains keep the one key where it is read most, and retention
+only deletes.
 
 The hash of every chunk names its raw bytes, whatever its codec or base.
 """
@@ -26,16 +35,17 @@ import hashlib
 import json
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 from chunkd import codec
 from chunkd.errors import ChunkdError
-from chunkd.manifest import ChunkSpec
 from chunkd.store import ChunkStore, RoundInfo
 
-#: A key chunk at least every this many rounds of a chunk's history (chain depth < this).
-KEY_INTERVAL = 4
+#: A key chunk at least every this many rounds of a chunk's history (chain depth < this): an
+#: old round decodes at most ``KEY_INTERVAL - 1`` deltas; the newest decodes none.
+KEY_INTERVAL = 8
 #: Raw bytes of recently ingested chunks kept for the next round's deltas (all clients together);
 #: only filled with `delta = true`. Bounded, so an idle daemon holds at most this much.
 RECENT_BYTES = 128 << 20
@@ -119,83 +129,179 @@ def chain_depths(bases: dict[str, str | None]) -> dict[str, int]:
     return depths
 
 
-@dataclass(frozen=True, slots=True)
-class DeltaBase:
-    chunk_hash: str
-    depth: int
+def dependent_depths(bases: dict[str, str | None]) -> dict[str, int]:
+    """For each chunk that is a base, how many links hang below it at most (0: none)."""
+    children: dict[str, list[str]] = {}
+    for chunk, base in bases.items():
+        if base is not None:
+            children.setdefault(base, []).append(chunk)
+    tails: dict[str, int] = {}
 
+    def tail(chunk: str, guard: int) -> int:
+        if chunk in tails:
+            return tails[chunk]
+        if guard > KEY_INTERVAL * 4:  # a cycle or a runaway chain: count it as too deep
+            return KEY_INTERVAL * 4
+        depth = 0
+        for child in children.get(chunk, ()):
+            depth = max(depth, 1 + tail(child, guard + 1))
+        tails[chunk] = depth
+        return depth
 
-class DeltaBases:
-    """Chooses each new chunk's base and fetches its raw bytes (see the module docstring)."""
-
-    def __init__(self, store: ChunkStore, round_num: int, recent: RecentChunks = RECENT) -> None:
-        self._path = store.path
-        self._recent = recent
-        others = [v for v in store.list_rounds() if v.round_num != round_num]
-        previous = max(others, key=lambda v: v.order_key, default=None)
-        self._previous = (
-            {ref.chunk_id: ref for ref in store.round_chunks(previous.round_num)}
-            if previous is not None
-            else {}
-        )
-        _, bases, _ = store.chunk_graph() if self._previous else (set(), {}, {})
-        self._depths = chain_depths(bases)
-        self._local = threading.local()
-        self._readers: list[ChunkStore] = []
-        self._readers_lock = threading.Lock()
-
-    def base_for(self, spec: ChunkSpec) -> DeltaBase | None:
-        """The previous round's chunk for these exact parts, if a delta on it stays in bounds."""
-        ref = self._previous.get(spec.chunk_id)
-        if ref is None or ref.parts_info != spec.parts_json():
-            return None
-        depth = self._depths.get(ref.chunk_hash)
-        if depth is None or depth + 1 >= KEY_INTERVAL:
-            return None
-        return DeltaBase(ref.chunk_hash, depth + 1)
-
-    def fetch(self, base: DeltaBase, size: int) -> bytes | None:
-        """The base's raw bytes, checked against its hash; None if unavailable. Runs on a pool
-        thread: a decode from the store uses that thread's own reader connection."""
-        raw = self._recent.take(base.chunk_hash)
-        if raw is not None and len(raw) == size:
-            return bytes(raw) if isinstance(raw, bytearray) else raw
-        try:
-            raw = self._reader().read_raw_chunk(base.chunk_hash)
-        except ChunkdError:
-            return None
-        if len(raw) != size or hashlib.sha256(raw).hexdigest() != base.chunk_hash:
-            return None
-        return raw
-
-    def _reader(self) -> ChunkStore:
-        reader = getattr(self._local, "reader", None)
-        if reader is None:
-            reader = ChunkStore.open_reader(self._path)
-            self._local.reader = reader
-            with self._readers_lock:
-                self._readers.append(reader)
-        return reader
-
-    def close(self) -> None:
-        with self._readers_lock:
-            readers, self._readers = self._readers, []
-        for reader in readers:
-            reader.close()
+    for chunk in children:
+        tail(chunk, 0)
+    return tails
 
 
 def encode_chunk(
-    raw: bytes | bytearray | memoryview,
-    width: int,
-    compression: str,
-    bases: DeltaBases | None,
-    base: DeltaBase | None,
+    raw: bytes | bytearray | memoryview, width: int, compression: str
 ) -> tuple[str, bytes | memoryview, str | None]:
-    """``(codec, stored bytes, base hash or None)`` for one chunk; runs on the pool."""
-    base_raw = bases.fetch(base, len(raw)) if bases is not None and base is not None else None
-    codec_name, stored = codec.encode(raw, width, compression, base_raw)
-    base_hash = base.chunk_hash if base is not None and codec.is_delta(codec_name) else None
-    return codec_name, stored, base_hash
+    """``(codec, stored bytes, None)`` for a new chunk: always a key chunk (see the module
+    docstring); runs on the pool."""
+    codec_name, stored = codec.encode(raw, width, compression, None)
+    return codec_name, stored, None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkResult:
+    """What :func:`link_previous_round` did: chunks re-coded, their stored bytes before/after."""
+
+    linked: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    older: str  # the previous round's chunk, a key chunk now
+    newer: str  # the new round's chunk of the same parts, its base from now on
+    width: int
+    stored_size: int
+
+
+def link_previous_round(
+    store: ChunkStore,
+    round_num: int,
+    compression: str,
+    pool: Executor | None = None,
+    recent: RecentChunks = RECENT,
+) -> LinkResult:
+    """Re-code the chunks of the round that was newest before ``round_num`` (just committed) as
+    deltas against ``round_num``'s chunks; nothing if ``round_num`` is not the newest now.
+
+    Each re-code is its own transaction and only replaces a chunk's stored form, never its hash,
+    so readers (one snapshot per chain) and a crash at any point see a complete store. Encoding
+    runs on ``pool``; the database is only touched on the calling (writer) thread.
+    """
+    links = _plan_links(store, round_num)
+    if not links:
+        return LinkResult()
+    linked = before = after = 0
+    window: deque[tuple[_Link, Future[tuple[str, bytes | memoryview] | None]]] = deque()
+
+    def finish(link: _Link, encoded: Future[tuple[str, bytes | memoryview] | None]) -> None:
+        nonlocal linked, before, after
+        result = encoded.result()
+        if result is None:
+            return
+        codec_name, stored = result
+        store.replace_chunk_encoding(link.older, codec_name, stored, link.newer)
+        linked += 1
+        before += link.stored_size
+        after += len(stored)
+
+    try:
+        for link in links:
+            older = _raw(store, link.older, recent, take=True)
+            newer = _raw(store, link.newer, recent, take=False)
+            if older is None or newer is None or len(older) != len(newer):
+                continue
+            task = (
+                pool.submit(_encode_link, older, newer, link, compression)
+                if pool is not None
+                else _done(_encode_link(older, newer, link, compression))
+            )
+            window.append((link, task))
+            while len(window) > LINK_WINDOW:
+                finish(*window.popleft())
+        while window:
+            finish(*window.popleft())
+    finally:
+        for _link, task in window:
+            task.cancel()
+    return LinkResult(linked, before, after)
+
+
+#: Chunks being re-coded at once: enough to keep two cores busy, few enough to bound memory
+#: (each holds two raw chunks and a coded one, at most ``max_chunk_bytes`` each).
+LINK_WINDOW = 4
+
+
+def _plan_links(store: ChunkStore, round_num: int) -> list[_Link]:
+    versions = sorted(store.list_versions(), key=lambda v: v.order_key)
+    if len(versions) < 2 or not versions[-1].current or versions[-1].round_num != round_num:
+        return []
+    newest, previous = versions[-1], versions[-2]
+    newer_refs = {ref.chunk_id: ref for ref in store.round_chunks(newest.round_num)}
+    newest_hashes = {ref.chunk_hash for ref in newer_refs.values()}
+    _, bases, sizes = store.chunk_graph()
+    tails = dependent_depths(bases)
+    candidates: dict[str, tuple[str, str]] = {}
+    for ref in store.round_chunks(previous.round_num, _generation(previous)):
+        newer = newer_refs.get(ref.chunk_id)
+        if (
+            newer is None
+            or newer.parts_info != ref.parts_info
+            or ref.chunk_hash == newer.chunk_hash
+            or ref.chunk_hash in newest_hashes  # the newest round reads it: keep it a key
+            or ref.chunk_hash in candidates
+            or bases.get(ref.chunk_hash) is not None  # already a delta (an older store's chain)
+            or newer.chunk_hash not in bases
+            or bases[newer.chunk_hash] is not None  # only ever onto a key chunk: no cycles
+            or ref.chunk_hash not in bases
+            or tails.get(ref.chunk_hash, 0) + 2 > KEY_INTERVAL  # its chain would grow too deep
+        ):
+            continue
+        candidates[ref.chunk_hash] = (newer.chunk_hash, ref.parts_info)
+    if not candidates:
+        return []
+    widths = _widths_in(store, previous, set(candidates))
+    return [
+        _Link(older, newer, widths.get(older, 1), sizes[older])
+        for older, (newer, _parts) in candidates.items()
+    ]
+
+
+def _encode_link(
+    older: bytes | bytearray, newer: bytes | bytearray, link: _Link, compression: str
+) -> tuple[str, bytes | memoryview] | None:
+    """The older chunk as a delta on the newer, or None where that does not make it smaller."""
+    codec_name, stored = codec.encode(older, link.width, compression, newer)
+    if not codec.is_delta(codec_name) or len(stored) >= link.stored_size:
+        return None
+    return codec_name, stored
+
+
+def _raw(
+    store: ChunkStore, chunk_hash: str, recent: RecentChunks, *, take: bool
+) -> bytes | bytearray | None:
+    """A chunk's raw bytes: from ``recent`` when there, else decoded and checked."""
+    raw = recent.take(chunk_hash) if take else recent.get(chunk_hash)
+    if raw is not None:
+        return raw
+    try:
+        raw = store.read_raw_chunk(chunk_hash)
+    except ChunkdError:
+        return None
+    return raw if hashlib.sha256(raw).hexdigest() == chunk_hash else None
+
+
+def _done(
+    value: tuple[str, bytes | memoryview] | None,
+) -> Future[tuple[str, bytes | memoryview] | None]:
+    future: Future[tuple[str, bytes | memoryview] | None] = Future()
+    future.set_result(value)
+    return future
 
 
 # -- retention -----------------------------------------------------------------------------------
@@ -228,22 +334,29 @@ def _widths(store: ChunkStore, hashes: set[str]) -> dict[str, int]:
         missing = hashes - widths.keys()
         if not missing:
             break
-        refs = [
-            r
-            for r in store.round_chunks(version.round_num, _generation(version))
-            if r.chunk_hash in missing
+        widths.update(_widths_in(store, version, missing))
+    return widths
+
+
+def _widths_in(store: ChunkStore, version: RoundInfo, hashes: set[str]) -> dict[str, int]:
+    """The grouping width of those of ``hashes`` that ``version`` references, as ingest chose."""
+    refs = [
+        r
+        for r in store.round_chunks(version.round_num, _generation(version))
+        if r.chunk_hash in hashes
+    ]
+    if not refs:
+        return {}
+    layout, _ = store.read_layout(version.round_num, _generation(version))
+    itemsize = {s.name: s.itemsize for s in layout.storages}
+    widths: dict[str, int] = {}
+    for ref in refs:
+        pairs = [  # (nbytes, itemsize) per part
+            ((end - start) * itemsize.get(name, 1), itemsize.get(name, 1))
+            for name, ranges in json.loads(ref.parts_info).items()
+            for start, end, _shape in ranges
         ]
-        if not refs:
-            continue
-        layout, _ = store.read_layout(version.round_num, _generation(version))
-        itemsize = {s.name: s.itemsize for s in layout.storages}
-        for ref in refs:
-            pairs = [  # (nbytes, itemsize) per part, as ingest chose the width
-                ((end - start) * itemsize.get(name, 1), itemsize.get(name, 1))
-                for name, ranges in json.loads(ref.parts_info).items()
-                for start, end, _shape in ranges
-            ]
-            widths[ref.chunk_hash] = codec.group_width(pairs)
+        widths[ref.chunk_hash] = codec.group_width(pairs)
     return widths
 
 

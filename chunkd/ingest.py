@@ -17,6 +17,7 @@ Any failure before the commit undoes the chunk rows this ingest added
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from chunkd import codec, rounds
 from chunkd.checkpoint import ParsedCheckpoint, parse_checkpoint, read_exact, read_into
-from chunkd.deltas import RECENT, DeltaBase, DeltaBases, encode_chunk
+from chunkd.deltas import RECENT, encode_chunk, link_previous_round
 from chunkd.errors import (
     FileChangedError,
     NotACheckpointError,
@@ -60,8 +61,8 @@ Progress = Callable[[int, int], None]
 class IngestOptions:
     chunk_num: int = 10
     max_chunk_bytes: int = 1 << 20
-    compression: str = "none"
-    delta: bool = False
+    compression: str = "auto"
+    delta: bool = True
     round_regex: re.Pattern[str] = re.compile(rounds.DEFAULT_ROUND_REGEX)
 
 
@@ -85,6 +86,11 @@ class IngestResult:
     generation: int = 0
     previous_sha256: str | None = None
     previous_path: str | None = None
+    #: the link step (chunkd.deltas): the previous round's chunks re-coded as deltas on this one,
+    #: the stored bytes that saved, and how long it took (after the round was committed)
+    linked_chunks: int = 0
+    linked_saved_bytes: int = 0
+    link_ms: float = 0.0
 
     @property
     def dedup_ratio(self) -> float:
@@ -115,6 +121,15 @@ class IngestResult:
             **(
                 {"generation": self.generation, "previous_sha256": self.previous_sha256}
                 if self.previous_sha256
+                else {}
+            ),
+            **(
+                {
+                    "delta_linked": self.linked_chunks,
+                    "delta_saved": self.linked_saved_bytes,
+                    "link_ms": round(self.link_ms, 1),
+                }
+                if self.linked_chunks
                 else {}
             ),
         }
@@ -193,6 +208,8 @@ def ingest_file(
                 started,
                 progress,
             )
+            if options.delta and result.outcome in (OUTCOME_INGESTED, OUTCOME_REPLACED):
+                result = _link(store, result, options, workers)
         finally:
             if own_pool:
                 workers.shutdown(wait=True)
@@ -234,7 +251,6 @@ def _stream_round(
     hashing: deque[tuple[ChunkSpec, bytearray, Future[str], Future[None]]] = deque()
     encoding: deque[tuple[str, int, Future[tuple[str, bytes | memoryview, str | None]]]] = deque()
     seen_hashes: set[str] = set()
-    delta_bases = DeltaBases(store, round_num) if options.delta else None
     encodes = options.compression != "none" or options.delta
     total_bytes = sum(spec.nbytes for spec in specs)
     done_bytes = 0
@@ -243,8 +259,8 @@ def _stream_round(
         chunk_hash = digest.result()
         fed.result()  # the file checker is done with ``buf`` too: memory stays bounded
         metadata.append((spec.chunk_id, chunk_hash, spec.parts_json(), spec.flat_size))
-        if delta_bases is not None:
-            RECENT.put(chunk_hash, buf)  # the next round's delta base, without a decode
+        if options.delta:
+            RECENT.put(chunk_hash, buf)  # for the link step, without a decode
         if chunk_hash in seen_hashes or store.has_chunk(chunk_hash):
             return
         seen_hashes.add(chunk_hash)
@@ -252,8 +268,7 @@ def _stream_round(
             writer.add_chunk(chunk_hash, codec.CODEC_RAW, buf, len(buf))
             return
         width = codec.group_width(spec.itemsizes())  # the width most of its bytes have
-        base: DeltaBase | None = delta_bases.base_for(spec) if delta_bases else None
-        encoded = pool.submit(encode_chunk, buf, width, options.compression, delta_bases, base)
+        encoded = pool.submit(encode_chunk, buf, width, options.compression)
         encoding.append((chunk_hash, len(buf), encoded))
 
     def store_encoded(
@@ -333,8 +348,6 @@ def _stream_round(
         raise
     finally:
         sequential_worker.shutdown(wait=True)
-        if delta_bases is not None:
-            delta_bases.close()
     previous = committed.superseded
     return IngestResult(
         OUTCOME_REPLACED if previous is not None else OUTCOME_INGESTED,
@@ -351,6 +364,25 @@ def _stream_round(
         committed.generation,
         previous.file_sha256 if previous else None,
         previous.source_path if previous else None,
+    )
+
+
+def _link(
+    store: ChunkStore, result: IngestResult, options: IngestOptions, pool: Executor
+) -> IngestResult:
+    """The link step after a committed round (chunkd.deltas): the round before it becomes
+    deltas against it. The round is already safe; this only makes older rounds smaller."""
+    if result.round_num is None:
+        return result
+    started = time.perf_counter()
+    linked = link_previous_round(store, result.round_num, options.compression, pool)
+    if not linked.linked:
+        return result
+    return dataclasses.replace(
+        result,
+        linked_chunks=linked.linked,
+        linked_saved_bytes=linked.bytes_before - linked.bytes_after,
+        link_ms=_ms_since(started),
     )
 
 

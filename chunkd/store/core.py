@@ -322,8 +322,16 @@ class ChunkStore(StoreReading):
         wanted = set(round_nums)
         return self.delete_versions(v for v in self.list_versions() if v.round_num in wanted)
 
-    def replace_chunk_encoding(self, chunk_hash: str, codec_name: str, stored: bytes) -> None:
-        """Store a chunk's same raw bytes in another form (a delta re-coded as a key chunk).
+    def replace_chunk_encoding(
+        self,
+        chunk_hash: str,
+        codec_name: str,
+        stored: bytes | memoryview,
+        base_hash: str | None = None,
+    ) -> None:
+        """Store a chunk's same raw bytes in another form: a delta re-coded as a key chunk
+        (retention), or a key chunk re-coded as a delta against ``base_hash`` (the link step
+        after an ingest, chunkd.deltas).
 
         One transaction for both tables; the hash, and so every reference, is unchanged.
         """
@@ -331,14 +339,13 @@ class ChunkStore(StoreReading):
         self.transaction(
             [
                 (
-                    "UPDATE chunk_data SET data = ?, codec = ?, base_hash = NULL"
-                    " WHERE chunk_hash = ?",
-                    (stored, codec_name, chunk_hash),
+                    "UPDATE chunk_data SET data = ?, codec = ?, base_hash = ? WHERE chunk_hash = ?",
+                    (stored, codec_name, base_hash, chunk_hash),
                 ),
                 (
-                    "UPDATE chunk_info SET codec = ?, stored_size = ?, base_hash = NULL"
+                    "UPDATE chunk_info SET codec = ?, stored_size = ?, base_hash = ?"
                     " WHERE chunk_hash = ?",
-                    (codec_name, len(stored), chunk_hash),
+                    (codec_name, len(stored), base_hash, chunk_hash),
                 ),
             ]
         )

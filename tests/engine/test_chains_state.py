@@ -138,6 +138,8 @@ def _stored_bytes(store: ChunkStore) -> int:
 
 
 def test_chains_are_bounded_by_key_chunks(tmp_path):
+    """Reverse chains: of 9 rounds kept, rounds 1-7 hang as deltas below round 8 (7 links, the
+    bound), round 8 stays a key chunk because a link more would pass it, round 9 is newest."""
     RECENT.clear()
     with ChunkStore.open_writer(tmp_path / "c.db") as store:
         for path in _drifting_rounds(tmp_path, 9):
@@ -145,7 +147,34 @@ def test_chains_are_bounded_by_key_chunks(tmp_path):
         _, bases, _ = store.chunk_graph()
         depths = chain_depths(bases)
         assert max(depths.values()) == KEY_INTERVAL - 1  # deltas are used, and bounded
-        assert sum(1 for d in depths.values() if d == 0) >= 2 * 10  # rounds 1 and 5 are keys
+        for r in (8, 9):
+            assert all(depths[ref.chunk_hash] == 0 for ref in store.round_chunks(r))
+        assert all(depths[ref.chunk_hash] == 7 for ref in store.round_chunks(1))
+
+
+def test_the_newest_round_is_stored_whole(tmp_path):
+    """After every ingest the newest round is key chunks only (``latest`` decodes no delta) and
+    the round before it is deltas against it; retention then drops leaves, re-coding nothing."""
+    RECENT.clear()
+    paths = _drifting_rounds(tmp_path, 6)
+    with ChunkStore.open_writer(tmp_path / "c.db") as store:
+        for r, path in enumerate(paths, start=1):
+            result = ingest_file(path, store, IngestOptions(compression="auto", delta=True))
+            newest = {ref.chunk_id: ref.chunk_hash for ref in store.round_chunks(r)}
+            assert all(store.read_chunk(h).base_hash is None for h in newest.values())
+            if r > 1:
+                assert result.linked_chunks == len(newest)
+                for ref in store.round_chunks(r - 1):
+                    assert store.read_chunk(ref.chunk_hash).base_hash == newest[ref.chunk_id]
+        forms_before = {h: store.read_chunk(h).codec for h in store.chunk_graph()[1]}
+        prune_store(store, 3)
+        assert store.round_numbers() == [4, 5, 6]
+        kept = store.chunk_graph()[1]
+        assert all(store.read_chunk(h).codec == forms_before[h] for h in kept)  # none re-coded
+        for r in (4, 5, 6):
+            out = io.BytesIO()
+            restore_round(store, r, out.write)
+            assert out.getvalue() == paths[r - 1].read_bytes()
 
 
 def test_keeping_n_rounds_with_delta_costs_no_more_than_without(tmp_path):
@@ -169,22 +198,32 @@ def test_keeping_n_rounds_with_delta_costs_no_more_than_without(tmp_path):
 
 
 def test_a_reader_survives_its_chain_start_being_recoded(tmp_path):
-    """A restore read a delta, then retention re-coded it and dropped its base before the reader
-    fetched the base: the reader reads the chunk again, in its new form."""
+    """A restore read a delta, then ``forget`` removed the round its base belongs to (so the delta
+    was re-coded as a key chunk and its base collected) before the reader fetched the base: the
+    reader reads the chunk again, in its new form. And a key chunk read before the link step
+    re-coded it as a delta still decodes in the form it was read."""
+    from chunkd.forget import forget_version
+
     RECENT.clear()
     paths = _drifting_rounds(tmp_path, 3)
     with ChunkStore.open_writer(tmp_path / "c.db") as store:
-        for path in paths:
+        for path in paths[:2]:
             ingest_file(path, store, IngestOptions(compression="auto", delta=True))
         reader = ChunkStore.open_reader(tmp_path / "c.db")
-        ref = store.round_chunks(2)[0]
-        stale = reader.read_chunk(ref.chunk_hash)
-        assert stale.base_hash is not None  # round 2's chunk is a delta on round 1's
-        prune_store(store, 2)  # round 1 goes: round 2's chunk becomes a key chunk
-        assert store.read_chunk(ref.chunk_hash).base_hash is None
+        ref2 = store.round_chunks(2)[0]
+        stale_key = reader.read_chunk(ref2.chunk_hash)
+        assert stale_key.base_hash is None  # round 2 is newest: stored whole
+        ingest_file(paths[2], store, IngestOptions(compression="auto", delta=True))
+        assert store.read_chunk(ref2.chunk_hash).base_hash is not None  # now a delta on round 3
+        assert hashlib.sha256(reader.decode_chunk(stale_key)).hexdigest() == ref2.chunk_hash
+
+        stale = reader.read_chunk(ref2.chunk_hash)
+        assert stale.base_hash is not None
+        forget_version(store, 3)  # round 3 goes: round 2's chunk becomes a key chunk again
+        assert store.read_chunk(ref2.chunk_hash).base_hash is None
         RECENT.clear()
         raw = reader.decode_chunk(stale)
-        assert hashlib.sha256(raw).hexdigest() == ref.chunk_hash
+        assert hashlib.sha256(raw).hexdigest() == ref2.chunk_hash
         reader.close()
 
 

@@ -206,7 +206,7 @@ def test_the_recent_cache_is_read_with_one_atomic_look_up(tmp_path, recent_clear
             for round_num in (1, 2)
             for ref in reader.round_chunks(round_num)
         }
-    assert any(base is not None for base in _bases(db, 2))  # round 2 has chains to walk
+    assert any(base is not None for base in _bases(db, 1))  # round 1 has chains to walk
     stop = threading.Event()
 
     def churn_once() -> None:  # the next ingest takes each entry; a later round puts it back
@@ -230,7 +230,7 @@ def test_the_recent_cache_is_read_with_one_atomic_look_up(tmp_path, recent_clear
             try:
                 restores = 0
                 while time.monotonic() < deadline:
-                    restore(1 + restores % 2)  # round 2's chains may stop at round 1's chunks
+                    restore(1 + restores % 2)  # round 1's chains may stop at round 2's chunks
                     restores += 1
             finally:
                 stop.set()
@@ -281,29 +281,32 @@ class _RetentionMidWalk(dict):
 
 
 def test_a_chain_is_read_from_one_snapshot(tmp_path, recent_cleared):
-    """Retention commits between two links of a walk (round 4's chunk -> round 3's, old form ->
-    round 2's): the walk still sees one state. At 9fe06a5 it found round 2's chunk gone, re-read
-    only round 4's (unchanged) and reported damage."""
+    """A commit that re-codes a link and collects its base lands between two links of a walk
+    (round 1's chunk -> round 2's -> round 3's, old form -> round 4's): the walk still sees one
+    state. ``forget`` of round 4 makes round 3's chunk a key and collects round 4's. At 9fe06a5
+    (then with forward chains and retention doing the same) the walk found the base gone, re-read
+    only the top chunk (unchanged) and reported damage."""
+    from chunkd.forget import forget_version
+
     files = fedavg_rounds(4, elements=24_000)
     writer = _ingest_rounds(tmp_path, files)
     try:
         with ChunkStore.open_reader(writer.path) as reader:
             chains = {}
-            for ref in reader.round_chunks(4):
+            for ref in reader.round_chunks(1):
                 links = [reader.read_chunk(ref.chunk_hash)]
                 while links[-1].base_hash is not None:
                     links.append(reader.read_chunk(links[-1].base_hash))
                 chains[ref.chunk_hash] = links
             top, chain = next((h, c) for h, c in chains.items() if len(c) == 4)
             expected = reader.read_raw_chunk(top)
-            # keep rounds 3 and 4: round 3's chunk becomes a key, rounds 1 and 2's go
-            trap = _RetentionMidWalk(chain[2].chunk_hash, lambda: prune_store(writer, 2))
+            trap = _RetentionMidWalk(chain[3].chunk_hash, lambda: forget_version(writer, 4))
             with trap.pool:
                 raw = reader.read_raw_chunk(top, known=trap)
                 trap.running[0].result()  # type: ignore[attr-defined]
             assert raw == expected
-            assert reader.read_chain(chain[1].chunk_hash).links[0].base_hash is None  # re-coded
-            assert not reader.has_chunk(chain[2].chunk_hash)  # and its base collected
+            assert reader.read_chain(chain[2].chunk_hash).links[0].base_hash is None  # re-coded
+            assert not reader.has_chunk(chain[3].chunk_hash)  # and its base collected
             assert reader.read_raw_chunk(top) == expected
     finally:
         writer.close()
