@@ -46,9 +46,10 @@ from chunkd.store import ChunkStore, RoundInfo
 #: A key chunk at least every this many rounds of a chunk's history (chain depth < this): an
 #: old round decodes at most ``KEY_INTERVAL - 1`` deltas; the newest decodes none.
 KEY_INTERVAL = 8
-#: Raw bytes of recently ingested chunks kept for the next round's deltas (all clients together);
-#: only filled with `delta = true`. Bounded, so an idle daemon holds at most this much.
-RECENT_BYTES = 128 << 20
+#: Raw bytes of recently ingested chunks kept for the link step (all clients together); only
+#: filled with `delta = true`. Bounded, so an idle daemon holds at most this much; the daemon sets
+#: it from ``delta_cache``.
+RECENT_BYTES = 64 << 20
 
 
 class RecentChunks:
@@ -103,6 +104,15 @@ class RecentChunks:
         with self._lock:
             item = self._items.get(chunk_hash)
             return None if item is None else item[0]
+
+    def resize(self, max_bytes: int) -> None:
+        """Bound the cache to ``max_bytes`` from now on (the daemon's ``delta_cache``); entries
+        over it go, oldest first."""
+        with self._lock:
+            self.max_bytes = max_bytes
+            while self._bytes > max_bytes and self._items:
+                _, (oldest, _since) = self._items.popitem(last=False)
+                self._bytes -= len(oldest)
 
     def clear(self) -> None:
         with self._lock:

@@ -56,6 +56,7 @@ from chunkd.config.keys import (
     _parse_choice,
     _parse_clients,
     _parse_db_path,
+    _parse_delta_cache,
     _parse_duration_key,
     _parse_file_patterns,
     _parse_ids,
@@ -108,6 +109,7 @@ _KEYS: dict[str, _Key] = {
     "max_chunk_bytes": _Key("max_chunk_bytes", "1MiB", _parse_max_chunk_bytes),
     "compression": _Key("compression", "auto", _parse_choice("none", "auto", "max")),
     "delta": _Key("delta", True, _parse_bool),
+    "delta_cache": _Key("delta_cache_bytes", "64MiB", _parse_delta_cache),
     "chunk_keep_rounds": _Key("chunk_keep_rounds", 5, _parse_int(0, MAX_KEEP_ROUNDS)),
     "retention_interval": _Key(
         "retention_interval_s", "60s", _parse_duration_key(allow_zero=False)

@@ -15,6 +15,7 @@ from typing import NoReturn
 from chunkd.config.model import ClientConfig
 from chunkd.config.values import (
     MAX_CHUNK_BYTES,
+    MAX_DELTA_CACHE_BYTES,
     MAX_DURATION_S,
     MAX_ID,
     MAX_SOCKET_PATH_BYTES,
@@ -224,6 +225,16 @@ def _parse_max_chunk_bytes(ctx: _Context, key: str, value: object) -> int:
         ctx.fail(key, f"must be at least {MIN_CHUNK_BYTES} bytes (4KiB), got {value!r}")
     if size > MAX_CHUNK_BYTES:
         ctx.fail(key, f"must be at most {MAX_CHUNK_BYTES} bytes (1GiB), got {value!r}")
+    return size
+
+
+def _parse_delta_cache(ctx: _Context, key: str, value: object) -> int:
+    try:
+        size = parse_size(value)  # type: ignore[arg-type]  # parse_size checks the type itself
+    except ConfigError as e:
+        ctx.fail(key, str(e))
+    if size > MAX_DELTA_CACHE_BYTES:
+        ctx.fail(key, f"must be at most {MAX_DELTA_CACHE_BYTES} bytes (4GiB), got {value!r}")
     return size
 
 

@@ -55,6 +55,8 @@ class Settings:
     max_chunk_bytes: int
     compression: str
     delta: bool
+    #: raw chunks of recent ingests kept in memory (all clients), so linking rarely decodes
+    delta_cache_bytes: int
     chunk_keep_rounds: int
     retention_interval_s: float
     rescan_interval_s: float

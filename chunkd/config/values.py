@@ -25,6 +25,8 @@ MIN_CHUNK_BYTES = 4096
 
 
 MAX_CHUNK_BYTES = 1 << 30
+#: Upper bound of ``delta_cache`` (a typo such as "64GiB" for "64MiB" is an error, not an OOM).
+MAX_DELTA_CACHE_BYTES = 4 << 30
 
 
 MAX_DURATION_S = 365 * 24 * 3600.0  # threading waits overflow far beyond this; a year is plenty

@@ -40,6 +40,7 @@ from chunkd.daemon.scheduler import build_scheduler
 from chunkd.daemon.startup import report_startup_failure, startup_key
 from chunkd.daemon.state import ClientInfo, CountingLogger, ErrorLedger, RemovedClient
 from chunkd.daemon.watcher import Watcher
+from chunkd.deltas import RECENT
 from chunkd.errors import BusyError, ChunkdError, NotFoundError
 from chunkd.forget import ForgetResult, forget_version
 from chunkd.ingest import IngestOptions, IngestResult
@@ -77,6 +78,7 @@ class Daemon:
             delta=settings.delta,
             round_regex=settings.round_regex,
         )
+        RECENT.resize(settings.delta_cache_bytes if settings.delta else 0)
         self._watcher = Watcher(settings, self._offer, self._request_client, self._request_gone)
         self._notifier = sdnotify.Notifier()
         self._log = structlog.get_logger("chunkd.daemon")

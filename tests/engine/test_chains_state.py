@@ -243,3 +243,17 @@ def test_the_recent_cache_keeps_what_the_next_round_needs():
     stale.put("x", b"x")
     stale.put("y", b"y")  # nothing waits for x any more: it goes
     assert stale.get("x") is None and stale.get("y") == b"y"
+
+
+def test_the_recent_cache_shrinks_to_its_configured_size():
+    """``delta_cache`` bounds the cache from the moment the daemon sets it: the oldest go."""
+    from chunkd.deltas import RecentChunks
+
+    cache = RecentChunks(max_bytes=8, stale_s=3600)
+    for name in "abcd":
+        cache.put(name, name.encode() * 2)
+    cache.resize(4)
+    assert [cache.get(n) for n in "abcd"] == [None, None, b"cc", b"dd"]
+    cache.resize(0)
+    cache.put("e", b"e")
+    assert cache.get("e") is None and cache.get("d") is None

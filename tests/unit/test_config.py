@@ -82,8 +82,9 @@ def test_spec_defaults() -> None:
     assert s.observer == "auto"
     assert s.chunk_num == 10
     assert s.max_chunk_bytes == 1 << 20
-    assert s.compression == "none"
-    assert s.delta is False
+    assert s.compression == "auto"  # SPEC: out of the box chunkd compresses and delta-codes
+    assert s.delta is True
+    assert s.delta_cache_bytes == 64 << 20
     assert s.chunk_keep_rounds == 5
     assert s.retention_interval_s == 60.0
     assert s.rescan_interval_s == 300.0
@@ -99,9 +100,23 @@ def test_defaults_table_covers_every_setting() -> None:
         "retention_interval": "retention_interval_s",
         "rescan_interval": "rescan_interval_s",
         "settle_delay": "settle_delay_s",
+        "delta_cache": "delta_cache_bytes",
     }
     attrs = {renamed.get(key, key) for key in DEFAULTS}
     assert attrs == {f.name for f in dataclasses.fields(Settings)}
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", 0), ("16MiB", 16 << 20), (1 << 30, 1 << 30)])
+def test_delta_cache_is_a_size(value: object, expected: int) -> None:
+    assert (
+        settings_from_mapping({"delta_cache": value}, source=SOURCE).delta_cache_bytes == expected
+    )
+
+
+@pytest.mark.parametrize("value", ["64GiB", "-1", "lots", True])
+def test_delta_cache_out_of_range_is_refused(value: object) -> None:
+    with pytest.raises(ConfigError, match="delta_cache"):
+        settings_from_mapping({"delta_cache": value}, source=SOURCE)
 
 
 def test_settings_are_frozen_and_slotted() -> None:
