@@ -36,6 +36,7 @@ import json
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
@@ -139,30 +140,6 @@ def chain_depths(bases: dict[str, str | None]) -> dict[str, int]:
     return depths
 
 
-def dependent_depths(bases: dict[str, str | None]) -> dict[str, int]:
-    """For each chunk that is a base, how many links hang below it at most (0: none)."""
-    children: dict[str, list[str]] = {}
-    for chunk, base in bases.items():
-        if base is not None:
-            children.setdefault(base, []).append(chunk)
-    tails: dict[str, int] = {}
-
-    def tail(chunk: str, guard: int) -> int:
-        if chunk in tails:
-            return tails[chunk]
-        if guard > KEY_INTERVAL * 4:  # a cycle or a runaway chain: count it as too deep
-            return KEY_INTERVAL * 4
-        depth = 0
-        for child in children.get(chunk, ()):
-            depth = max(depth, 1 + tail(child, guard + 1))
-        tails[chunk] = depth
-        return depth
-
-    for chunk in children:
-        tail(chunk, 0)
-    return tails
-
-
 def encode_chunk(
     raw: bytes | bytearray | memoryview, width: int, compression: str
 ) -> tuple[str, bytes | memoryview, str | None]:
@@ -195,13 +172,15 @@ def link_previous_round(
     compression: str,
     pool: Executor | None = None,
     recent: RecentChunks = RECENT,
+    alive: Callable[[], None] | None = None,
 ) -> LinkResult:
     """Re-code the chunks of the round that was newest before ``round_num`` (just committed) as
     deltas against ``round_num``'s chunks; nothing if ``round_num`` is not the newest now.
 
     Each re-code is its own transaction and only replaces a chunk's stored form, never its hash,
     so readers (one snapshot per chain) and a crash at any point see a complete store. Encoding
-    runs on ``pool``; the database is only touched on the calling (writer) thread.
+    runs on ``pool``; the database is only touched on the calling (writer) thread. ``alive`` is
+    called after each chunk (the daemon's liveness: a large round takes seconds).
     """
     links = _plan_links(store, round_num)
     if not links:
@@ -216,6 +195,8 @@ def link_previous_round(
             return
         codec_name, stored = result
         store.replace_chunk_encoding(link.older, codec_name, stored, link.newer)
+        if alive is not None:
+            alive()
         linked += 1
         before += link.stored_size
         after += len(stored)
@@ -248,38 +229,63 @@ LINK_WINDOW = 4
 
 
 def _plan_links(store: ChunkStore, round_num: int) -> list[_Link]:
-    versions = sorted(store.list_versions(), key=lambda v: v.order_key)
-    if len(versions) < 2 or not versions[-1].current or versions[-1].round_num != round_num:
+    """Which chunks of the previous newest round to re-code, and against what (the rules in
+    docs/DESIGN.md "Reverse delta chains"). Indexed look-ups only: the cost is the round's
+    chunks, not the rounds stored."""
+    newest_two = store.newest_versions(2)
+    if len(newest_two) < 2 or not newest_two[0].current or newest_two[0].round_num != round_num:
         return []
-    newest, previous = versions[-1], versions[-2]
+    newest, previous = newest_two
     newer_refs = {ref.chunk_id: ref for ref in store.round_chunks(newest.round_num)}
     newest_hashes = {ref.chunk_hash for ref in newer_refs.values()}
-    _, bases, sizes = store.chunk_graph()
-    tails = dependent_depths(bases)
-    candidates: dict[str, tuple[str, str]] = {}
+    pairs = {}
     for ref in store.round_chunks(previous.round_num, _generation(previous)):
         newer = newer_refs.get(ref.chunk_id)
         if (
-            newer is None
-            or newer.parts_info != ref.parts_info
-            or ref.chunk_hash == newer.chunk_hash
-            or ref.chunk_hash in newest_hashes  # the newest round reads it: keep it a key
-            or ref.chunk_hash in candidates
-            or bases.get(ref.chunk_hash) is not None  # already a delta (an older store's chain)
-            or newer.chunk_hash not in bases
-            or bases[newer.chunk_hash] is not None  # only ever onto a key chunk: no cycles
-            or ref.chunk_hash not in bases
-            or tails.get(ref.chunk_hash, 0) + 2 > KEY_INTERVAL  # its chain would grow too deep
+            newer is not None
+            and newer.parts_info == ref.parts_info
+            and ref.chunk_hash not in newest_hashes  # the newest round reads it: keep it a key
         ):
-            continue
-        candidates[ref.chunk_hash] = (newer.chunk_hash, ref.parts_info)
+            pairs.setdefault(ref.chunk_hash, newer.chunk_hash)
+    if not pairs:
+        return []
+    forms = store.chunk_forms(set(pairs) | set(pairs.values()))
+    candidates = {
+        older: newer
+        for older, newer in pairs.items()
+        if older in forms
+        and forms[older][0] is None  # a key chunk (an older store's forward delta stays)
+        and newer in forms
+        and forms[newer][0] is None  # only ever onto a key chunk: no cycles
+    }
+    tails = _tails(store, set(candidates))
+    candidates = {o: n for o, n in candidates.items() if tails[o] + 2 <= KEY_INTERVAL}
     if not candidates:
         return []
     widths = _widths_in(store, previous, set(candidates))
     return [
-        _Link(older, newer, widths.get(older, 1), sizes[older])
-        for older, (newer, _parts) in candidates.items()
+        _Link(older, newer, widths.get(older, 1), forms[older][1])
+        for older, newer in candidates.items()
     ]
+
+
+def _tails(store: ChunkStore, chunks: set[str]) -> dict[str, int]:
+    """Links hanging below each of ``chunks`` at most (0: no delta is coded against it), found
+    level by level through the ``base_hash`` index; counted as too deep past ``KEY_INTERVAL``."""
+    tails = dict.fromkeys(chunks, 0)
+    root_of = {c: c for c in chunks}  # a chunk of the current level -> the candidate above it
+    level = set(chunks)
+    for depth in range(1, KEY_INTERVAL + 1):
+        below = store.deltas_on(level)
+        if not below:
+            break
+        next_root = {}
+        for chunk, base in below:
+            root = root_of[base]
+            tails[root] = max(tails[root], depth)
+            next_root[chunk] = root
+        root_of, level = next_root, set(next_root)
+    return tails
 
 
 def _encode_link(

@@ -209,7 +209,7 @@ def ingest_file(
                 progress,
             )
             if options.delta and result.outcome in (OUTCOME_INGESTED, OUTCOME_REPLACED):
-                result = _link(store, result, options, workers)
+                result = _link(store, result, options, workers, progress)
         finally:
             if own_pool:
                 workers.shutdown(wait=True)
@@ -368,14 +368,20 @@ def _stream_round(
 
 
 def _link(
-    store: ChunkStore, result: IngestResult, options: IngestOptions, pool: Executor
+    store: ChunkStore,
+    result: IngestResult,
+    options: IngestOptions,
+    pool: Executor,
+    progress: Progress | None,
 ) -> IngestResult:
     """The link step after a committed round (chunkd.deltas): the round before it becomes
     deltas against it. The round is already safe; this only makes older rounds smaller."""
     if result.round_num is None:
         return result
     started = time.perf_counter()
-    linked = link_previous_round(store, result.round_num, options.compression, pool)
+    total = result.tensor_bytes
+    alive = (lambda: progress(total, total)) if progress is not None else None
+    linked = link_previous_round(store, result.round_num, options.compression, pool, alive=alive)
     if not linked.linked:
         return result
     return dataclasses.replace(

@@ -29,7 +29,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from chunkd.deltas import RECENT, RecentChunks
+from chunkd.deltas import RecentChunks
 from chunkd.errors import ChunkdError, IntegrityError, NotFoundError
 from chunkd.manifest import RoundLayout
 from chunkd.store import ChunkRef
@@ -77,7 +77,7 @@ class _ChunkReader:
         chunks: list[ChunkRef],
         worker: Executor,
         verify_chunks: bool = True,
-        recent: RecentChunks | None = RECENT,
+        recent: RecentChunks | None = None,
     ) -> None:
         self.store = store
         self.verify_chunks = verify_chunks
@@ -192,15 +192,17 @@ def restore_round(
     *,
     generation: int | None = None,
     verify_chunks: bool = True,
-    recent: RecentChunks | None = RECENT,
+    recent: RecentChunks | None = None,
 ) -> RestoreResult:
     """Write round ``round_num`` of ``store`` through ``write``; see the module docstring.
 
     ``generation``: an earlier version of a rewritten round (None: the current one).
     ``verify_chunks``: check each chunk's SHA-256 before writing its bytes (streams); without
     it only the whole file is checked, and a mismatch is then traced to its chunk.
-    ``recent``: raw chunks at hand by hash (the ingest cache); None to read every chunk from
-    ``store`` (a replica's restore proves the bucket, not this process's memory).
+    ``recent``: raw chunks at hand by hash (the ingest cache), where chains may start; None (the
+    default) reads every chunk from ``store``: a restore proves what is stored, not this process's
+    memory. ``delete_after_ingest`` deletes a file on the strength of such a restore, and a
+    damaged chunk must fail the restore that reads it even just after its ingest.
     """
     reading = getattr(store, "reading", None)  # a ChunkStore's fairness gate (not a bucket's)
     with reading() if reading is not None else contextlib.nullcontext():

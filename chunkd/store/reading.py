@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 import zstandard
@@ -346,6 +346,50 @@ class StoreReading:
             sizes[chunk_hash] = stored_size
         return referenced, bases, sizes
 
+    def newest_versions(self, count: int) -> list[RoundInfo]:
+        """The ``count`` newest versions by order key, newest first: two range scans of the
+        ``(run, round_num)`` indexes, whatever the number of rounds stored."""
+        order = " ORDER BY run DESC, round_num DESC, generation DESC LIMIT ?"
+        current = [
+            RoundInfo(*row)
+            for row in self._query(f"SELECT {_ROUND_COLUMNS} FROM rounds" + order, (count,))  # noqa: S608
+        ]
+        earlier = [
+            RoundInfo(*row, current=False)
+            for row in self._query(
+                f"SELECT {_ROUND_COLUMNS} FROM round_history" + order,  # noqa: S608
+                (count,),
+            )
+        ]
+        return sorted(current + earlier, key=lambda v: v.order_key, reverse=True)[:count]
+
+    def chunk_forms(self, hashes: Collection[str]) -> dict[str, tuple[str | None, int]]:
+        """``hash -> (base hash or None, stored size)`` for those of ``hashes`` that are stored."""
+        forms: dict[str, tuple[str | None, int]] = {}
+        for batch in _batches(list(hashes)):
+            marks = ",".join("?" * len(batch))
+            for chunk_hash, base_hash, stored_size in self._query(
+                "SELECT chunk_hash, base_hash, stored_size FROM chunk_info"  # noqa: S608
+                f" WHERE chunk_hash IN ({marks})",
+                tuple(batch),
+            ):
+                forms[chunk_hash] = (base_hash, stored_size)
+        return forms
+
+    def deltas_on(self, bases: Collection[str]) -> list[tuple[str, str]]:
+        """``(chunk, base)`` for every stored delta coded against one of ``bases`` (indexed)."""
+        found: list[tuple[str, str]] = []
+        for batch in _batches(list(bases)):
+            marks = ",".join("?" * len(batch))
+            found.extend(
+                self._query(
+                    "SELECT chunk_hash, base_hash FROM chunk_info"  # noqa: S608
+                    f" WHERE base_hash IN ({marks})",
+                    tuple(batch),
+                )
+            )
+        return found
+
     # -- figures ---------------------------------------------------------------------------------
     def stats(self) -> StoreStats:
         rounds, file_bytes, referenced = self._query(
@@ -407,3 +451,9 @@ class StoreReading:
             (file_sha256,),
         )
         return rows[0][0] if rows else None
+
+
+def _batches(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    """``items`` in slices small enough for one statement's parameters."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
