@@ -427,7 +427,9 @@ def test_inotify_overflow_burst_is_caught_up_exactly_once(
                     total += query(db, "SELECT COUNT(*) FROM rounds")[0][0]
             return total
 
-        caught_up_s = wait_for(lambda: stored() == files, 120, f"{files} rounds", 0.5)
+        # a bound for a hung daemon, not a speed target (benchmarks measure speed): on a loaded
+        # 2-core machine, with delta coding on (the default), 6,000 ingests took over 120 s
+        caught_up_s = wait_for(lambda: stored() == files, 300, f"{files} rounds", 0.5)
         events = daemon.events()
         overflowed = any("overflow" in str(e.get("event", "")).lower() for e in events)
         counts = Counter(
