@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -330,25 +330,35 @@ class ChunkStore(StoreReading):
         base_hash: str | None = None,
     ) -> None:
         """Store a chunk's same raw bytes in another form: a delta re-coded as a key chunk
-        (retention), or a key chunk re-coded as a delta against ``base_hash`` (the link step
-        after an ingest, chunkd.deltas).
+        (retention, forget), or a key chunk re-coded as a delta against ``base_hash`` (the link
+        step after an ingest, chunkd.deltas). See :meth:`replace_chunk_encodings`."""
+        self.replace_chunk_encodings([(chunk_hash, codec_name, stored, base_hash)])
 
-        One transaction for both tables; the hash, and so every reference, is unchanged.
+    def replace_chunk_encodings(
+        self, forms: Sequence[tuple[str, str, bytes | memoryview, str | None]]
+    ) -> None:
+        """Replace the stored form of each ``(hash, codec, stored bytes, base hash or None)``,
+        all in one transaction (each commit is fsynced: the link step batches ~``BATCH_BYTES``).
+
+        The hash, and so every reference, is unchanged; a reader's snapshot sees either form.
         """
         self._require_writer()
-        self.transaction(
-            [
+        statements: list[Statement] = []
+        for chunk_hash, codec_name, stored, base_hash in forms:
+            statements.append(
                 (
                     "UPDATE chunk_data SET data = ?, codec = ?, base_hash = ? WHERE chunk_hash = ?",
                     (stored, codec_name, base_hash, chunk_hash),
-                ),
+                )
+            )
+            statements.append(
                 (
                     "UPDATE chunk_info SET codec = ?, stored_size = ?, base_hash = ?"
                     " WHERE chunk_hash = ?",
                     (codec_name, len(stored), base_hash, chunk_hash),
-                ),
-            ]
-        )
+                )
+            )
+        self.transaction(statements)
 
     def plan_garbage(self, candidates: Iterable[str] | None = None) -> GcPlan:
         referenced, bases, sizes = self.chunk_graph()
