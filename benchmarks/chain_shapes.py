@@ -18,7 +18,8 @@ after every prune, as ``prune_store`` does) over those sizes. Figures, per polic
 * ``stored``: chunk bytes / plain ``.pth`` bytes of the kept rounds after the last round (the
   chunk-payload figure of ``benchmarks/trajectory_bench.py``; no SQLite pages, no residue);
 * ``recoded``: chunks re-coded per round at steady state (rounds after the first prune; with
-  keep = all, rounds 2..N), and ``rewrite``: their stored bytes / the round's plain bytes;
+  keep = all, rounds 2..N), ``rewrite``: their stored bytes / the round's plain bytes, and
+  ``written``: all bytes written that round (the ingest's own chunks, then the re-codes), likewise;
 * ``latest``: deltas decoded to restore the newest round, mean over steady-state rounds;
 * ``worst``: the most deltas any kept round needs at any point, and ``depth`` the longest chain.
 
@@ -166,14 +167,9 @@ def _reverse(state: dict[int, list[Node]], sizes: Sizes, r: int, k: int) -> tupl
     state[r] = [(None, key) for key in sizes.key[r]]
     recoded = rewritten = 0
     for c in range(len(sizes.key[r])) if r - 1 in state else ():
-        base, stored = state[r - 1][c]
-        delta = sizes.rev[r - 1][c]
-        if (
-            base is None
-            and delta is not None
-            and delta < stored
-            and _tail(state, r - 1, c) + 2 <= k
-        ):
+        (base, stored), delta = state[r - 1][c], sizes.rev[r - 1][c]
+        fits = _tail(state, r - 1, c) + 2 <= k
+        if base is None and delta is not None and delta < stored and fits:
             state[r - 1][c] = (r, delta)
             recoded, rewritten = recoded + 1, rewritten + delta
     return recoded, rewritten
@@ -182,7 +178,8 @@ def _reverse(state: dict[int, list[Node]], sizes: Sizes, r: int, k: int) -> tupl
 def simulate(sizes: Sizes, policy: Policy, keep: int) -> dict[str, int]:
     """Replay ingest, link and retention of one client; totals for :func:`summarize`."""
     state: dict[int, list[Node]] = {}
-    t = dict.fromkeys(("recoded", "rewritten", "steady_plain", "steady_rounds", "latest"), 0)
+    names = ("recoded", "rewritten", "ingested", "steady_plain", "steady_rounds", "latest")
+    t = dict.fromkeys(names, 0)
     t.update(worst=0, depth=0)
     for r in range(len(sizes.key)):
         chunks = range(len(sizes.key[r]))
@@ -191,6 +188,7 @@ def simulate(sizes: Sizes, policy: Policy, keep: int) -> dict[str, int]:
             recoded, rewritten = _reverse(state, sizes, r, policy.interval or 0)
         else:
             _forward(state, sizes, r, policy.interval)
+        ingested = sum(n[1] for n in state[r])
         pruned = bool(keep) and len(state) > keep
         for old in sorted(state)[: -keep if keep else 0]:
             del state[old]
@@ -206,6 +204,7 @@ def simulate(sizes: Sizes, policy: Policy, keep: int) -> dict[str, int]:
             t["steady_rounds"] += 1
             t["recoded"] += recoded
             t["rewritten"] += rewritten
+            t["ingested"] += ingested
             t["steady_plain"] += sizes.plain[r]
             t["latest"] += sum(depths[r])
     t["stored"] = sum(n[1] for nodes in state.values() for n in nodes)
@@ -221,6 +220,7 @@ def summarize(totals: list[dict[str, int]]) -> dict[str, float]:
         "stored": s["stored"] / s["plain"],
         "recoded": s["recoded"] / rounds,
         "rewrite": s["rewritten"] / max(s["steady_plain"], 1),
+        "written": (s["ingested"] + s["rewritten"]) / max(s["steady_plain"], 1),
         "latest": s["latest"] / rounds,
         "worst": max(t["worst"] for t in totals),
         "depth": max(t["depth"] for t in totals),
@@ -256,20 +256,15 @@ print(json.dumps(out))
 def run_engine(root: Path, runs: list[tuple[str, str, int, list[list[str]]]]) -> list[Any]:
     """The real engine from ``root`` (its own ``chunkd`` and ``benchmarks``), in a subprocess."""
     env = {**os.environ, "PYTHONPATH": str(root)}
-    done = subprocess.run(
-        [sys.executable, "-c", _ENGINE, json.dumps(runs)],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    argv = [sys.executable, "-c", _ENGINE, json.dumps(runs)]
+    done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.splitlines()[-1])
 
 
 def run(directory: Path, settings: trajectory.Settings, engine_root: Path | None) -> dict[str, Any]:
     meta = trajectory.ensure(directory, settings)
-    out: dict[str, Any] = {"settings": meta["settings"], "rows": [], "symmetry": {}, "engine": []}
+    out: dict[str, Any] = {"settings": meta["settings"], "rows": [], "engine": []}
+    out |= {"symmetry": {}, "identical": 0}
     clients = range(settings.clients)
     for dtype in trajectory.DTYPES:
         files = [trajectory.files(directory, dtype, c) for c in clients]
@@ -277,7 +272,6 @@ def run(directory: Path, settings: trajectory.Settings, engine_root: Path | None
             started = time.perf_counter()
             sizes = [measure(paths, compression) for paths in files]
             out["symmetry"][f"{dtype}/{compression}"] = symmetry(sizes)
-            out.setdefault("identical", 0)
             out["identical"] += sum(s.identical for s in sizes)
             print(f"[chains] {dtype} {compression} coded in {time.perf_counter() - started:.0f} s")
             for policy in POLICIES:
@@ -297,14 +291,14 @@ def run(directory: Path, settings: trajectory.Settings, engine_root: Path | None
 def render(out: dict[str, Any]) -> str:
     lines = [
         "| dtype | codec | policy | keep | stored/plain | recoded/round | rewrite/round "
-        "| latest deltas | worst deltas | max depth |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| written/round | latest deltas | worst deltas | max depth |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in out["rows"]:
         lines.append(
             f"| {r['dtype']} | {r['compression']} | {r['policy']} | {r['keep'] or 'all'} "
-            f"| {r['stored']:.3f} | {r['recoded']:.1f} | {r['rewrite']:.3f} | {r['latest']:.1f} "
-            f"| {r['worst']} | {r['depth']} |"
+            f"| {r['stored']:.3f} | {r['recoded']:.1f} | {r['rewrite']:.3f} | {r['written']:.3f} "
+            f"| {r['latest']:.1f} | {r['worst']} | {r['depth']} |"
         )
     if out["engine"]:
         lines += [
