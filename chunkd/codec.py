@@ -143,6 +143,14 @@ def is_delta(codec: str) -> bool:
     return codec.startswith((_DELTA_PREFIX, _PCO_DELTA_PREFIX, _PLANES_DELTA_PREFIX))
 
 
+def compression_of(codec: str) -> str:
+    """The ``compression`` setting that writes ``codec``'s family: re-coding a chunk (a delta
+    made a key chunk) keeps the family the store was written with."""
+    if codec.startswith((_PCO_PREFIX, _PCO_DELTA_PREFIX)):
+        return "max"
+    return "none" if codec == CODEC_RAW else "auto"
+
+
 def decode(
     codec: str,
     stored: bytes | memoryview,

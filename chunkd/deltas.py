@@ -339,11 +339,12 @@ def _done(
 # -- retention -----------------------------------------------------------------------------------
 
 
-def promote_orphaned_deltas(store: ChunkStore, compression: str = "auto") -> int:
+def promote_orphaned_deltas(store: ChunkStore) -> int:
     """Re-code as key chunks the kept deltas whose base no kept round references any more.
 
-    Run after retention removed round versions and before garbage collection: afterwards the
-    pruned chain starts are dead. Returns the number of chunks re-coded.
+    Run after retention or ``forget`` removed round versions and before garbage collection:
+    afterwards the bases are dead. Each is re-coded in its own codec family (``max`` stays
+    pcodec). Returns the number of chunks re-coded.
     """
     referenced, bases, _ = store.chunk_graph()
     orphaned = [h for h in referenced if bases.get(h) is not None and bases[h] not in referenced]
@@ -354,6 +355,7 @@ def promote_orphaned_deltas(store: ChunkStore, compression: str = "auto") -> int
         raw = store.read_raw_chunk(chunk_hash)
         if hashlib.sha256(raw).hexdigest() != chunk_hash:
             continue  # damaged: leave it for verify to report; never re-code wrong bytes
+        compression = codec.compression_of(store.read_chunk(chunk_hash).codec)
         codec_name, stored = codec.encode(raw, widths.get(chunk_hash, 1), compression, None)
         store.replace_chunk_encoding(chunk_hash, codec_name, stored)
     return len(orphaned)

@@ -257,3 +257,24 @@ def test_the_recent_cache_shrinks_to_its_configured_size():
     cache.resize(0)
     cache.put("e", b"e")
     assert cache.get("e") is None and cache.get("d") is None
+
+
+def test_a_promoted_delta_keeps_its_codec_family(tmp_path):
+    """``forget`` of the newest round of a ``max`` store re-codes the round before it (deltas on
+    the forgotten one) as key chunks: pcodec ones, not the ``auto`` family."""
+    from chunkd.forget import forget_version
+
+    options = IngestOptions(compression="max", delta=True)
+    paths = _drifting_rounds(tmp_path, 3)
+    with ChunkStore.open_writer(tmp_path / "c.db") as store:
+        for path in paths:
+            ingest_file(path, store, options)
+        assert all(
+            store.read_chunk(r.chunk_hash).codec.startswith("dpco") for r in store.round_chunks(2)
+        )
+        forget_version(store, 3)
+        codecs = {store.read_chunk(r.chunk_hash).codec for r in store.round_chunks(2)}
+        assert codecs and all(c.startswith("pco") for c in codecs), codecs
+        out = io.BytesIO()
+        restore_round(store, 2, out.write)
+        assert out.getvalue() == paths[1].read_bytes()
