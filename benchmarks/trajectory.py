@@ -153,6 +153,44 @@ def _task(settings: Settings) -> tuple[list[tuple[Any, Any]], tuple[Any, Any]]:
     return clients, (draw(test_y), test_y)
 
 
+class _SGD:
+    """``torch.optim.SGD``'s single-tensor update (the CPU path), op for op, so the files are
+    the same bytes: torch's optimizers import ``torch._dynamo`` on first use, 5-20 s of the
+    smoke run's budget on a loaded machine, for a loop this short."""
+
+    def __init__(self, params: list[Any], settings: Settings) -> None:
+        self.params = params
+        self.lr, self.momentum, self.weight_decay = (
+            settings.lr,
+            settings.momentum,
+            settings.weight_decay,
+        )
+        self.buffers: list[Any] = [None] * len(params)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for i, p in enumerate(self.params):
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if self.weight_decay:
+                    grad = grad.add(p, alpha=self.weight_decay)
+                if self.momentum:
+                    buf = self.buffers[i]
+                    if buf is None:
+                        buf = self.buffers[i] = torch.clone(grad).detach()
+                    else:
+                        buf.mul_(self.momentum).add_(grad)
+                    grad = buf
+                p.add_(grad, alpha=-self.lr)
+
+
 def generate(directory: Path, settings: Settings) -> dict[str, Any]:
     import torch
 
@@ -174,12 +212,7 @@ def generate(directory: Path, settings: Settings) -> dict[str, Any]:
         for c, (x, y) in enumerate(clients):
             model.load_state_dict(global_model.state_dict())
             model.train()
-            opt = torch.optim.SGD(
-                model.parameters(),
-                lr=settings.lr,
-                momentum=settings.momentum,
-                weight_decay=settings.weight_decay,
-            )
+            opt = _SGD(list(model.parameters()), settings)
             order = torch.randperm(len(y))
             for i in range(0, len(y), settings.batch):
                 idx = order[i : i + settings.batch]
