@@ -563,12 +563,12 @@ def main(argv: list[str] | None = None) -> int:
     chart_path = (args.chart or results_path.with_name("results.png")).resolve()
     if args.render_only:
         return render_only(out / "results.json", results_path, chart_path)
+    # SIGTERM (CI's timeout, a kill) unwinds like Ctrl-C, so scratch directories are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.trajectory_only:
         return trajectory_only(args, out, results_path)
     work = args.work or Path(tempfile.mkdtemp(prefix="chunkd-bench-", dir="/tmp"))
     work.mkdir(parents=True, exist_ok=True)
-    # SIGTERM (CI's timeout, a kill) unwinds like Ctrl-C, so the scratch gigabytes are removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
     load_before = os.getloadavg()
     bench = Bench(plan, work, out)
