@@ -6,10 +6,16 @@ Phases, each recorded in ``<out>/results.json`` and rendered into ``RESULTS.md``
    (``/tmp`` by default: gigabytes that must never land in the repository);
 2. the machine's limits (:mod:`benchmarks.limits`), measured now, not quoted;
 3. per checkpoint: chunkd's library path (a fresh process per operation), the daemon, the
-   seed-style baseline, restic;
+   seed-style baseline, restic, and (float32) a raw SQLite insert and a file copy of the same
+   size run right after them, the baselines issue 18's ratios are paired with;
 4. per series (10 rounds of ``fedavg``, ``frozen``, ``nonpart``): stored bytes round by round;
+   retention in the daemon over the ``fedavg`` series (a backlog, then prune after each round);
 5. the daemon's idle CPU and close -> ingested latency; 6. a py-spy profile of the largest
-   float32 ingest and restore.
+   float32 ingest and restore; 7. the store's concurrency, overhead and replica figures;
+8. real FedAvg trajectories (a CNN and a FederatedScope-style MLP) through the engine.
+
+chunkd is measured with its shipped defaults (:mod:`benchmarks.configs`: ``default`` is
+``chunkd.config.load_settings(None)``) unless a figure names another config, such as ``none``.
 
 A missed target never fails the run (a benchmark reports); a crash in a phase is recorded and
 makes the exit status 1 after the report is written, so the CI smoke run notices rot.
@@ -34,6 +40,7 @@ from pathlib import Path
 from benchmarks import (
     chunkd_daemon,
     chunkd_lib,
+    configs,
     contention,
     db_overhead,
     limits,
@@ -42,6 +49,7 @@ from benchmarks import (
     restic_bench,
     seed_baseline,
 )
+from benchmarks.configs import DEFAULT
 from benchmarks.runner import REPO_ROOT
 
 MIB = 1 << 20
@@ -62,9 +70,12 @@ class Plan:
     latency_files: int
     seed_dtypes: list[str]
     seed_series: bool
+    precreated: bool
+    series_kinds: tuple[str, ...]
     profile: bool
     daemon: bool
     restic: bool
+    replica: bool = True
     skipped: list[str] = field(default_factory=list)
 
 
@@ -132,21 +143,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def make_plan(args: argparse.Namespace) -> Plan:
     dtypes = [d for d in args.dtypes.split(",") if d]
     if args.quick:
+        # Seconds, not minutes, on a loaded CI machine: one float32 checkpoint (the bf16 codec
+        # paths run in the trajectory phase), no seed-style baseline (each of its processes
+        # imports torch, seconds apiece), no S3 server.
         return Plan(
-            sizes_mib=[4],
-            dtypes=dtypes,
-            series_mib=2,
+            sizes_mib=[2],
+            dtypes=dtypes[:1],
+            series_mib=1,
             series_dtypes=dtypes[:1],
             repeats=1,
-            limit_bytes=16 * MIB,
+            limit_bytes=8 * MIB,
             idle_s=1.0,
             latency_files=1,
-            seed_dtypes=dtypes[:1],
+            seed_dtypes=[],
             seed_series=False,
+            precreated=False,
+            series_kinds=("nonpart",),  # rounds that move and rounds that repeat
             profile=False,
             daemon=not args.no_daemon,
             restic=not args.no_restic,
-            skipped=["seed-style series (--quick)", "profile (--quick)"],
+            replica=False,
+            skipped=[
+                "seed-style baseline (--quick: its processes import torch)",
+                "ingest into a pre-created database (--quick)",
+                "fedavg and frozen series (--quick)",
+                "profile (--quick)",
+                "replica upload (--quick; tests/replica runs a real S3 server)",
+            ],
         )
     sizes = [int(s) for s in args.sizes.split(",") if s]
     return Plan(
@@ -160,6 +183,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         latency_files=3,
         seed_dtypes=dtypes,
         seed_series=True,
+        precreated=True,
+        series_kinds=("fedavg", "frozen", "nonpart"),
         profile=not args.no_profile,
         daemon=not args.no_daemon,
         restic=not args.no_restic,
@@ -268,35 +293,42 @@ class Bench:
         }
 
         def lib() -> Result:
-            runs: Result = {"ingest": [], "restore": []}
-            sha = ""
-            for i in range(self.plan.repeats):
-                db = dbs / f"lib_none_{i}.db"
-                _fresh(db)
-                ing = chunkd_lib.measure_ingest(db, path, "none")
-                sha = str(ing["file_sha256"])
-                runs["ingest"].append(ing)  # type: ignore[union-attr]
-                runs["restore"].append(  # type: ignore[union-attr]
-                    chunkd_lib.measure_restore(db, 1, restored, sha)
-                )
-                if i:
+            # "ingest"/"restore": the shipped defaults; "*_none": compression and delta off.
+            runs: Result = {"ingest": [], "restore": [], "ingest_none": [], "restore_none": []}
+            for config, suffix in ((DEFAULT, ""), ("none", "_none")):
+                repeats = self.plan.repeats if config == DEFAULT or dtype == "float32" else 1
+                for i in range(repeats):
+                    db = dbs / f"lib_{config}_{i}.db"
                     _fresh(db)
-            # The same ingest into a database created beforehand (a client's later rounds).
-            pre = dbs / "lib_pre.db"
-            _fresh(pre)
-            chunkd_lib.create_db(pre)
-            runs["ingest_precreated"] = chunkd_lib.measure_ingest(pre, path, "none")
-            _fresh(pre)
-            auto = dbs / "lib_auto.db"
-            _fresh(auto)
-            runs["ingest_auto"] = chunkd_lib.measure_ingest(auto, path, "auto")
-            runs["restore_auto"] = chunkd_lib.measure_restore(auto, 1, restored, sha)
-            _fresh(auto)
-            _fresh(dbs / "lib_none_0.db")
+                    ing = chunkd_lib.measure_ingest(db, path, config)
+                    runs[f"ingest{suffix}"].append(ing)  # type: ignore[union-attr]
+                    runs[f"restore{suffix}"].append(  # type: ignore[union-attr]
+                        chunkd_lib.measure_restore(db, 1, restored, str(ing["file_sha256"]))
+                    )
+                    _fresh(db)
+            if self.plan.precreated:
+                # The same ingest into a database created beforehand (a client's later rounds).
+                pre = dbs / "lib_pre.db"
+                _fresh(pre)
+                chunkd_lib.create_db(pre)
+                runs["ingest_precreated"] = chunkd_lib.measure_ingest(pre, path, DEFAULT)
+                _fresh(pre)
             restored.unlink(missing_ok=True)
             return runs
 
         entry["chunkd_lib"] = self.attempt(f"chunkd library, {label}", lib)
+        best = _get_best_sqlite(self.results)
+        if dtype == "float32" and best is not None:
+            # Paired with the figures above: the same size, moments later, same load.
+            entry["baseline"] = self.attempt(
+                f"raw SQLite insert and copy + fsync, {label}",
+                lambda: {
+                    "sqlite": limits.sqlite_insert(
+                        self.work / "limits", path.stat().st_size, *best
+                    ),
+                    "copy_fsync": limits.copy_fsync(path, self.work / "limits"),
+                },
+            )
         if dtype in self.plan.seed_dtypes:
 
             def seed() -> Result:
@@ -309,14 +341,15 @@ class Bench:
                 return {"ingest": ing, "restore": res}
 
             entry["seed"] = self.attempt(f"seed-style baseline, {label}", seed)
-        if self.daemon_reason is None:
-            entry["daemon"] = self.attempt(
-                f"chunkd daemon, {label}",
-                lambda: chunkd_daemon.measure_checkpoint(
-                    self.work / f"daemon_{size}_{dtype}", path, restored
-                ),
+        for config, key in ((DEFAULT, "daemon"), ("none", "daemon_none")):
+            if self.daemon_reason is not None or (key == "daemon_none" and dtype != "float32"):
+                continue
+            root = self.work / f"daemon_{size}_{dtype}_{config}"
+            entry[key] = self.attempt(
+                f"chunkd daemon ({config}), {label}",
+                lambda r=root, c=config: chunkd_daemon.measure_checkpoint(r, path, restored, c),
             )
-            shutil.rmtree(self.work / f"daemon_{size}_{dtype}", ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
         if self.restic_reason is None:
             entry["restic"] = self.attempt(
                 f"restic, {label}", lambda: restic_bench.measure_checkpoint(self.work, path)
@@ -328,7 +361,7 @@ class Bench:
         _fresh(db)
         ing_raw = self.out / f"profile_ingest_{size}MiB.txt"
         res_raw = self.out / f"profile_restore_{size}MiB.txt"
-        ing = chunkd_lib.measure_ingest(db, path, "none", prefix=profiling.pyspy_prefix(ing_raw))
+        ing = chunkd_lib.measure_ingest(db, path, DEFAULT, prefix=profiling.pyspy_prefix(ing_raw))
         res = chunkd_lib.measure_restore(
             db,
             1,
@@ -361,7 +394,7 @@ class Bench:
 
         size_bytes = int(self.plan.series_mib * MIB)
         for dtype in self.plan.series_dtypes:
-            for kind in workloads.SERIES_KINDS:
+            for kind in self.plan.series_kinds:
                 directory = self.work / "series" / f"{kind}_{dtype}"
                 shutil.rmtree(directory, ignore_errors=True)
                 label = f"series {kind} {dtype}"
@@ -398,14 +431,25 @@ class Bench:
             "size_mib": self.plan.series_mib,
             "files": files,
         }
-        for compression in ("none", "auto"):
-            db = self.work / "db" / f"series_{compression}.db"
+        for config in ("none", DEFAULT):
+            db = self.work / "db" / f"series_{config}.db"
             _fresh(db)
-            entry[f"chunkd_{compression}"] = self.attempt(
-                f"chunkd {compression}, {label}",
-                lambda db=db, c=compression: chunkd_lib.run_series(db, paths, c, verify),
+            entry[f"chunkd_{config}"] = self.attempt(
+                f"chunkd {config}, {label}",
+                lambda db=db, c=config: chunkd_lib.run_series(db, paths, c, verify),
             )
             _fresh(db)
+        first = (self.plan.series_kinds[0], self.plan.series_dtypes[0])
+        if (kind, dtype) == first and not self.daemon_reason:  # fedavg: every weight moves
+            keep = int(configs.defaults().chunk_keep_rounds)
+            retention = self.attempt(
+                f"daemon retention (keep {keep}), {label}",
+                lambda: chunkd_daemon.measure_retention(
+                    self.work / "daemon_retention", paths, keep, backlog=min(len(paths), keep + 2)
+                ),
+            )
+            self.results["retention"] = {**retention, "series": f"{kind} {dtype}"}
+            shutil.rmtree(self.work / "daemon_retention", ignore_errors=True)
         if self.plan.seed_series:
             db = self.work / "db" / "series_seed.db"
             _fresh(db)
@@ -423,6 +467,16 @@ class Bench:
         return entry
 
 
+def _get_best_sqlite(results: Result) -> tuple[int, str] | None:
+    """(page size, journal mode) of the fastest raw SQLite insert in the limits grid."""
+    lim = results.get("limits")
+    sqlite = lim.get("sqlite") if isinstance(lim, dict) else None
+    best = sqlite.get("best") if isinstance(sqlite, dict) else None
+    if not isinstance(best, dict):
+        return None
+    return int(best["page_size"]), str(best["journal_mode"])
+
+
 def _fresh(db: Path) -> None:
     db.parent.mkdir(parents=True, exist_ok=True)
     for suffix in ("", "-journal", "-wal", "-shm"):
@@ -434,19 +488,32 @@ def command_line(argv: list[str]) -> str:
 
 
 def run_trajectory(args: argparse.Namespace, out: Path) -> Result:
-    """The real FedAvg trajectory (issue 14): stored bytes through the engine, then the codecs.
-
-    ``--quick`` uses a tiny trajectory in ``out``; otherwise the cached one in benchmarks/out.
-    """
+    """The real FedAvg trajectories (issues 14, 18): stored bytes through the engine for the CNN
+    (every config, keep-all and keep-3) and the FederatedScope-style MLP (keep-all), then the
+    codecs on the CNN. ``--quick`` uses tiny trajectories in ``out``; otherwise the cached ones
+    in benchmarks/out. The rows go into results.json too: the targets table reads them."""
     from benchmarks import codec_compare, trajectory, trajectory_bench
 
-    settings = trajectory.QUICK if args.quick else trajectory.Settings()
-    directory = out / "trajectory_quick" if args.quick else trajectory.DEFAULT_DIR
-    stored = trajectory_bench.run(args.quick, directory, settings, others=not args.no_restic)
+    if args.quick:
+        cnn, cnn_dir = trajectory.QUICK, out / "trajectory_quick"
+        mlp, mlp_dir = trajectory.MLP_QUICK, out / "trajectory_mlp_quick"
+    else:
+        cnn, cnn_dir = trajectory.Settings(), trajectory.DEFAULT_DIR
+        mlp, mlp_dir = trajectory.MLP, trajectory.MLP_DIR
+    keeps = (0,) if args.quick else trajectory_bench.KEEPS
+    stored = trajectory_bench.run(args.quick, cnn_dir, cnn, not args.no_restic, keeps=keeps)
     (out / "trajectory.json").write_text(json.dumps(stored, indent=1))
-    codecs = codec_compare.run(directory, not args.codecs_full, settings)
+    names = trajectory_bench.QUICK_CONFIGS if args.quick else trajectory_bench.MLP_CONFIGS
+    stored_mlp = trajectory_bench.run(args.quick, mlp_dir, mlp, False, names, (0,))
+    (out / "trajectory_mlp.json").write_text(json.dumps(stored_mlp, indent=1))
+    codecs = codec_compare.run(cnn_dir, not args.codecs_full, cnn)
     (out / "codecs.json").write_text(json.dumps(codecs, indent=1))
-    return {"trajectory": str(out / "trajectory.json"), "codecs": str(out / "codecs.json")}
+    return {
+        "cnn": stored["rows"],
+        "mlp": stored_mlp["rows"],
+        "clients": {"cnn": stored["clients"], "mlp": stored_mlp["clients"]},
+        "codecs": str(out / "codecs.json"),
+    }
 
 
 def trajectory_only(args: argparse.Namespace, out: Path, results_path: Path) -> int:
@@ -496,12 +563,12 @@ def main(argv: list[str] | None = None) -> int:
     chart_path = (args.chart or results_path.with_name("results.png")).resolve()
     if args.render_only:
         return render_only(out / "results.json", results_path, chart_path)
+    # SIGTERM (CI's timeout, a kill) unwinds like Ctrl-C, so scratch directories are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.trajectory_only:
         return trajectory_only(args, out, results_path)
     work = args.work or Path(tempfile.mkdtemp(prefix="chunkd-bench-", dir="/tmp"))
     work.mkdir(parents=True, exist_ok=True)
-    # SIGTERM (CI's timeout, a kill) unwinds like Ctrl-C, so the scratch gigabytes are removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
     load_before = os.getloadavg()
     bench = Bench(plan, work, out)
@@ -514,9 +581,10 @@ def main(argv: list[str] | None = None) -> int:
         bench.results["db_overhead"] = bench.attempt(
             "database overhead", lambda: db_overhead.run(work, args.quick)
         )
-        bench.results["replica"] = bench.attempt(  # docs/REPLICA.md; benchmarks/replica_bench.py
-            "replica upload", lambda: replica_bench.run(work, min(plan.series_mib, 32.0))
-        )
+        if plan.replica:  # docs/REPLICA.md; benchmarks/replica_bench.py
+            bench.results["replica"] = bench.attempt(
+                "replica upload", lambda: replica_bench.run(work, min(plan.series_mib, 32.0))
+            )
         if not args.no_trajectory:
             bench.results["trajectory"] = bench.attempt(
                 "FedAvg trajectory", lambda: run_trajectory(args, out)
@@ -529,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.results["meta"] = {
         "command": command_line(raw_argv),
         "quick": args.quick,
+        "config_default": configs.describe(),
         "started": started,
         "elapsed_s": time.time() - started,
         "plan": plan.__dict__,
@@ -544,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     md += contention.render(bench.results.get("contention"))
     md += db_overhead.render(bench.results.get("db_overhead"))
-    md += replica_bench.render(bench.results.get("replica"))
+    if "replica" in bench.results:
+        md += replica_bench.render(bench.results.get("replica"))
     if not args.no_trajectory:
         from benchmarks import trajectory_report
 

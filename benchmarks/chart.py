@@ -14,7 +14,7 @@ GIB = float(1 << 30)
 SYSTEMS = (
     ("plain .pth", None),
     ("chunkd none", "chunkd_none"),
-    ("chunkd auto", "chunkd_auto"),
+    ("chunkd default", "chunkd_default"),
     ("seed-style", "seed"),
     ("restic", "restic"),
 )
@@ -89,9 +89,17 @@ def _throughput_bars(results: Result) -> tuple[list[str], list[float]]:
     out: list[tuple[str, object]] = []
     lib = c.get("chunkd_lib", {})
     if isinstance(lib, dict) and lib.get("ingest"):
-        out.append(("chunkd ingest (lib)", statistics.median(r["mb_per_s"] for r in lib["ingest"])))
         out.append(
-            ("chunkd restore (lib)", statistics.median(r["mb_per_s"] for r in lib["restore"]))
+            (
+                "chunkd ingest (lib, default)",
+                statistics.median(r["mb_per_s"] for r in lib["ingest"]),
+            )
+        )
+        out.append(
+            (
+                "chunkd restore (lib, default)",
+                statistics.median(r["mb_per_s"] for r in lib["restore"]),
+            )
         )
     for label, path in (
         ("chunkd ingest (daemon)", ("daemon", "ingest_mb_per_s")),

@@ -1,7 +1,9 @@
 """chunkd through a real ``chunkd serve`` process: what an operator actually runs.
 
-Each measured checkpoint gets a fresh daemon with a temporary config (one client directory,
-``compression = "none"``, the default ``settle_delay`` of 1 s), so the memory figures are per
+Each measured checkpoint gets a fresh daemon with a temporary config: one client directory, the
+shipped defaults for everything that shapes the store (codec, delta, ``delta_cache``, chunking;
+:mod:`benchmarks.configs` names another config only where a figure says so), timers long enough
+that no rescan or timed retention lands inside a measurement. The memory figures are per
 operation like the library path's:
 
 * ingest: the checkpoint is *renamed* into the client directory (a rename onto the final name is
@@ -9,8 +11,11 @@ operation like the library path's:
   ``checkpoint.ingested`` line's ``duration_ms``, and the wall time rename -> event is reported
   too (it includes the settle delay);
 * restore: ``python -m chunkd.cli.main restore --client ... -o FILE`` (fd passing), timed from
-  the CLI's start to its exit, so it includes the CLI's interpreter start-up; the daemon's own
-  ``restore.served`` duration is reported beside it;
+  the CLI's start to its exit, and that wall time minus the CLI's start-up (``--version``,
+  median of 3: :func:`cli_startup_s`); the daemon's own ``restore.served`` duration beside it;
+* retention (:func:`measure_retention`): a series ingested as a backlog, then round by round,
+  each followed by ``chunkd prune`` through the daemon (the retention pass's own code path):
+  peak RssAnon over all of it and the database's free pages after every prune;
 * memory: a sampler thread reads the daemon's ``RssAnon`` from ``/proc/<pid>/status`` every 10 ms;
 * latency: a 10 MiB checkpoint written with open/write/close; close -> the event's timestamp;
 * idle CPU: utime + stime from ``/proc/<pid>/stat`` over an idle period.
@@ -31,6 +36,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
+from benchmarks import configs
+from benchmarks.configs import DEFAULT
 from benchmarks.memory import PeakSampler, read_cpu_ticks, read_status_kib, wait_for
 from benchmarks.runner import REPO_ROOT, child_env
 
@@ -76,7 +83,9 @@ def _parse_ts(stamp: object) -> float:
 class DaemonRun:
     """One ``chunkd serve`` with its own watch root, socket, config and JSON log."""
 
-    def __init__(self, root: Path, settle_delay_s: float = SETTLE_DELAY_S) -> None:
+    def __init__(
+        self, root: Path, settle_delay_s: float = SETTLE_DELAY_S, config: str = DEFAULT
+    ) -> None:
         self.root = root
         self.watch_root = root / "fl"
         self.client_dir = self.watch_root / f"client_{CLIENT}"
@@ -87,9 +96,8 @@ class DaemonRun:
             "watch_root": str(self.watch_root),
             "socket": str(self.socket),
             "settle_delay": f"{settle_delay_s}s",
-            "compression": "none",
-            "chunk_keep_rounds": 0,
-            "retention_interval": "3600s",
+            **configs.daemon_keys(config),
+            "retention_interval": "3600s",  # retention runs when measured (`chunkd prune`)
             "rescan_interval": "3600s",
             "log_format": "json",
             "log_level": "info",
@@ -216,9 +224,29 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def measure_checkpoint(root: Path, staged: Path, restore_out: Path) -> dict[str, object]:
+def cli_startup_s() -> float:
+    """Wall time of ``chunkd --version``, median of 3: the CLI's interpreter start-up, which a
+    restore's wall time includes and a file copy does not."""
+    runs = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "chunkd.cli.main", "--version"],
+            capture_output=True,
+            cwd=REPO_ROOT,
+            env=child_env(),
+            check=True,
+            timeout=120,
+        )
+        runs.append(time.perf_counter() - started)
+    return statistics.median(runs)
+
+
+def measure_checkpoint(
+    root: Path, staged: Path, restore_out: Path, config: str = DEFAULT
+) -> dict[str, object]:
     """Ingest ``staged`` through a fresh daemon (moved in and back out), then restore it."""
-    daemon = DaemonRun(root).start()
+    daemon = DaemonRun(root, config=config).start()
     assert daemon.sampler is not None
     dest = daemon.client_dir / "model_round_1.pth"
     size = staged.stat().st_size
@@ -238,6 +266,7 @@ def measure_checkpoint(root: Path, staged: Path, restore_out: Path) -> dict[str,
         started = time.perf_counter()
         proc = daemon.cli("restore", "--client", CLIENT, "--round", "1", "-o", str(restore_out))
         restore_s = time.perf_counter() - started
+        startup_s = cli_startup_s()
         restore_peak = daemon.sampler.window_peak_kib
         if proc.returncode != 0:
             raise RuntimeError(f"chunkd restore exited {proc.returncode}: {proc.stderr.strip()}")
@@ -249,13 +278,18 @@ def measure_checkpoint(root: Path, staged: Path, restore_out: Path) -> dict[str,
         code = daemon.stop()
         restore_out.unlink(missing_ok=True)
     served_ms = float(served[-1]["duration_ms"]) if served else None  # type: ignore[arg-type]
+    net_s = max(restore_s - startup_s, 1e-6)
     return {
+        "config": config,
+        "config_text": configs.describe(config),
         "bytes": size,
         "ingest_seconds": duration_s,
         "ingest_mb_per_s": size / 1e6 / duration_s,
         "ingest_wall_s": _parse_ts(event["timestamp"]) - moved_at,
         "restore_cli_seconds": restore_s,
         "restore_cli_mb_per_s": size / 1e6 / restore_s,
+        "cli_startup_s": startup_s,
+        "restore_cli_net_mb_per_s": size / 1e6 / net_s,
         "restore_served_ms": served_ms,
         "restore_served_mb_per_s": size / 1e3 / served_ms if served_ms else None,
         "byte_identical": identical,
@@ -300,5 +334,85 @@ def measure_idle_and_latency(
         "idle_cpu_start": idle_start,
         "idle_cpu_after_work": idle_after,
         "rss_anon_idle_kib": rss_idle_kib,
+        "exit_code": code,
+    }
+
+
+def _store_figures(db: Path) -> dict[str, object]:
+    from chunkd.store import ChunkStore
+
+    with ChunkStore.open_reader(db) as store:
+        stats = store.stats()
+        rounds = list(store.round_numbers())
+    return {
+        "rounds": len(rounds),
+        "kept": rounds,
+        "db_file_bytes": stats.db_file_bytes,
+        "free_bytes": stats.free_bytes,
+        "stored_bytes": stats.stored_bytes,
+    }
+
+
+def measure_retention(
+    root: Path, files: Sequence[Path], keep: int, backlog: int, config: str = DEFAULT
+) -> dict[str, object]:
+    """Retention in a real daemon: ``files`` (rounds 1..N, in order) renamed into the client
+    directory; the first ``backlog`` ingested before any prune (a daemon that was behind), then
+    each further round followed by one. Each prune is ``chunkd prune --client`` with
+    ``chunk_keep_rounds = keep``, so it runs the daemon's retention code in the daemon's process
+    while the sampler watches. After each prune: the database file, its free pages, and "one
+    round" = the largest stored bytes of a kept round as ingested (each is stored whole when it
+    arrives; a repeated round stores nothing, so the largest, not the newest)."""
+    daemon = DaemonRun(root, config=config)
+    with open(daemon.config, "a") as f:
+        f.write(f"chunk_keep_rounds = {keep}\n")
+    daemon.start()
+    assert daemon.sampler is not None
+    db = daemon.client_dir / f"client_{CLIENT}_chunks.db"
+    moved: list[tuple[Path, Path]] = []
+    prunes: list[dict[str, object]] = []
+    stored_new: dict[int, int] = {}  # round -> its bytes_new when it was ingested
+    try:
+        for i, source in enumerate(files, start=1):
+            dest = daemon.client_dir / source.name
+            os.rename(source, dest)
+            moved.append((dest, source))
+            event = daemon.wait_ingest(dest, timeout_s=600)
+            stored_new[int(event["round"])] = int(event.get("bytes_new", 0))  # type: ignore[call-overload]
+            if i < backlog:
+                continue
+            daemon.sampler.mark()
+            started = time.perf_counter()
+            proc = daemon.cli("prune", "--client", CLIENT, "--json")
+            seconds = time.perf_counter() - started
+            if proc.returncode != 0:
+                raise RuntimeError(f"chunkd prune exited {proc.returncode}: {proc.stderr.strip()}")
+            figures = _store_figures(db)
+            kept = figures.pop("kept")
+            prunes.append(
+                {
+                    "after_round": i,
+                    "backlog": i == backlog,
+                    "seconds": seconds,
+                    "rss_anon_peak_kib": daemon.sampler.window_peak_kib,
+                    "one_round_bytes": max(stored_new.get(r, 0) for r in kept),  # type: ignore[union-attr]
+                    **figures,
+                }
+            )
+        peak = daemon.sampler.peak_kib
+    finally:
+        for dest, source in moved:
+            if dest.exists():
+                os.rename(dest, source)
+        code = daemon.stop()
+    return {
+        "config": config,
+        "config_text": configs.describe(config),
+        "keep": keep,
+        "backlog": backlog,
+        "rounds": len(files),
+        "round_bytes": files[0].stat().st_size if files else 0,
+        "prunes": prunes,
+        "rss_anon_peak_kib": peak,
         "exit_code": code,
     }

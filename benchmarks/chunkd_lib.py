@@ -23,6 +23,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks import configs
+from benchmarks.configs import DEFAULT, NAMES
 from benchmarks.memory import PeakSampler
 from benchmarks.runner import emit, module_argv, run_json
 
@@ -33,12 +35,12 @@ MODULE = "benchmarks.chunkd_lib"
 def measure_ingest(
     db: Path,
     file: Path,
-    compression: str,
+    config: str = DEFAULT,
     *,
     prefix: list[str] | None = None,
     cprofile_out: Path | None = None,
 ) -> dict[str, object]:
-    args = ["ingest", "--db", str(db), "--file", str(file), "--compression", compression]
+    args = ["ingest", "--db", str(db), "--file", str(file), "--config", config]
     if cprofile_out is not None:
         args += ["--cprofile", str(cprofile_out)]
     return run_json(module_argv(MODULE, *args), prefix=prefix)
@@ -70,15 +72,15 @@ def measure_restore(
 
 
 def run_series(
-    db: Path, files: Sequence[Path], compression: str, verify_rounds: Sequence[int]
+    db: Path, files: Sequence[Path], config: str, verify_rounds: Sequence[int]
 ) -> dict[str, object]:
     """Ingest a whole series in one child (per-round figures; memory is not the point here)."""
     args = [
         "series",
         "--db",
         str(db),
-        "--compression",
-        compression,
+        "--config",
+        config,
         "--verify-rounds",
         ",".join(str(r) for r in verify_rounds),
         *map(str, files),
@@ -142,10 +144,11 @@ class _Profile:
 def _ingest(args: argparse.Namespace) -> dict[str, object]:
     # Imported after the sampler's baseline would be cleaner, but the baseline is read when
     # the sampler starts, so importing here keeps chunkd's modules out of the parent too.
-    from chunkd.ingest import IngestOptions, ingest_file
+    from chunkd.ingest import ingest_file
     from chunkd.store import ChunkStore
 
-    options = IngestOptions(compression=args.compression)
+    options = configs.options(args.config)
+    configs.prepare_cache(options)
     with PeakSampler() as sampler:
         store = ChunkStore.open_writer(args.db)
         try:
@@ -158,7 +161,9 @@ def _ingest(args: argparse.Namespace) -> dict[str, object]:
             store.close()
     return {
         "op": "ingest",
-        "compression": args.compression,
+        "config": args.config,
+        "compression": options.compression,
+        "delta": options.delta,
         "outcome": result.outcome,
         "round": result.round_num,
         "bytes_in": result.bytes_in,
@@ -220,11 +225,12 @@ def _file_sha256(path: Path) -> str:
 
 
 def _series(args: argparse.Namespace) -> dict[str, object]:
-    from chunkd.ingest import IngestOptions, ingest_file
+    from chunkd.ingest import ingest_file
     from chunkd.restore import restore_round
     from chunkd.store import ChunkStore
 
-    options = IngestOptions(compression=args.compression)
+    options = configs.options(args.config)
+    configs.prepare_cache(options)
     rounds: list[dict[str, object]] = []
     with ChunkStore.open_writer(args.db) as store:
         for file in args.files:
@@ -257,7 +263,7 @@ def _series(args: argparse.Namespace) -> dict[str, object]:
             verified[str(r)] = res.file_sha256 == original["file_sha256"] == sha.hexdigest()
     return {
         "op": "series",
-        "compression": args.compression,
+        "config": args.config,
         "rounds": rounds,
         "stored_bytes": stats.stored_bytes,
         "raw_bytes": stats.raw_bytes,
@@ -276,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ing = sub.add_parser("ingest")
     ing.add_argument("--db", required=True)
     ing.add_argument("--file", required=True)
-    ing.add_argument("--compression", default="none")
+    ing.add_argument("--config", default=DEFAULT, choices=NAMES)
     ing.add_argument("--cprofile")
     res = sub.add_parser("restore")
     res.add_argument("--db", required=True)
@@ -286,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res.add_argument("--cprofile")
     ser = sub.add_parser("series")
     ser.add_argument("--db", required=True)
-    ser.add_argument("--compression", default="none")
+    ser.add_argument("--config", default=DEFAULT, choices=NAMES)
     ser.add_argument("--verify-rounds", default="")
     ser.add_argument("files", nargs="+")
     args = parser.parse_args(argv)

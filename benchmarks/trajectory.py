@@ -7,12 +7,17 @@ shifted class prototypes, non-IID label split per client), FedAvg over ``rounds`
 round each client starts from the global model, trains one local epoch and ``torch.save``s its
 ``state_dict`` (fp32, and a bf16 copy of the same trajectory); the server averages.
 
-The files are cached under ``benchmarks/out/trajectory`` with a ``meta.json`` describing how they
-were made; a second call with the same settings only reads the meta. The meta also records,
-per round, the share of each client's weights that changed since its previous round: the whole
-point of the trajectory is that in real FedAvg every weight moves every round.
+``model="mlp"`` (:data:`MLP`) is FederatedScope's MLP instead: ``hidden_layers`` x ``width``
+hidden units, each Linear followed by BatchNorm1d and ReLU (FederatedScope's ``MLP`` with
+``batch_norm=True``), plain SGD at lr 0.01, 12 rounds x 3 clients, on the same task flattened.
 
-``python -m benchmarks.trajectory [--rounds N --clients C --out DIR]``
+The files are cached under ``benchmarks/out/trajectory`` (``trajectory_mlp``) with a
+``meta.json`` describing how they were made; a second call with the same settings only reads the
+meta. The meta also records, per round, the share of each client's weights that changed since its
+previous round: the whole point of the trajectory is that in real FedAvg every weight moves every
+round.
+
+``python -m benchmarks.trajectory [--model mlp] [--rounds N --clients C --out DIR]``
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from benchmarks.runner import REPO_ROOT
 
 DEFAULT_DIR = REPO_ROOT / "benchmarks" / "out" / "trajectory"
+MLP_DIR = REPO_ROOT / "benchmarks" / "out" / "trajectory_mlp"
 DTYPES = ("fp32", "bf16")
 #: Bump when the model, task or training changes, so a cached trajectory is rebuilt.
 VERSION = 1
@@ -42,13 +48,27 @@ class Settings:
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    width: int = 32  # channels of the first conv; the model has ~1.2 M parameters at 32
+    width: int = 32  # cnn: channels of the first conv (~1.2 M parameters at 32); mlp: units
     seed: int = 0
     version: int = VERSION
+    model: str = "cnn"  # or "mlp"
+    hidden_layers: int = 4  # mlp only
 
 
 #: A seconds-long trajectory for the CI smoke run: every code path, tiny files.
 QUICK = Settings(clients=2, rounds=3, samples_per_client=64, width=4)
+#: FederatedScope's clients (issue 18): MLP 1024 x 4, SGD lr 0.01, 12 rounds x 3 clients.
+MLP = Settings(model="mlp", rounds=12, lr=0.01, momentum=0.0, weight_decay=0.0, width=1024)
+MLP_QUICK = Settings(
+    model="mlp",
+    clients=2,
+    rounds=3,
+    samples_per_client=64,
+    lr=0.01,
+    momentum=0.0,
+    weight_decay=0.0,
+    width=16,
+)
 
 
 def files(directory: Path, dtype: str, client: int) -> list[Path]:
@@ -62,22 +82,33 @@ def ensure(directory: Path = DEFAULT_DIR, settings: Settings | None = None) -> d
     meta_path = directory / "meta.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
+        cached = {**asdict(Settings()), **meta.get("settings", {})}  # older caches: a cnn
         complete = all(
             len(files(directory, d, c)) == settings.rounds
             for d in DTYPES
             for c in range(settings.clients)
         )
-        if meta.get("settings") == asdict(settings) and complete:
+        if cached == asdict(settings) and complete:
             return meta
     meta = generate(directory, settings)
     meta_path.write_text(json.dumps(meta, indent=1))
     return meta
 
 
-def _model(width: int) -> Any:
+def _model(settings: Settings) -> Any:
     import torch.nn as nn
 
-    w = width
+    if settings.model == "mlp":
+        layers: list[Any] = [nn.Flatten()]
+        width_in = 3 * 16 * 16
+        for _ in range(settings.hidden_layers):
+            layers += [nn.Linear(width_in, settings.width), nn.BatchNorm1d(settings.width)]
+            layers.append(nn.ReLU())
+            width_in = settings.width
+        return nn.Sequential(*layers, nn.Linear(width_in, 10))
+    if settings.model != "cnn":
+        raise ValueError(f"unknown model {settings.model!r}")
+    w = settings.width
     return nn.Sequential(
         nn.Conv2d(3, w, 3, padding=1, bias=False),
         nn.BatchNorm2d(w),
@@ -122,6 +153,44 @@ def _task(settings: Settings) -> tuple[list[tuple[Any, Any]], tuple[Any, Any]]:
     return clients, (draw(test_y), test_y)
 
 
+class _SGD:
+    """``torch.optim.SGD``'s single-tensor update (the CPU path), op for op, so the files are
+    the same bytes: torch's optimizers import ``torch._dynamo`` on first use, 5-20 s of the
+    smoke run's budget on a loaded machine, for a loop this short."""
+
+    def __init__(self, params: list[Any], settings: Settings) -> None:
+        self.params = params
+        self.lr, self.momentum, self.weight_decay = (
+            settings.lr,
+            settings.momentum,
+            settings.weight_decay,
+        )
+        self.buffers: list[Any] = [None] * len(params)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for i, p in enumerate(self.params):
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if self.weight_decay:
+                    grad = grad.add(p, alpha=self.weight_decay)
+                if self.momentum:
+                    buf = self.buffers[i]
+                    if buf is None:
+                        buf = self.buffers[i] = torch.clone(grad).detach()
+                    else:
+                        buf.mul_(self.momentum).add_(grad)
+                    grad = buf
+                p.add_(grad, alpha=-self.lr)
+
+
 def generate(directory: Path, settings: Settings) -> dict[str, Any]:
     import torch
 
@@ -129,9 +198,9 @@ def generate(directory: Path, settings: Settings) -> dict[str, Any]:
     torch.manual_seed(settings.seed)
     torch.set_num_threads(1)  # OpenMP spinning on shared, busy cores costs far more than it gains
     clients, (test_x, test_y) = _task(settings)
-    global_model = _model(settings.width)
+    global_model = _model(settings)
     n_params = sum(p.numel() for p in global_model.parameters())
-    model = _model(settings.width)
+    model = _model(settings)
     previous: list[dict[str, Any] | None] = [None] * settings.clients
     changed: list[dict[str, float]] = []
     accuracy: list[float] = []
@@ -143,12 +212,7 @@ def generate(directory: Path, settings: Settings) -> dict[str, Any]:
         for c, (x, y) in enumerate(clients):
             model.load_state_dict(global_model.state_dict())
             model.train()
-            opt = torch.optim.SGD(
-                model.parameters(),
-                lr=settings.lr,
-                momentum=settings.momentum,
-                weight_decay=settings.weight_decay,
-            )
+            opt = _SGD(list(model.parameters()), settings)
             order = torch.randperm(len(y))
             for i in range(0, len(y), settings.batch):
                 idx = order[i : i + settings.batch]
@@ -208,12 +272,16 @@ def _changed_share(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=DEFAULT_DIR)
-    p.add_argument("--rounds", type=int, default=Settings.rounds)
-    p.add_argument("--clients", type=int, default=Settings.clients)
-    p.add_argument("--lr", type=float, default=Settings.lr, help="e.g. 0.002: late training")
+    p.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
+    p.add_argument("--out", type=Path, default=None, help="default: out/trajectory[_mlp]")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--clients", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="e.g. 0.002: late training")
     args = p.parse_args(argv)
-    meta = ensure(args.out, Settings(clients=args.clients, rounds=args.rounds, lr=args.lr))
+    base = MLP if args.model == "mlp" else Settings()
+    changes = {k: getattr(args, k) for k in ("rounds", "clients", "lr") if getattr(args, k)}
+    directory = args.out or (MLP_DIR if args.model == "mlp" else DEFAULT_DIR)
+    meta = ensure(directory, replace(base, **changes))
     summary = {k: v for k, v in meta.items() if k != "changed"}
     print(json.dumps(summary, indent=1))
     return 0

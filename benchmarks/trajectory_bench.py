@@ -8,15 +8,15 @@ plain ``.pth`` bytes of the rounds that are kept. The kept rounds are restored a
 the files' SHA-256 so a figure never comes from a store that lost something.
 
 Only the public engine API is used, so the same script re-measures whatever delta chains and
-retention re-coding the store does at the time. ``default`` is ``chunkd.config.DEFAULTS``.
+retention re-coding the store does at the time. ``default`` is the shipped configuration
+(:mod:`benchmarks.configs`: ``chunkd.config.load_settings(None)``, ``delta_cache`` included).
 
-``python -m benchmarks.trajectory_bench [--quick] [--json OUT]``
+``python -m benchmarks.trajectory_bench [--quick] [--model mlp] [--json OUT]``
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -28,31 +28,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks import restic_bench, trajectory
-from chunkd.config import DEFAULTS
+from benchmarks import configs, restic_bench, trajectory
 from chunkd.ingest import IngestOptions, ingest_file
 from chunkd.prune import prune_store
 from chunkd.restore import restore_round
 from chunkd.store import ChunkStore
 
 KEEPS = (0, 3)
-
-
-def configs() -> dict[str, IngestOptions]:
-    """The configurations compared: fixed ones, and whatever the shipped defaults are now."""
-    default = {  # raw defaults that are already values (sizes such as "1M" stay as they are)
-        f.name: DEFAULTS[f.name]
-        for f in dataclasses.fields(IngestOptions)
-        if f.name in DEFAULTS and isinstance(DEFAULTS[f.name], type(f.default))
-    }
-    return {
-        "none": IngestOptions(compression="none"),
-        "auto": IngestOptions(compression="auto"),
-        "auto+delta": IngestOptions(compression="auto", delta=True),
-        "max": IngestOptions(compression="max"),
-        "max+delta": IngestOptions(compression="max", delta=True),
-        "default": IngestOptions(**default),
-    }
+#: The MLP (FederatedScope's clients) keeps all, as in issue 18's figure; three configs suffice.
+MLP_CONFIGS = ("none", "max+delta", configs.DEFAULT)
+#: The smoke run: the raw store and the shipped one, keep-all and keep-3, one client.
+QUICK_CONFIGS = ("none", configs.DEFAULT)
 
 
 def _db_bytes(db: Path) -> int:
@@ -73,6 +59,7 @@ def run_engine(
     """Ingest each client's rounds into its own database; stored / plain over the kept rounds."""
     db_bytes = plain = ingested = payload = 0
     ingest_s = restore_s = restored = 0.0
+    configs.prepare_cache(options)  # the daemon's delta_cache; nothing left by the last config
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bench-pool") as pool:
         for c, paths in enumerate(client_files):
             db = work / f"client{c}.db"
@@ -150,24 +137,28 @@ def run(
     directory: Path = trajectory.DEFAULT_DIR,
     settings: trajectory.Settings | None = None,
     others: bool = True,
+    names: tuple[str, ...] | None = None,
+    keeps: tuple[int, ...] = KEEPS,
 ) -> dict[str, Any]:
-    """``quick``: one client; ``others``: zstd -19 and restic (when installed) beside chunkd."""
+    """``quick``: one client; ``others``: zstd -19 and restic (when installed) beside chunkd;
+    ``names``: the configs (:mod:`benchmarks.configs`; all of them unless given)."""
     meta = trajectory.ensure(directory, settings)
     clients = 1 if quick else meta["settings"]["clients"]
     others = others and not quick
+    names = names or (QUICK_CONFIGS if quick else configs.NAMES)
     results: dict[str, Any] = {
         "trajectory": {k: v for k, v in meta.items() if k != "changed"},
         "clients": clients,
-        "defaults": {"compression": DEFAULTS["compression"], "delta": DEFAULTS["delta"]},
+        "defaults": {"text": configs.describe()},
         "rows": [],
     }
     work = Path(tempfile.mkdtemp(prefix="chunkd-trajbench-", dir="/tmp"))
     try:
         for dtype in trajectory.DTYPES:
             files = [trajectory.files(directory, dtype, c) for c in range(clients)]
-            for keep in KEEPS:
-                for name, options in configs().items():
-                    row = run_engine(work, files, options, keep)
+            for keep in keeps:
+                for name in names:
+                    row = run_engine(work, files, configs.options(name), keep)
                     results["rows"].append({"dtype": dtype, "keep": keep, "config": name, **row})
                     print(f"[trajectory] {dtype} keep={keep} {name}: {row}", flush=True)
                 baselines: dict[str, dict[str, Any]] = {}
@@ -185,10 +176,17 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one client, no zstd -19 or restic")
-    p.add_argument("--dir", type=Path, default=trajectory.DEFAULT_DIR)
-    p.add_argument("--json", type=Path, default=trajectory.DEFAULT_DIR.parent / "trajectory.json")
+    p.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
+    p.add_argument("--dir", type=Path, default=None, help="default: out/trajectory[_mlp]")
+    p.add_argument("--json", type=Path, default=None, help="default: out/trajectory[_mlp].json")
     args = p.parse_args(argv)
-    results = run(args.quick, args.dir)
+    mlp = args.model == "mlp"
+    directory = args.dir or (trajectory.MLP_DIR if mlp else trajectory.DEFAULT_DIR)
+    if mlp:
+        results = run(args.quick, directory, trajectory.MLP, False, MLP_CONFIGS, (0,))
+    else:
+        results = run(args.quick, directory)
+    args.json = args.json or directory.parent / f"{directory.name}.json"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     return 0
