@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from benchmarks import limits, profiling, workloads
 from benchmarks.chunkd_daemon import CLIENT, DaemonRun, _toml
+from benchmarks.memory import read_cpu_ticks
 from benchmarks.runner import REPO_ROOT, child_env
 
 MIB = 1 << 20
@@ -60,12 +62,20 @@ def _copy_fsync_mb_s(source: Path, directory: Path) -> float:
     return float(r["user_space"]["mb_per_s"])  # type: ignore[index]
 
 
+def _children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _restore(daemon: DaemonRun, round_num: int, out: Path, size: int, startup: float) -> dict:
     os.sync()
     daemon.sampler.mark()  # type: ignore[union-attr]
+    ticks, cli_cpu = read_cpu_ticks(daemon.pid), _children_cpu_s()
     t = time.perf_counter()
     proc = daemon.cli("restore", "--client", CLIENT, "--round", str(round_num), "-o", str(out))
     wall = time.perf_counter() - t
+    daemon_cpu = (read_cpu_ticks(daemon.pid) - ticks) / os.sysconf("SC_CLK_TCK")
+    cli_cpu = _children_cpu_s() - cli_cpu
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr)
     served = [e for e in daemon.events() if e.get("event") == "restore.served"][-1]
@@ -75,6 +85,8 @@ def _restore(daemon: DaemonRun, round_num: int, out: Path, size: int, startup: f
         "net_s": wall - startup,
         "mb_s": size / 1e6 / (wall - startup),
         "served_ms": served.get("duration_ms"),
+        "daemon_cpu_s": daemon_cpu,
+        "cli_cpu_s": cli_cpu,
         "peak_rss_mib": daemon.sampler.window_peak_kib / 1024,  # type: ignore[union-attr]
     }
 
@@ -139,8 +151,10 @@ def main() -> None:
             os.sync()
             daemon.sampler.mark()  # type: ignore[union-attr]
             spy = _Spy(args.profile if r == 2 else None, daemon.pid, f"ingest_round{r}")
+            ticks = read_cpu_ticks(daemon.pid)
             os.rename(work / "staged.pth", dest)
             ev = daemon.wait_ingest(dest, timeout_s=900)
+            daemon_cpu = (read_cpu_ticks(daemon.pid) - ticks) / os.sysconf("SC_CLK_TCK")
             spy.stop()
             size = dest.stat().st_size
             chunkd_mb_s = size / 1e6 / (float(ev["duration_ms"]) / 1e3)
@@ -151,6 +165,7 @@ def main() -> None:
                     "chunkd_mb_s": chunkd_mb_s,
                     "sqlite_mb_s": raw,
                     "ratio": chunkd_mb_s / raw,  # type: ignore[operator]
+                    "daemon_cpu_s": daemon_cpu,  # includes the settle delay's idle polling
                     "peak_rss_mib": daemon.sampler.window_peak_kib / 1024,  # type: ignore[union-attr]
                 }
             )
