@@ -36,10 +36,13 @@ MIB = 1 << 20
 
 
 def _config(daemon: DaemonRun, compression: str, delta: bool) -> None:
-    text = daemon.config.read_text().replace(
-        'compression = "none"\n', f"compression = {_toml(compression)}\ndelta = {_toml(delta)}\n"
-    )
-    daemon.config.write_text(text)
+    """Set the codec config explicitly (never rely on the embedded defaults, which move)."""
+    text = daemon.config.read_text()
+    lines = [
+        line for line in text.splitlines() if not line.startswith(("compression =", "delta ="))
+    ]
+    lines += [f"compression = {_toml(compression)}", f"delta = {_toml(delta)}"]
+    daemon.config.write_text("\n".join(lines) + "\n")
 
 
 def _startup_s() -> float:
@@ -117,6 +120,13 @@ def main() -> None:
     p.add_argument("--delta", action="store_true")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument(
+        "--restore-rounds",
+        default="1,last",
+        help="rounds restored cold (comma-separated; 'last' = --rounds): round 1 holds only key"
+        " chunks (what a reverse-delta store's latest round decodes), later ones delta chains",
+    )
+    p.add_argument("--skip-warm", action="store_true", help="no warm restore after ingest")
     p.add_argument("--profile", type=Path, default=None, help="py-spy raw files go here")
     p.add_argument("--inputs", type=Path, default=Path("/tmp/perf18-inputs"))
     args = p.parse_args()
@@ -170,38 +180,47 @@ def main() -> None:
                 }
             )
         result["ingest"] = ingests
-        size = files[-1].stat().st_size
         out = work / "restored.pth"
-        for label in ("warm", "cold"):
-            if label == "cold":
-                daemon.stop()
-                daemon.log_path.unlink()  # start() waits for a new daemon.ready line
-                daemon.start()
+        if not args.skip_warm:  # the first restore may hit the ingest cache
+            size = files[-1].stat().st_size
+            rr = _restore(daemon, args.rounds, out, size, startup)
+            rr["copy_mb_s"] = _copy_fsync_mb_s(files[-1], work)
+            rr["ratio"] = rr["mb_s"] / rr["copy_mb_s"]
+            result["restore_warm"] = [rr]
+        daemon.stop()
+        daemon.log_path.unlink()  # start() waits for a new daemon.ready line
+        daemon.start()
+        wanted = [
+            args.rounds if r.strip() == "last" else int(r) for r in args.restore_rounds.split(",")
+        ]
+        for round_num in wanted:
+            source = files[round_num - 1]
+            size = source.stat().st_size
             runs = []
             for i in range(args.reps):
-                spy = _Spy(args.profile if i == 0 else None, daemon.pid, f"restore_{label}")
-                rr = _restore(daemon, args.rounds, out, size, startup)
+                name = f"restore_round{round_num}"
+                spy = _Spy(args.profile if i == 0 else None, daemon.pid, name)
+                rr = _restore(daemon, round_num, out, size, startup)
                 spy.stop()
-                copy = _copy_fsync_mb_s(files[-1], work)
-                rr["copy_mb_s"] = copy
-                rr["ratio"] = rr["mb_s"] / copy
+                rr["copy_mb_s"] = _copy_fsync_mb_s(source, work)
+                rr["ratio"] = rr["mb_s"] / rr["copy_mb_s"]
+                rr["loadavg_1m"] = os.getloadavg()[0]
                 runs.append(rr)
-                if label == "warm":
-                    break  # the first restore may hit the ingest cache; later ones less so
-            result[f"restore_{label}"] = runs
+            result[f"restore_cold_round{round_num}"] = runs
         daemon.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=1, default=str))
-    summary = {
+    summary: dict[str, object] = {
         "ingest_ratio_median": statistics.median(i["ratio"] for i in result["ingest"]),  # type: ignore[union-attr]
         "ingest_peak_rss_mib": max(i["peak_rss_mib"] for i in result["ingest"]),  # type: ignore[union-attr]
-        "restore_warm_ratio": result["restore_warm"][0]["ratio"],  # type: ignore[index]
-        "restore_cold_ratio_median": statistics.median(
-            r["ratio"]
-            for r in result["restore_cold"]  # type: ignore[union-attr]
-        ),
     }
+    for key, runs in result.items():
+        if key.startswith("restore_"):
+            summary[key] = {
+                stat: round(statistics.median(r[stat] for r in runs), 3)  # type: ignore[union-attr]
+                for stat in ("ratio", "daemon_cpu_s", "cli_cpu_s", "peak_rss_mib", "net_s")
+            }
     print("SUMMARY", json.dumps(summary))
 
 
