@@ -61,7 +61,7 @@ PREFETCH_CHUNKS = 4
 DECODE_WORKERS = 2
 
 Write = Callable[[bytes | memoryview], object]
-Raw = bytes | bytearray
+Raw = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +136,7 @@ class _ChunkReader:
             )
         return raw
 
-    def _read(self, chunk_hash: str) -> bytes:
+    def _read(self, chunk_hash: str) -> Raw:
         """The chunk's raw bytes: its chain read under the lock, decoded outside it."""
         read_chain = getattr(self.store, "read_chain", None)  # a ChunkStore (a bucket has none)
         if read_chain is None:
@@ -146,7 +146,7 @@ class _ChunkReader:
             chain = read_chain(chunk_hash, self.recent)
         if chain is None:
             raise IntegrityError(f"chunk {chunk_hash} is referenced but not stored")
-        return chain.decode()
+        return chain.decode_view()
 
     def chunk(self, index: int) -> Raw:
         cached = self._cache.get(index)
@@ -298,7 +298,7 @@ def _write_file(
     hashed: deque[Future[None]] = deque()
     written = 0
 
-    def emit(data: Raw | memoryview) -> None:
+    def emit(data: Raw) -> None:
         nonlocal written
         hashed.append(hasher.submit(file_hash.update, data))
         write(data)
