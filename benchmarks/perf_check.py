@@ -8,8 +8,11 @@
   of benchmarks.limits' grid here) run right after it;
 * restore: ``python -m chunkd.cli.main restore -o FILE`` wall time minus the CLI's start-up
   (``python -m chunkd.cli.main --version``, median of 3), paired with a user-space copy + fsync
-  of the same file; the last round (warm: its chunks may be in the ingest cache) and, after a
-  daemon restart, the last round cold (every chunk decoded through its delta chain);
+  of the same file: the last round warm (its chunks may be in the ingest cache; ``--skip-warm``
+  leaves it out) and, after a daemon restart, each of ``--restore-rounds`` cold: round 1 holds
+  only key chunks (what a reverse-delta store's newest round decodes), the last round a delta
+  chain down to round 1's keys; with the daemon's and the CLI's CPU seconds for each (CPU time
+  is barely moved by other load on the machine, wall time is) and the 1-minute load average;
 * memory: the daemon's peak RssAnon (10 ms sampler).
 """
 
