@@ -9,9 +9,9 @@
 * restore: ``python -m chunkd.cli.main restore -o FILE`` wall time minus the CLI's start-up
   (``python -m chunkd.cli.main --version``, median of 3), paired with a user-space copy + fsync
   of the same file: the last round warm (its chunks may be in the ingest cache; ``--skip-warm``
-  leaves it out) and, after a daemon restart, each of ``--restore-rounds`` cold: round 1 holds
-  only key chunks (what a reverse-delta store's newest round decodes), the last round a delta
-  chain down to round 1's keys; with the daemon's and the CLI's CPU seconds for each (CPU time
+  leaves it out) and, after a daemon restart, each of ``--restore-rounds`` cold: with reverse
+  deltas the last (newest) round is key chunks only and round 1 the longest chain (forward
+  chains: the other way round); with the daemon's and the CLI's CPU seconds for each (CPU time
   is barely moved by other load on the machine, wall time is) and the 1-minute load average;
 * memory: the daemon's peak RssAnon (10 ms sampler).
 """
@@ -126,8 +126,8 @@ def main() -> None:
     p.add_argument(
         "--restore-rounds",
         default="1,last",
-        help="rounds restored cold (comma-separated; 'last' = --rounds): round 1 holds only key"
-        " chunks (what a reverse-delta store's latest round decodes), later ones delta chains",
+        help="rounds restored cold (comma-separated; 'last' = --rounds): with reverse deltas the"
+        " last round is key chunks only, round 1 the longest chain",
     )
     p.add_argument("--skip-warm", action="store_true", help="no warm restore after ingest")
     p.add_argument("--profile", type=Path, default=None, help="py-spy raw files go here")
