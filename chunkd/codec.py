@@ -277,8 +277,9 @@ def decode_plane_chain(
     Per plane: decompress it in every link, XOR them into one buffer, then copy it once into its
     place in the words. A chain of k links costs k decompressions and XORs of contiguous planes
     but one interleave and one output buffer, instead of k of each. Memory: two planes and the
-    output, which is returned as a read-only view (no copy into a ``bytes``: a restore writes
-    and hashes it as it is).
+    output (and each one-frame ``bgz`` link's grouped bytes, decoded whole: chunks under 16 KiB).
+    The output is returned as a read-only view, not copied into a ``bytes``: a restore writes and
+    hashes it as it is.
     """
     width, raw_size = chain[0].width, chain[0].raw_size
     plane = raw_size // width
