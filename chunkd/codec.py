@@ -205,30 +205,108 @@ def _decode_planes(
     raw_size: int,
     base: bytes | bytearray | memoryview | None,
 ) -> bytes:
-    delta, width = _parse_name(
-        codec, _PLANES_PREFIX, _PLANES_DELTA_PREFIX, GROUP_WIDTHS[1:], base, raw_size
-    )
-    view = memoryview(stored)
-    pos = 4 * width
-    if len(view) < pos:
-        raise IntegrityError("compressed chunk is truncated")
-    lengths = struct.unpack_from(f"<{width}I", view)
-    if pos + sum(lengths) != len(view):
-        raise IntegrityError("compressed chunk's plane lengths do not add up")
+    planes = planes_of(codec, stored, raw_size)
+    assert planes is not None  # a zp/xzp name: planes_of parses it or raises
+    if planes.delta and (base is None or len(base) != raw_size):
+        raise IntegrityError("delta chunk without its base")
+    return decode_plane_chain([planes], base if planes.delta else None).tobytes()
+
+
+class Planes:
+    """A byte-grouped chunk (``zp``/``xzp``/``bgz``/``xbgz``, words over 1 byte) that decodes one
+    byte plane at a time, so a delta chain can XOR its links plane by plane and interleave once
+    (:func:`decode_plane_chain`). Grouping is a permutation of bytes and XOR works byte by byte,
+    so the XOR of grouped links, interleaved, is the interleaved links XORed: the same bytes."""
+
+    __slots__ = ("_frames", "_grouped", "delta", "raw_size", "width")
+
+    def __init__(
+        self,
+        width: int,
+        delta: bool,
+        raw_size: int,
+        frames: Sequence[memoryview] | None = None,
+        grouped: bytes | None = None,
+    ) -> None:
+        self.width = width
+        self.delta = delta
+        self.raw_size = raw_size
+        self._frames = frames
+        self._grouped = grouped
+
+    def plane(self, i: int) -> np.ndarray:
+        """Byte plane ``i`` (read-only); the last one carries the tail shorter than a word."""
+        size = self.raw_size // self.width
+        start = i * size
+        if i == self.width - 1:
+            size += self.raw_size % self.width
+        if self._frames is not None:
+            return np.frombuffer(_decompress_exact(self._frames[i], size), dtype=np.uint8)
+        assert self._grouped is not None
+        return np.frombuffer(self._grouped, dtype=np.uint8, count=size, offset=start)
+
+
+def planes_of(codec: str, stored: bytes | memoryview, raw_size: int) -> Planes | None:
+    """``stored`` as :class:`Planes`, or None for a codec that is not byte-grouped (``raw``,
+    pcodec, 1-byte words). IntegrityError if its header (or a ``bgz`` frame) is damaged; a
+    ``zp`` plane's frame is checked when that plane is decoded."""
+    if codec.startswith((_PLANES_PREFIX, _PLANES_DELTA_PREFIX)):
+        delta, width = _parse_name(codec, _PLANES_PREFIX, _PLANES_DELTA_PREFIX, GROUP_WIDTHS[1:])
+        view = memoryview(stored)
+        pos = 4 * width
+        if len(view) < pos:
+            raise IntegrityError("compressed chunk is truncated")
+        lengths = struct.unpack_from(f"<{width}I", view)
+        if pos + sum(lengths) != len(view):
+            raise IntegrityError("compressed chunk's plane lengths do not add up")
+        frames = []
+        for length in lengths:
+            frames.append(view[pos : pos + length])
+            pos += length
+        return Planes(width, delta, raw_size, frames=frames)
+    if codec.startswith((_GROUPED_PREFIX, _DELTA_PREFIX)):
+        delta = is_delta(codec)
+        width = _width_of(codec[1:] if delta else codec)
+        if width == 1:
+            return None
+        return Planes(
+            width, delta, raw_size, grouped=_decompress_exact(memoryview(stored), raw_size)
+        )
+    return None
+
+
+def decode_plane_chain(
+    chain: Sequence[Planes], base: bytes | bytearray | memoryview | None = None
+) -> memoryview:
+    """The raw bytes of ``chain[0]``, whose delta links run down ``chain`` to a key chunk, or to
+    the last link's ``base`` (raw bytes). The caller checks that every link has the same width
+    and size and that only the last one may lack a base.
+
+    Per plane: decompress it in every link, XOR them into one buffer, then copy it once into its
+    place in the words. A chain of k links costs k decompressions and XORs of contiguous planes
+    but one interleave and one output buffer, instead of k of each. Memory: two planes and the
+    output (and each one-frame ``bgz`` link's grouped bytes, decoded whole: chunks under 16 KiB).
+    The output is returned as a read-only view, not copied into a ``bytes``: a restore writes and
+    hashes it as it is.
+    """
+    width, raw_size = chain[0].width, chain[0].raw_size
     plane = raw_size // width
     body = plane * width
     out = np.empty(raw_size, dtype=np.uint8)
     words = out[:body].reshape(-1, width)
-    ref = np.frombuffer(base, dtype=np.uint8) if delta and base is not None else None
-    for i, length in enumerate(lengths):
-        size = plane + (raw_size - body if i == width - 1 else 0)
-        data = np.frombuffer(_decompress_exact(view[pos : pos + length], size), dtype=np.uint8)
-        pos += length
-        words[:, i] = data[:plane]
-    out[body:] = data[plane:]
-    if ref is not None:  # one contiguous pass: faster than XORing each strided column
-        np.bitwise_xor(out, ref, out=out)
-    return out.tobytes()
+    for i in range(width):
+        acc = chain[-1].plane(i)
+        for link in chain[-2::-1]:
+            if acc.flags.writeable:
+                np.bitwise_xor(acc, link.plane(i), out=acc)
+            else:  # the first XOR gets a buffer of its own (decompressed planes are bytes)
+                acc = np.bitwise_xor(acc, link.plane(i))
+        words[:, i] = acc[:plane]
+        if i == width - 1:
+            out[body:] = acc[plane:]
+    if base is not None:  # one contiguous pass: faster than XORing each strided column
+        np.bitwise_xor(out, np.frombuffer(base, dtype=np.uint8), out=out)
+    return memoryview(out).toreadonly()
 
 
 def _decompress_exact(frame: memoryview, size: int) -> bytes:
@@ -319,16 +397,16 @@ def _parse_name(
     key_prefix: str,
     delta_prefix: str,
     widths: Collection[int],
-    base: bytes | bytearray | memoryview | None,
-    raw_size: int,
+    base: bytes | bytearray | memoryview | None = None,
+    raw_size: int | None = None,
 ) -> tuple[bool, int]:
     """``(is a delta, word width)`` from a codec name such as ``xzp4``; IntegrityError for an
-    unknown name or a delta whose base is missing or of the wrong size."""
+    unknown name or (given ``raw_size``) a delta whose base is missing or of the wrong size."""
     delta = codec.startswith(delta_prefix)
     suffix = codec.removeprefix(delta_prefix if delta else key_prefix)
     if not suffix.isdigit() or int(suffix) not in widths:
         raise IntegrityError(f"unknown chunk codec {codec!r}")
-    if delta and (base is None or len(base) != raw_size):
+    if delta and raw_size is not None and (base is None or len(base) != raw_size):
         raise IntegrityError("delta chunk without its base")
     return delta, int(suffix)
 

@@ -15,6 +15,11 @@ bytes are written, so a damaged store never sends a wrong byte, only a shorter s
 Memory is bounded by a few chunks: chunks are read one at a time in short read transactions (a
 concurrent ingest can commit between two of them), and only the last few decoded chunks are kept
 for storages that start inside a chunk already read.
+
+Both cores work: ``DECODE_WORKERS`` threads read and decode chunks ahead of the writer, a thread
+hashes the whole file in order, and the caller's thread writes (sqlite3, zstd, numpy's copies,
+hashlib and ``os.write`` all release the GIL). The store's connection is one, so a chunk's read
+(its delta chain, in one read transaction) happens under a lock; its decode does not.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import bisect
 import contextlib
 import hashlib
 import json
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -48,10 +54,14 @@ class RoundSource(Protocol):
 
 #: Decoded chunks kept for reuse; checkpoint order equals file order in practice, so 2 suffice.
 CACHE_CHUNKS = 2
-#: Chunks read ahead of the one being written.
-PREFETCH_CHUNKS = 3
+#: Chunks read ahead of the one being written (decoded ones wait for their turn here).
+PREFETCH_CHUNKS = 4
+#: Threads reading and decoding chunks: the 2 cores chunkd's targets have. More would only
+#: queue behind the store's one connection or take a core from the writer and the file hash.
+DECODE_WORKERS = 2
 
 Write = Callable[[bytes | memoryview], object]
+Raw = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +74,10 @@ class RestoreResult:
 class _ChunkReader:
     """Reads, verifies and decodes a round's chunks by index in the flat byte stream.
 
-    Chunks are read ahead on one worker thread, in the order the file will need them, so that
-    reading, decoding and hashing a chunk overlaps with writing and hashing the previous one
-    (hashlib, zstd and sqlite3 release the GIL). At most ``PREFETCH_CHUNKS`` are in flight.
+    Chunks are read ahead on ``worker`` (``DECODE_WORKERS`` threads), in the order the file will
+    need them, so that reading and decoding chunks overlaps with writing and hashing the previous
+    ones. At most ``PREFETCH_CHUNKS`` are in flight and they are taken in order. Reads share the
+    store's connection, one at a time (``_read_lock``); decoding runs outside the lock.
     """
 
     def __init__(
@@ -85,10 +96,11 @@ class _ChunkReader:
         self.round_num = round_num
         self.chunks = chunks
         self.starts = _chunk_byte_starts(round_num, layout, chunks)
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache: OrderedDict[int, Raw] = OrderedDict()
         self._worker = worker
         self._upcoming = deque(self._needed_order(layout))
-        self._in_flight: deque[tuple[int, Future[bytes]]] = deque()
+        self._in_flight: deque[tuple[int, Future[Raw]]] = deque()
+        self._read_lock = threading.Lock()
 
     def _needed_order(self, layout: RoundLayout) -> list[int]:
         order: list[int] = []
@@ -105,16 +117,14 @@ class _ChunkReader:
                 index += 1
         return order
 
-    def _load(self, index: int) -> bytes:
+    def _load(self, index: int) -> Raw:
         ref = self.chunks[index]
         expected_size = self.starts[index + 1] - self.starts[index]
         try:
-            # one atomic look-up: the next ingest may take the entry at any moment
+            # one atomic look-up: the next ingest may take the entry at any moment. An entry is
+            # never changed once put (ingest hands its buffer over), so it is used as it is.
             cached = self.recent.get(ref.chunk_hash) if self.recent is not None else None
-            if cached is not None:  # just ingested: no read, no decode
-                raw = bytes(cached) if isinstance(cached, bytearray) else cached
-            else:
-                raw = self.store.read_raw_chunk(ref.chunk_hash, known=self.recent)
+            raw = cached if cached is not None else self._read(ref.chunk_hash)
         except IntegrityError as e:
             raise IntegrityError(f"round {self.round_num} chunk {ref.chunk_id}: {e}") from None
         if len(raw) != expected_size or (
@@ -126,7 +136,19 @@ class _ChunkReader:
             )
         return raw
 
-    def chunk(self, index: int) -> bytes:
+    def _read(self, chunk_hash: str) -> Raw:
+        """The chunk's raw bytes: its chain read under the lock, decoded outside it."""
+        read_chain = getattr(self.store, "read_chain", None)  # a ChunkStore (a bucket has none)
+        if read_chain is None:
+            with self._read_lock:  # a bucket's client is not shared between threads either
+                return self.store.read_raw_chunk(chunk_hash, known=self.recent)
+        with self._read_lock:
+            chain = read_chain(chunk_hash, self.recent)
+        if chain is None:
+            raise IntegrityError(f"chunk {chunk_hash} is referenced but not stored")
+        return chain.decode_view()
+
+    def chunk(self, index: int) -> Raw:
         cached = self._cache.get(index)
         if cached is not None:
             self._cache.move_to_end(index)
@@ -219,7 +241,7 @@ def _restore(
 ) -> RestoreResult:
     layout, residue, chunks = store.read_round(round_num, generation)
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-restore") as worker:
+        with ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="chunkd-restore") as worker:
             reader = _ChunkReader(store, round_num, layout, chunks, worker, verify_chunks, recent)
             return _write_file(reader, round_num, layout, residue, write)
     except IntegrityError:
@@ -276,7 +298,7 @@ def _write_file(
     hashed: deque[Future[None]] = deque()
     written = 0
 
-    def emit(data: bytes | memoryview) -> None:
+    def emit(data: Raw) -> None:
         nonlocal written
         hashed.append(hasher.submit(file_hash.update, data))
         write(data)

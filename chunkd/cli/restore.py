@@ -196,7 +196,9 @@ def _transfer(
     if args.transfer == TRANSFER_FD:
 
         def on_wait() -> None:
-            progress.update(out.bytes_so_far())
+            landed = out.bytes_so_far()
+            progress.update(landed)
+            out.start_writeback(landed)  # the disk writes while the daemon decodes
             _stop_if_output_closed(out)
 
         try:

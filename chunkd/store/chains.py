@@ -37,11 +37,49 @@ class Chain:
 
     def decode(self) -> bytes:
         """The first link's raw bytes. Memory: the stored forms and two decoded chunks."""
+        raw = self.decode_view()
+        return raw if isinstance(raw, bytes) else bytes(raw)
+
+    def decode_view(self) -> bytes | memoryview:
+        """:meth:`decode`, without copying a plane-decoded chunk into a ``bytes`` (for a
+        restore, which only writes and hashes it). The view is read-only and owns its memory.
+
+        Byte-grouped links of one width (every ``auto`` chain) are XORed plane by plane and
+        interleaved once (:func:`chunkd.codec.decode_plane_chain`); any other chain, or one that
+        fails that way, is decoded link by link, which names the link that is damaged.
+        """
+        fast = _decode_by_planes(self.links, self.base)
+        if fast is not None:
+            return fast
         links = list(self.links)
         raw = self.base if self.base is not None else _decode_one(links.pop(), None)
         for link in reversed(links):
             raw = _decode_one(link, raw)
         return bytes(raw) if isinstance(raw, bytearray) else raw
+
+
+def _decode_by_planes(
+    links: tuple[StoredChunk, ...], base: bytes | bytearray | None
+) -> memoryview | None:
+    """The chain decoded plane by plane, or None where that does not apply (or fails)."""
+    try:
+        planes = [codec.planes_of(link.codec, link.data, link.raw_size) for link in links]
+    except IntegrityError:
+        return None
+    first = planes[0]
+    if first is None or any(
+        p is None or p.width != first.width or p.raw_size != first.raw_size for p in planes
+    ):
+        return None
+    # Every link but the last is a delta on the next; the last is a key, or a delta on ``base``.
+    if not all(p.delta for p in planes[:-1]) or planes[-1].delta != (base is not None):  # type: ignore[union-attr]
+        return None
+    if base is not None and len(base) != first.raw_size:
+        return None
+    try:
+        return codec.decode_plane_chain(planes, base)  # type: ignore[arg-type]
+    except IntegrityError:
+        return None
 
 
 def _decode_one(stored: StoredChunk, base: bytes | bytearray | None) -> bytes:

@@ -7,13 +7,14 @@ hash it again cost as much as the copy. What the commit still checks is the size
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
-from chunkd.cli.output import Output
+from chunkd.cli.output import WRITEBACK_BYTES, Output
 from chunkd.errors import IntegrityError
 
 
@@ -45,3 +46,40 @@ def test_commit_refuses_a_file_whose_size_is_not_what_the_writer_reported(
         out.commit(hashlib.sha256(data).hexdigest(), len(data) + 1)
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []  # the temporary file is gone too
+
+
+_SYS_CACHESTAT = 451  # Linux 6.5+, every architecture (asm-generic)
+
+
+def _dirty_pages(fd: int) -> int | None:
+    """Pages of ``fd`` still dirty in the page cache (cachestat(2)); None where unsupported."""
+    cstat = (ctypes.c_uint64 * 5)()  # nr_cache, nr_dirty, nr_writeback, nr_evicted, ...
+    whole = (ctypes.c_uint64 * 2)(0, 0)  # offset 0, length 0: to the end of the file
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_SYS_CACHESTAT, fd, whole, cstat, 0) != 0:
+        return None
+    return int(cstat[1])
+
+
+def test_a_file_output_is_written_back_while_it_fills(tmp_path: Path) -> None:
+    """Before, all of a restored file was still dirty when the commit's fsync began (1 GiB:
+    1.6 s of the restore spent there). Now write-back starts every WRITEBACK_BYTES written here,
+    and on each progress tick for the bytes the daemon wrote into the descriptor."""
+    block = os.urandom(1 << 20)
+    with Output.open(str(tmp_path / "restored.pth")) as out:
+        os.write(out.fd, block)
+        if not _dirty_pages(out.fd):
+            pytest.skip("no cachestat(2), or no write-back on this filesystem")
+        total = 3 * WRITEBACK_BYTES
+        while os.fstat(out.fd).st_size < total:
+            out.write(block)
+        dirty = _dirty_pages(out.fd)
+        assert dirty is not None
+        assert dirty * os.sysconf("SC_PAGE_SIZE") <= WRITEBACK_BYTES, dirty
+        # the daemon's writes, seen only through the file's size: one tick starts them too
+        for _ in range(8):
+            os.write(out.fd, block)
+        assert _dirty_pages(out.fd) >= 8 * len(block) // os.sysconf("SC_PAGE_SIZE")
+        out.start_writeback()
+        assert _dirty_pages(out.fd) * os.sysconf("SC_PAGE_SIZE") < 8 * len(block)
+        out.commit("", os.fstat(out.fd).st_size)
