@@ -27,7 +27,7 @@ most of the daemon's 312-400 MiB retention peaks).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -149,6 +149,43 @@ def batches_of(plan: CompactionPlan) -> Iterator[tuple[tuple[ChunkPlace, ...], i
 
 
 # -- execution (the writer's connection; every step its own bounded transaction) -------------------
+
+
+def round_pages(conn: sqlite3.Connection) -> int:
+    """One round's worth of pages: what the largest kept round's chunks take as stored (each
+    chunk's partial last page and its row counted as a page); retention leaves this many free
+    pages for the next round to fill.
+
+    The largest, not the newest: with delta chains the newest round may be a small delta while
+    the next one is a key, and with the newest round kept whole it is the largest."""
+    rows = conn.execute(
+        "SELECT SUM(i.stored_size), COUNT(*) FROM (SELECT DISTINCT round_num, chunk_hash"
+        " FROM chunk_metadata) AS m JOIN chunk_info AS i USING (chunk_hash)"
+        " GROUP BY m.round_num"
+    ).fetchall()
+    if not rows:
+        return 0
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    return max(-(-int(stored) // page_size) + int(chunks) for stored, chunks in rows)
+
+
+def newest_first(conn: sqlite3.Connection, chunks: Iterable[str]) -> list[str]:
+    """``chunks`` (hashes), the last stored first: the order garbage collection frees them in.
+
+    A file that grew by appending holds them in that order, so the pages freed last, which
+    SQLite hands out first, are the lowest ones, and a compaction that follows copies what it
+    moves into the front of the file."""
+    order: dict[str, int] = {}
+    ordered = sorted(chunks)
+    for i in range(0, len(ordered), 500):
+        batch = ordered[i : i + 500]
+        marks = ",".join("?" * len(batch))
+        rows = conn.execute(
+            f"SELECT chunk_hash, id FROM chunk_data WHERE chunk_hash IN ({marks})",  # noqa: S608
+            batch,
+        )
+        order.update((chunk_hash, int(rowid)) for chunk_hash, rowid in rows)
+    return sorted(ordered, key=lambda h: -order.get(h, 0))
 
 
 def _temporary_name(chunk_hash: str) -> str:

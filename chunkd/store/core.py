@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from chunkd.errors import BusyError, NotFoundError, StoreError
 from chunkd.store import schema
-from chunkd.store.compaction import compact
+from chunkd.store.compaction import compact, newest_first, round_pages
 from chunkd.store.fairness import FairnessGate, gate_for
 from chunkd.store.forgetting import forget_statements
 from chunkd.store.gc import GcPlan, plan_gc
@@ -358,7 +358,7 @@ class ChunkStore(StoreReading):
         try:
             c.execute("BEGIN IMMEDIATE")
             plan = self.plan_garbage(candidates)
-            dead = self._newest_first(plan.dead)
+            dead = newest_first(c, plan.dead)
             for i in range(0, len(dead), GC_BATCH_CHUNKS):
                 if not c.in_transaction:
                     c.execute("BEGIN IMMEDIATE")
@@ -376,22 +376,6 @@ class ChunkStore(StoreReading):
             raise wrap_error(e, self.path, "garbage collection") from None
         return len(plan.dead), plan.dead_bytes
 
-    def _newest_first(self, chunks: frozenset[str]) -> list[str]:
-        """The dead chunks, the last stored first. A file that grew by appending holds them in
-        that order, so the pages freed last, which SQLite hands out first, are the lowest ones:
-        a compaction that follows copies what it moves into the front of the file."""
-        order: dict[str, int] = {}
-        ordered = sorted(chunks)
-        for i in range(0, len(ordered), 500):
-            batch = ordered[i : i + 500]
-            marks = ",".join("?" * len(batch))
-            rows = self._query(
-                f"SELECT chunk_hash, id FROM chunk_data WHERE chunk_hash IN ({marks})",  # noqa: S608
-                batch,
-            )
-            order.update((h, int(i)) for h, i in rows)
-        return sorted(ordered, key=lambda h: -order.get(h, 0))
-
     def remove_orphan_chunks(self) -> tuple[int, int]:
         return self.collect_garbage()
 
@@ -399,21 +383,8 @@ class ChunkStore(StoreReading):
         return len(self.plan_garbage().dead)
 
     def round_pages(self) -> int:
-        """One round's worth of pages: what the largest kept round's chunks take as stored (each
-        chunk's partial last page and its row counted as a page). The free pages retention
-        leaves for the next round to fill (see :meth:`return_free_space`).
-
-        The largest, not the newest: with delta chains the newest round may be a small delta
-        while the next one is a key, and with the newest round kept whole it is the largest."""
-        rows = self._query(
-            "SELECT SUM(i.stored_size), COUNT(*) FROM (SELECT DISTINCT round_num, chunk_hash"
-            " FROM chunk_metadata) AS m JOIN chunk_info AS i USING (chunk_hash)"
-            " GROUP BY m.round_num"
-        )
-        if not rows:
-            return 0
-        page_size = self._query("PRAGMA page_size")[0][0]
-        return max(-(-int(stored) // page_size) + int(chunks) for stored, chunks in rows)
+        """One round's worth of pages (:func:`~chunkd.store.compaction.round_pages`)."""
+        return round_pages(self._conn)
 
     def return_free_space(self, *, allowance_pages: int | None = None) -> int:
         """Give the free pages beyond ``allowance_pages`` (default: :meth:`round_pages`) back to
