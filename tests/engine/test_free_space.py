@@ -203,3 +203,28 @@ def test_only_chunks_mostly_past_the_end_are_copied():
     ]
     plan = plan_compaction(places, target=90, batch_bytes=4096 * 10)
     assert [[p.rowid for p in batch] for batch in plan.batches] == [[4], [1]]
+
+
+@pytest.mark.parametrize("rows", [3, 400])
+def test_chunk_places_name_the_row_of_every_chain(tmp_path, rows):
+    """dbstat's cell paths map to rowids (a root leaf, and a tree of interior pages): in a file
+    that only grew, each later row's chain ends further down the file."""
+    from chunkd.store.compaction import chunk_places
+
+    with ChunkStore.open_writer(tmp_path / "c.db") as store:
+        conn = store._conn
+        conn.execute("BEGIN IMMEDIATE")
+        for i in range(rows):
+            data = bytes([i % 251]) * 20_000
+            conn.execute(
+                "INSERT INTO chunk_data (chunk_hash, data, codec, raw_size)"
+                " VALUES (?, ?, 'raw', ?)",
+                (f"{i:064x}", data, len(data)),
+            )
+        conn.execute("COMMIT")
+        places = chunk_places(conn, target=0)
+        assert places is not None
+        ids = [r[0] for r in conn.execute("SELECT id FROM chunk_data ORDER BY id")]
+    assert [p.rowid for p in places] == ids
+    assert [p.last_page for p in places] == sorted(p.last_page for p in places)
+    assert all(p.pages == p.pages_past >= 4 for p in places)
