@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from chunkd.errors import BusyError, NotFoundError, StoreError
 from chunkd.store import schema
+from chunkd.store.compaction import compact, newest_first, round_pages
 from chunkd.store.fairness import FairnessGate, gate_for
 from chunkd.store.forgetting import forget_statements
 from chunkd.store.gc import GcPlan, plan_gc
@@ -41,13 +42,9 @@ BATCH_BYTES = 8 << 20
 BUSY_TIMEOUT_MS = 30_000
 #: Page cache per connection (KiB). The writer's dirty pages of one batch come on top (no spill).
 CACHE_KIB = 8 << 10
-#: Free space is returned to the filesystem only when the free pages exceed this share of the
-#: pages in use (and ``VACUUM_MIN_BYTES``): at steady state a pruned round's pages are reused by
-#: the next round, and moving pages to shrink the file would rewrite data for nothing.
-VACUUM_SLACK = 0.5
-VACUUM_MIN_BYTES = 16 << 20
-#: At most this much is moved by one vacuum run; the rest waits for the next retention run.
-VACUUM_MAX_BYTES = 256 << 20
+#: Garbage collection deletes at most this many chunks per transaction: the writer does not spill
+#: its cache, so every page one transaction dirties stays in memory until it commits.
+GC_BATCH_CHUNKS = 256
 #: Page size of a database no checkpoint has gone into yet (small: most tiny clients stay so).
 INITIAL_PAGE_SIZE = 1024
 
@@ -365,20 +362,31 @@ class ChunkStore(StoreReading):
         return plan_gc(referenced, bases, sizes, candidates)
 
     def collect_garbage(self, candidates: Iterable[str] | None = None) -> tuple[int, int]:
-        """Delete the chunks nothing needs (:func:`~chunkd.store.gc.plan_gc`), planned and
-        executed in one write transaction; returns ``(chunks, stored bytes)``."""
+        """Delete the chunks nothing needs (:func:`~chunkd.store.gc.plan_gc`); returns
+        ``(chunks, stored bytes)``.
+
+        Planned in the first write transaction and deleted in transactions of
+        ``GC_BATCH_CHUNKS``: this connection is the database's only writer and nothing it does
+        in between references a dead chunk again, so what was dead stays dead, and a crash
+        between two batches leaves dead chunks only, which the next run removes.
+        """
         self._require_writer()
         c = self._conn
         try:
             c.execute("BEGIN IMMEDIATE")
             plan = self.plan_garbage(candidates)
-            dead = sorted(plan.dead)
-            for i in range(0, len(dead), 500):
-                batch = dead[i : i + 500]
+            dead = newest_first(c, plan.dead)
+            for i in range(0, len(dead), GC_BATCH_CHUNKS):
+                if not c.in_transaction:
+                    c.execute("BEGIN IMMEDIATE")
+                batch = dead[i : i + GC_BATCH_CHUNKS]
                 marks = ",".join("?" * len(batch))
                 c.execute(f"DELETE FROM chunk_data WHERE chunk_hash IN ({marks})", batch)  # noqa: S608
                 c.execute(f"DELETE FROM chunk_info WHERE chunk_hash IN ({marks})", batch)  # noqa: S608
-            c.execute("COMMIT")
+                self.gate.before_commit()
+                c.execute("COMMIT")
+            if c.in_transaction:
+                c.execute("COMMIT")
         except sqlite3.Error as e:
             if c.in_transaction:
                 c.execute("ROLLBACK")
@@ -391,30 +399,28 @@ class ChunkStore(StoreReading):
     def orphan_chunk_count(self) -> int:
         return len(self.plan_garbage().dead)
 
-    def return_free_space(self, *, force: bool = False) -> int:
-        """Give free pages back to the filesystem when they are many; returns bytes returned.
+    def round_pages(self) -> int:
+        """One round's worth of pages (:func:`~chunkd.store.compaction.round_pages`)."""
+        return round_pages(self._conn)
 
-        Only past ``VACUUM_SLACK`` (or with ``force``), and at most ``VACUUM_MAX_BYTES`` a run:
-        see the constants. ``executescript`` because the pragma frees one page per step and
-        ``execute`` steps a statement that returns no rows only once.
+    def return_free_space(self, *, allowance_pages: int | None = None) -> int:
+        """Give the free pages beyond ``allowance_pages`` (default: :meth:`round_pages`) back to
+        the filesystem; returns the bytes returned.
+
+        At steady state a pruned round's pages are about one round and stay for the next round
+        to reuse, so nothing moves. Beyond that, the chunks past the new end are copied below it
+        and the file is cut (:mod:`chunkd.store.compaction`), in transactions of at most
+        ``BATCH_BYTES``.
         """
         self._require_writer()
-        page_size = self._query("PRAGMA page_size")[0][0]
-        free_pages = self._query("PRAGMA freelist_count")[0][0]
-        total_pages = self._query("PRAGMA page_count")[0][0]
-        free = free_pages * page_size
-        used = (total_pages - free_pages) * page_size
-        plenty = free >= VACUUM_MIN_BYTES and free >= VACUUM_SLACK * used
-        if not free_pages or not (force or plenty):
-            return 0
-        pages = min(free_pages, max(1, VACUUM_MAX_BYTES // page_size))
+        allowance = self.round_pages() if allowance_pages is None else allowance_pages
         before = self.path.stat().st_size
         try:
-            self._conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+            compact(self._conn, allowance, BATCH_BYTES, self.gate.before_commit)
         except sqlite3.Error as e:
             raise wrap_error(e, self.path, "incremental vacuum") from None
         return before - self.path.stat().st_size
 
     def vacuum_free_pages(self) -> int:
-        """Every free page back to the filesystem now (``chunkd prune`` on demand, tests)."""
-        return self.return_free_space(force=True)
+        """Every free page back to the filesystem now (tests, tools)."""
+        return self.return_free_space(allowance_pages=0)

@@ -50,26 +50,26 @@ def test_prune_removes_old_rounds_and_their_chunks(tmp_path, writer_store, db_pa
     for round_num in (6, 7, 8):
         assert engine.restore(writer_store, round_num) == files[round_num]
     assert verify_store(writer_store).ok
-    # the freed pages stay in the file for the next rounds (below the vacuum slack)
-    assert os.path.getsize(db_path) == size_before
-    assert engine.query(db_path, "PRAGMA freelist_count")[0][0] > 0
+    # five rounds were freed: all but one round's worth of pages went back to the filesystem
+    assert os.path.getsize(db_path) < size_before
+    assert 0 < engine.query(db_path, "PRAGMA freelist_count")[0][0] <= writer_store.round_pages()
 
 
 def test_prune_gives_the_freed_space_back_to_the_filesystem(
-    tmp_path, writer_store, db_path, engine, monkeypatch
+    tmp_path, writer_store, db_path, engine
 ):
-    """Past the slack (here: 5 of 8 rounds freed, no minimum) free pages go back. Regression:
-    'PRAGMA incremental_vacuum' through one execute() frees a single page (Python's sqlite3 steps
-    it once); all freed pages must go back."""
-    monkeypatch.setattr("chunkd.store.core.VACUUM_MIN_BYTES", 0)
+    """Beyond one round's worth, free pages go back. Regression: 'PRAGMA incremental_vacuum'
+    through one execute() frees a single page (Python's sqlite3 steps it once)."""
     ingest_rounds(engine, tmp_path, writer_store, {r: distinct_state(r) for r in range(1, 9)})
     size_before = os.path.getsize(db_path)
     result = prune_store(writer_store, 3)
     assert result.bytes_removed > 5 * 250_000
     shrunk = size_before - os.path.getsize(db_path)
     assert result.bytes_returned == shrunk
+    page_size = engine.query(db_path, "PRAGMA page_size")[0][0]
+    assert shrunk >= 0.8 * result.bytes_removed - writer_store.round_pages() * page_size
+    assert writer_store.vacuum_free_pages() > 0  # on demand: every free page
     assert engine.query(db_path, "PRAGMA freelist_count") == [(0,)]
-    assert shrunk >= 0.8 * result.bytes_removed
 
 
 def test_chunks_still_used_by_kept_rounds_stay(tmp_path, writer_store, db_path, engine):
