@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/ruff format --check chunkd tests benchmarks examples
 	PATH="$(abspath $(BIN)):$$PATH" bash systemd/verify.sh
 
-# Everything but the long reliability campaigns (about 9 minutes on a loaded 2-core machine;
+# Everything but the long reliability campaigns (about 8 minutes of tests plus lint on a quiet 2-core machine;
 # `make campaign` runs their short forms, `make torture` their full size).
 test: lint
 	$(BIN)/python -m pytest -q -m "not campaign and not integration" --durations=10
