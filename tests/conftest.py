@@ -6,10 +6,14 @@ live in ``tests/strategies.py``.
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import hashlib
 import io
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +37,24 @@ LONG_CAMPAIGNS: frozenset[str] = frozenset(
 )
 
 
+#: torch (its optimizers load torch._dynamo) creates /tmp/torchinductor_<user> on first use and
+#: never removes it: point it into a scratch directory this session removes (daemons and other
+#: subprocesses inherit the setting).
+_SCRATCH = Path(tempfile.mkdtemp(prefix="chunkd-tests-"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(_SCRATCH / "torchinductor"))
+
+
+def _leave_nothing_in_tmp() -> None:
+    """Leave nothing in /tmp: the scratch directory, and pytest's own per-user parent directory
+    once it is empty (runs at unconfigure, after pytest removed a passed run's directories)."""
+    shutil.rmtree(_SCRATCH, ignore_errors=True)
+    parent = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
+    with contextlib.suppress(OSError):  # only if empty: failed runs' and others' directories stay
+        parent.rmdir()
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.add_cleanup(_leave_nothing_in_tmp)
     config.addinivalue_line(
         "markers", "campaign: a long reliability campaign; make test skips it, make torture runs it"
     )
