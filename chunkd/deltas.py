@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from chunkd import codec
 from chunkd.errors import ChunkdError
-from chunkd.store import ChunkStore, RoundInfo
+from chunkd.store import BATCH_BYTES, ChunkStore, RoundInfo
 
 #: A key chunk at least every this many rounds of a chunk's history (chain depth < this): an
 #: old round decodes at most ``KEY_INTERVAL - 1`` deltas; the newest decodes none.
@@ -170,17 +170,18 @@ def link_previous_round(
     store: ChunkStore,
     round_num: int,
     compression: str,
-    pool: Executor | None = None,
+    pool: Executor,
     recent: RecentChunks = RECENT,
     alive: Callable[[], None] | None = None,
 ) -> LinkResult:
     """Re-code the chunks of the round that was newest before ``round_num`` (just committed) as
     deltas against ``round_num``'s chunks; nothing if ``round_num`` is not the newest now.
 
-    Each re-code is its own transaction and only replaces a chunk's stored form, never its hash,
-    so readers (one snapshot per chain) and a crash at any point see a complete store. Encoding
-    runs on ``pool``; the database is only touched on the calling (writer) thread. ``alive`` is
-    called after each chunk (the daemon's liveness: a large round takes seconds).
+    Re-codes are written in transactions of about ``BATCH_BYTES``; each only replaces stored
+    forms, never a hash, so readers (one snapshot per chain) and a crash at any point see a
+    complete store. Encoding runs on ``pool``; the database is only touched on the calling
+    (writer) thread. ``alive`` is called after each transaction (the daemon's liveness: a large
+    round takes seconds).
     """
     links = _plan_links(store, round_num)
     if not links:
@@ -210,7 +211,7 @@ def link_previous_round(
         linked += 1
         before += link.stored_size
         after += len(stored)
-        if batch_bytes >= LINK_BATCH_BYTES:
+        if batch_bytes >= BATCH_BYTES:
             flush()
 
     try:
@@ -219,12 +220,7 @@ def link_previous_round(
             newer = _raw(store, link.newer, recent, take=False)
             if older is None or newer is None or len(older) != len(newer):
                 continue
-            task = (
-                pool.submit(_encode_link, older, newer, link, compression)
-                if pool is not None
-                else _done(_encode_link(older, newer, link, compression))
-            )
-            window.append((link, task))
+            window.append((link, pool.submit(_encode_link, older, newer, link, compression)))
             while len(window) > LINK_WINDOW:
                 finish(*window.popleft())
         while window:
@@ -236,9 +232,6 @@ def link_previous_round(
     return LinkResult(linked, before, after)
 
 
-#: Re-coded forms written per transaction: every commit is fsynced (rollback journal, FULL), so
-#: one per chunk made linking a 256 MiB round take 16 s; the writer's batch size instead.
-LINK_BATCH_BYTES = 8 << 20
 #: Chunks being re-coded at once: enough to keep two cores busy, few enough to bound memory
 #: (each holds two raw chunks and a coded one, at most ``max_chunk_bytes`` each).
 LINK_WINDOW = 4
@@ -326,14 +319,6 @@ def _raw(
     except ChunkdError:
         return None
     return raw if hashlib.sha256(raw).hexdigest() == chunk_hash else None
-
-
-def _done(
-    value: tuple[str, bytes | memoryview] | None,
-) -> Future[tuple[str, bytes | memoryview] | None]:
-    future: Future[tuple[str, bytes | memoryview] | None] = Future()
-    future.set_result(value)
-    return future
 
 
 # -- retention -----------------------------------------------------------------------------------
