@@ -176,6 +176,14 @@ def shared_root() -> Iterator[Path]:
         pytest.skip("needs root: runs the installed service as its own uid (setpriv)")
     if shutil.which("setpriv") is None:
         pytest.fail("setpriv (util-linux) is needed to run the service as user chunkd")
+    for needed in (TOP, Path(sys.prefix)):
+        closed = [d for d in (needed, *needed.parents) if not d.stat().st_mode & 0o001]
+        if closed:
+            pytest.fail(
+                f"{closed[-1]} (mode {closed[-1].stat().st_mode & 0o777:o}) keeps other users out"
+                f" of {needed}: this test runs the daemon as user chunkd from this checkout and its"
+                " virtualenv; clone into a directory other users can traverse"
+            )
     base = Path(tempfile.mkdtemp(prefix="chunkd-install-"))
     try:
         base.chmod(0o755)
