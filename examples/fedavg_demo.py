@@ -171,6 +171,9 @@ def main() -> int:
     args = parser.parse_args()
 
     settings = load_settings(None)
+    # torch's optimizers create a compile cache (/tmp/torchinductor_<user> by default) and never
+    # remove it: keep it in the demo's data home instead (the client processes inherit this)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.watch_root.parent / "torch"))
     say(f"chunkd data home: {settings.watch_root.parent}\nwatch root: {settings.watch_root}\n")
     say("[demo] starting chunkd serve ...")
     daemon = subprocess.Popen([sys.executable, "-m", "chunkd.cli.main", "serve"])
