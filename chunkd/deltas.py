@@ -36,7 +36,7 @@ import json
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
@@ -54,9 +54,16 @@ RECENT_BYTES = 64 << 20
 
 
 class RecentChunks:
-    """Raw bytes of recently ingested chunks by hash, each kept until the next round uses it.
+    """Raw bytes of recently ingested chunks, each kept until the next round uses it.
 
-    Content-addressed, so one cache serves every client safely: equal hashes are equal bytes.
+    One cache serves every client, but each database sees only its own entries: the daemon
+    reads through :meth:`of`, which keys every entry by the database as well as the hash. A hash
+    alone is no proof of holding the bytes: a tenant who controls its own database (the default
+    ``db_path`` is in its client directory) could list another tenant's chunk hash in a round,
+    and the link step would then code that round against the other tenant's cached bytes, handing
+    them over (issue 19). Keyed per database, a chunk comes back only to the database whose ingest
+    put it there, which holds it.
+
     A round is read in the order the next round will need it, so plain LRU would evict exactly
     the chunks needed next whenever a model is larger than the cache (every lookup a miss).
     Instead an entry leaves when the next round takes it (:meth:`take`) or once it is older than
@@ -68,10 +75,15 @@ class RecentChunks:
         self.max_bytes = max_bytes
         self.stale_s = stale_s
         self._lock = threading.Lock()
-        self._items: OrderedDict[str, tuple[bytes | bytearray, float]] = OrderedDict()
+        self._items: OrderedDict[Hashable, tuple[bytes | bytearray, float]] = OrderedDict()
         self._bytes = 0
 
-    def put(self, chunk_hash: str, raw: bytes | bytearray) -> None:
+    def of(self, store: ChunkStore) -> StoreChunks:
+        """The entries of ``store``'s database only, by chunk hash (what ingest, link and
+        restore use)."""
+        return StoreChunks(self, str(store.path))
+
+    def put(self, chunk_hash: Hashable, raw: bytes | bytearray) -> None:
         if len(raw) > self.max_bytes:
             return
         now = time.monotonic()
@@ -88,7 +100,7 @@ class RecentChunks:
             self._items[chunk_hash] = (raw, now)
             self._bytes += len(raw)
 
-    def take(self, chunk_hash: str) -> bytes | bytearray | None:
+    def take(self, chunk_hash: Hashable) -> bytes | bytearray | None:
         """The chunk, removed: the next round has used it and coded its own against it."""
         with self._lock:
             item = self._items.pop(chunk_hash, None)
@@ -97,7 +109,7 @@ class RecentChunks:
             self._bytes -= len(item[0])
             return item[0]
 
-    def get(self, chunk_hash: str) -> bytes | bytearray | None:
+    def get(self, chunk_hash: Hashable) -> bytes | bytearray | None:
         """The chunk, or None. The only way to read an entry: restores and the next ingest share
         this cache, and a ``take`` may come between any two calls, so a membership test and a
         read after it would race (issue 17: ``KeyError`` in 2 of 300 restores). There is
@@ -119,6 +131,23 @@ class RecentChunks:
         with self._lock:
             self._items.clear()
             self._bytes = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreChunks:
+    """One database's view of a :class:`RecentChunks`: its entries, by chunk hash."""
+
+    cache: RecentChunks
+    database: str
+
+    def put(self, chunk_hash: str, raw: bytes | bytearray) -> None:
+        self.cache.put((self.database, chunk_hash), raw)
+
+    def take(self, chunk_hash: str) -> bytes | bytearray | None:
+        return self.cache.take((self.database, chunk_hash))
+
+    def get(self, chunk_hash: str) -> bytes | bytearray | None:
+        return self.cache.get((self.database, chunk_hash))
 
 
 RECENT = RecentChunks(RECENT_BYTES)
@@ -186,6 +215,7 @@ def link_previous_round(
     links = _plan_links(store, round_num)
     if not links:
         return LinkResult()
+    at_hand = recent.of(store)
     linked = before = after = 0
     window: deque[tuple[_Link, Future[tuple[str, bytes | memoryview] | None]]] = deque()
     batch: list[tuple[str, str, bytes | memoryview, str | None]] = []
@@ -216,8 +246,8 @@ def link_previous_round(
 
     try:
         for link in links:
-            older = _raw(store, link.older, recent, take=True)
-            newer = _raw(store, link.newer, recent, take=False)
+            older = _raw(store, link.older, at_hand, take=True)
+            newer = _raw(store, link.newer, at_hand, take=False)
             if older is None or newer is None or len(older) != len(newer):
                 continue
             window.append((link, pool.submit(_encode_link, older, newer, link, compression)))
@@ -308,9 +338,10 @@ def _encode_link(
 
 
 def _raw(
-    store: ChunkStore, chunk_hash: str, recent: RecentChunks, *, take: bool
+    store: ChunkStore, chunk_hash: str, recent: StoreChunks, *, take: bool
 ) -> bytes | bytearray | None:
-    """A chunk's raw bytes: from ``recent`` when there, else decoded and checked."""
+    """A chunk's raw bytes: from ``recent`` (this store's entries) when there, else decoded and
+    checked."""
     raw = recent.take(chunk_hash) if take else recent.get(chunk_hash)
     if raw is not None:
         return raw

@@ -251,6 +251,7 @@ def _stream_round(
     hashing: deque[tuple[ChunkSpec, bytearray, Future[str], Future[None]]] = deque()
     encoding: deque[tuple[str, int, Future[tuple[str, bytes | memoryview, str | None]]]] = deque()
     seen_hashes: set[str] = set()
+    recent = RECENT.of(store)
     encodes = options.compression != "none" or options.delta
     total_bytes = sum(spec.nbytes for spec in specs)
     done_bytes = 0
@@ -260,7 +261,7 @@ def _stream_round(
         fed.result()  # the file checker is done with ``buf`` too: memory stays bounded
         metadata.append((spec.chunk_id, chunk_hash, spec.parts_json(), spec.flat_size))
         if options.delta:
-            RECENT.put(chunk_hash, buf)  # for the link step, without a decode
+            recent.put(chunk_hash, buf)  # for the link step, without a decode
         if chunk_hash in seen_hashes or store.has_chunk(chunk_hash):
             return
         seen_hashes.add(chunk_hash)

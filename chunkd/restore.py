@@ -35,7 +35,6 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from chunkd.deltas import RecentChunks
 from chunkd.errors import ChunkdError, IntegrityError, NotFoundError
 from chunkd.manifest import RoundLayout
 from chunkd.store import ChunkRef
@@ -88,7 +87,7 @@ class _ChunkReader:
         chunks: list[ChunkRef],
         worker: Executor,
         verify_chunks: bool = True,
-        recent: RecentChunks | None = None,
+        recent: KnownChunks | None = None,
     ) -> None:
         self.store = store
         self.verify_chunks = verify_chunks
@@ -214,7 +213,7 @@ def restore_round(
     *,
     generation: int | None = None,
     verify_chunks: bool = True,
-    recent: RecentChunks | None = None,
+    recent: KnownChunks | None = None,
 ) -> RestoreResult:
     """Write round ``round_num`` of ``store`` through ``write``; see the module docstring.
 
@@ -237,7 +236,7 @@ def _restore(
     write: Write,
     generation: int | None,
     verify_chunks: bool,
-    recent: RecentChunks | None,
+    recent: KnownChunks | None,
 ) -> RestoreResult:
     layout, residue, chunks = store.read_round(round_num, generation)
     try:

@@ -126,7 +126,7 @@ def test_readers_never_see_damage_while_retention_recodes_chains(tmp_path, recen
                     round_num,
                     out.write,
                     verify_chunks=bool(rng.integers(2)),
-                    recent=RECENT if use_cache else None,
+                    recent=RECENT.of(reader) if use_cache else None,
                 )
             except NotFoundError:
                 return  # retention planned before our lease was taken: gone, not damaged
