@@ -50,23 +50,24 @@ if [ -e "$confdir/chunkd.toml" ]; then
 else
     install -m 0640 "$here/chunkd.toml" "$confdir/chunkd.toml"
 fi
-# The service runs as user chunkd: the config must be root:chunkd 0640 (readable by the service,
-# writable by root, nobody else's), the directory root:chunkd 0750. Group chunkd exists only once
-# systemd-sysusers ran (in $DESTDIR's /etc/group under DESTDIR), and chgrp needs root; when either
-# is missing, chunkd.tmpfiles' "z" line does it at `systemd-tmpfiles --create` and at every boot.
+# The config must be root:chunkd-users 0640 (writable by root; readable by the socket's group:
+# the service, which is a member, and the tenants' and operators' CLI, which finds the socket in
+# it), the directory root:chunkd-users 0750. The group exists only once systemd-sysusers ran (in
+# $DESTDIR's /etc/group under DESTDIR), and chgrp needs root; when either is missing,
+# chunkd.tmpfiles' "z" line does it at `systemd-tmpfiles --create` and at every boot.
 if [ -n "$DESTDIR" ]; then
-    chunkd_gid=$(sed -n 's/^chunkd:[^:]*:\([0-9][0-9]*\):.*/\1/p' "$DESTDIR/etc/group" 2>/dev/null || :)
+    users_gid=$(sed -n 's/^chunkd-users:[^:]*:\([0-9][0-9]*\):.*/\1/p' "$DESTDIR/etc/group" 2>/dev/null || :)
 else
-    chunkd_gid=$(getent group chunkd 2>/dev/null | cut -d: -f3 || :)
+    users_gid=$(getent group chunkd-users 2>/dev/null | cut -d: -f3 || :)
 fi
-if [ -n "$chunkd_gid" ] && [ "$(id -u)" = 0 ]; then
+if [ -n "$users_gid" ] && [ "$(id -u)" = 0 ]; then
     for f in "$confdir/chunkd.toml" "$confdir/chunkd.toml.new"; do
-        if [ -e "$f" ]; then chown "0:$chunkd_gid" "$f" && chmod 0640 "$f"; fi
+        if [ -e "$f" ]; then chown "0:$users_gid" "$f" && chmod 0640 "$f"; fi
     done
-    chown "0:$chunkd_gid" "$confdir" && chmod 0750 "$confdir"
+    chown "0:$users_gid" "$confdir" && chmod 0750 "$confdir"
 else
     echo "install.sh: run systemd-tmpfiles --create chunkd.conf (after systemd-sysusers) to give" \
-        "$SYSCONFDIR/chunkd/chunkd.toml to root:chunkd 0640, or the service cannot read it"
+        "$SYSCONFDIR/chunkd/chunkd.toml to root:chunkd-users 0640, or the service cannot read it"
 fi
 install -m 0644 "$top/config/chunkd.toml" "$docdir/chunkd.toml.example"
 install -m 0644 "$top/README.md" "$docdir/README.md"

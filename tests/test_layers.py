@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "retention": 2,
     "runs": 2,
     "protocol": 2,
+    "tenancy": 2,
     "config": 3,
     "log": 3,
     "safepath": 3,
@@ -61,6 +62,7 @@ PURE = {
     "manifest",
     "errors",
     "store.gc",
+    "tenancy",
 }
 FORBIDDEN_IN_PURE = {
     "sqlite3",

@@ -16,7 +16,18 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from chunkd import __version__
-from chunkd.cli import export, forget, ingest, options, prune, restore, serve, status, verify
+from chunkd.cli import (
+    export,
+    forget,
+    ingest,
+    options,
+    prune,
+    restore,
+    serve,
+    status,
+    tenant,
+    verify,
+)
 from chunkd.cli import list as list_command
 from chunkd.errors import EXIT_STATUS_BY_CODE, ChunkdError
 
@@ -24,8 +35,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
-#: In SPEC.md's order; each module has ``add_parser(commands, common)``.
-COMMANDS = (serve, restore, list_command, status, verify, prune, forget, ingest, export)
+#: SPEC.md's commands in its order, then the admin's ``tenant``; each module has
+#: ``add_parser(commands, common)``.
+COMMANDS = (serve, restore, list_command, status, verify, prune, forget, ingest, export, tenant)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -75,7 +75,7 @@ EXPECTED = {
     "Service.User": "chunkd",
     "Service.Group": "chunkd",
     "Service.RuntimeDirectory": "chunkd",
-    "Service.RuntimeDirectoryMode": "0750",
+    "Service.RuntimeDirectoryMode": "0711",
     "Service.StateDirectory": "chunkd",
     "Service.KillSignal": "SIGTERM",
     "Service.TimeoutStopSec": "60s",
@@ -114,13 +114,17 @@ def test_unit_writable_paths_and_syscall_filter() -> None:
     assert "~@privileged @resources" in filters
 
 
-def test_sysusers_creates_the_service_user() -> None:
+def test_sysusers_creates_the_service_user_and_the_socket_group() -> None:
     lines = [
         line
         for line in (SYSTEMD_DIR / "chunkd.sysusers").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    assert lines == ['u chunkd - "chunkd checkpoint store" /var/lib/chunkd']
+    assert lines == [
+        'u chunkd - "chunkd checkpoint store" /var/lib/chunkd',
+        "g chunkd-users -",  # tenants reach the socket through this group, never through chunkd
+        "m chunkd chunkd-users",
+    ]
 
 
 # --- systemd-analyze --------------------------------------------------------------------------

@@ -76,6 +76,14 @@ def _gid_in_root(root: Path, group: str) -> int:
     raise AssertionError(f"no group {group} in {root}/etc/group")
 
 
+def _members_in_root(root: Path, group: str) -> set[str]:
+    for line in (root / "etc" / "group").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == group:
+            return {m for m in fields[3].split(",") if m}
+    raise AssertionError(f"no group {group} in {root}/etc/group")
+
+
 def _ids_in_root(root: Path, user: str) -> tuple[int, int]:
     """``user``'s uid and primary gid in the root's /etc/passwd (systemd-sysusers wrote it)."""
     for line in (root / "etc" / "passwd").read_text().splitlines():
@@ -116,16 +124,19 @@ def test_install_sysusers_tmpfiles_verify(installed: Path) -> None:
     run(tool("systemd-sysusers"), f"--root={root}")
     passwd = (root / "etc/passwd").read_text()
     assert any(line.startswith("chunkd:") and "nologin" in line for line in passwd.splitlines())
-    chunkd_gid = _gid_in_root(root, "chunkd")
+    # and the socket's group chunkd-users, the daemon its only member until tenants are added
+    users_gid = _gid_in_root(root, "chunkd-users")
+    assert _members_in_root(root, "chunkd-users") == {"chunkd"}
+    assert _members_in_root(root, "chunkd") == set()  # it reads every client directory
 
-    # systemd-tmpfiles: /srv/fl is root's and not writable by tenants; /etc/chunkd 0750 chunkd
+    # systemd-tmpfiles: /srv/fl is root's and not writable by tenants; /etc/chunkd 0750
     run(tool("systemd-tmpfiles"), f"--root={root}", "--create")
     srv = (root / "srv/fl").stat()
     assert stat.S_IMODE(srv.st_mode) == 0o755 and (srv.st_uid, srv.st_gid) == (0, 0)
     etc = (root / "etc/chunkd").stat()
-    assert stat.S_IMODE(etc.st_mode) == 0o750 and etc.st_gid == chunkd_gid
+    assert stat.S_IMODE(etc.st_mode) == 0o750 and etc.st_gid == users_gid
     config = root / "etc/chunkd/chunkd.toml"
-    assert _owner_and_mode(config) == (0, chunkd_gid, 0o640)  # the service's group may read it
+    assert _owner_and_mode(config) == (0, users_gid, 0o640)  # the service and the socket's users
 
     # systemd-analyze verify against the root: the console script must be where ExecStart says
     units = root / "usr/lib/systemd/system"
@@ -154,7 +165,7 @@ def test_installed_config_is_the_tenant_layout(installed: Path) -> None:
     db = settings.db_path_for("alice", Path("/srv/fl/client_alice"))
     assert db == Path("/var/lib/chunkd/alice/client_alice_chunks.db")
     assert settings.socket == Path("/run/chunkd/chunkd.sock")
-    assert settings.socket_group == "chunkd"
+    assert settings.socket_group == "chunkd-users"  # never chunkd, which reads every client dir
     assert settings.allowed_uids == () and settings.allowed_gids == ()
     unit = (installed / "usr/lib/systemd/system/chunkd.service").read_text()
     assert "StateDirectory=chunkd" in unit and "UMask=0077" in unit
@@ -217,6 +228,7 @@ def test_installed_service_runs_as_its_own_user(shared_root: Path) -> None:
     run(tool("systemd-sysusers"), f"--root={root}")
     run(tool("systemd-tmpfiles"), f"--root={root}", "--create")
     uid, gid = _ids_in_root(root, "chunkd")
+    users_gid = _gid_in_root(root, "chunkd-users")
     config = root / "etc/chunkd/chunkd.toml"
     installed_as = _owner_and_mode(config)
 
@@ -225,7 +237,7 @@ def test_installed_service_runs_as_its_own_user(shared_root: Path) -> None:
     client_dir = base / "srv/fl/client_alice"
     for directory, owner, mode in (
         (state, uid, 0o700),
-        (runtime, uid, 0o750),
+        (runtime, uid, 0o711),
         (client_dir, 0, 0o2750),
     ):
         directory.mkdir(parents=True)
@@ -238,7 +250,7 @@ def test_installed_service_runs_as_its_own_user(shared_root: Path) -> None:
         ('watch_root = "/srv/fl"', f'watch_root = "{base}/srv/fl"'),
         ('"/var/lib/chunkd/{client}/', f'"{state}/{{client}}/'),
         ('socket = "/run/chunkd/chunkd.sock"', f'socket = "{runtime}/chunkd.sock"'),
-        ('socket_group = "chunkd"', f'socket_group = "{gid}"'),
+        ('socket_group = "chunkd-users"', f'socket_group = "{users_gid}"'),
     ):
         assert old in text, old
         text = text.replace(old, new)
@@ -256,7 +268,7 @@ def test_installed_service_runs_as_its_own_user(shared_root: Path) -> None:
                 "setpriv",
                 f"--reuid={uid}",
                 f"--regid={gid}",
-                "--clear-groups",
+                f"--groups={users_gid}",  # sysusers' "m chunkd chunkd-users"
                 "--",
                 sys.executable,
                 "-m",
@@ -292,16 +304,16 @@ def test_installed_service_runs_as_its_own_user(shared_root: Path) -> None:
         )
         assert restored.read_bytes() == checkpoint.read_bytes(), done.stdout
         assert next(state.glob("alice/*.db")).stat().st_uid == uid  # the service wrote it
-        assert installed_as == (0, gid, 0o640)  # readable by the service, nobody else's
+        assert installed_as == (0, users_gid, 0o640)  # readable by the service and its users
     finally:
         proc.terminate()
         proc.wait(timeout=60)
 
 
-def test_install_after_sysusers_gives_the_config_to_group_chunkd(installed: Path) -> None:
-    """Where group chunkd already exists (a reinstall), install.sh sets the group itself."""
+def test_install_after_sysusers_gives_the_config_to_the_socket_group(installed: Path) -> None:
+    """Where group chunkd-users already exists (a reinstall), install.sh sets the group itself."""
     run(tool("systemd-sysusers"), f"--root={installed}")
-    gid = _gid_in_root(installed, "chunkd")
+    gid = _gid_in_root(installed, "chunkd-users")
     (installed / "etc/chunkd/chunkd.toml").unlink()
     run("sh", TOP / "systemd/install.sh", DESTDIR=str(installed), PREFIX="/usr")
     config = installed / "etc/chunkd/chunkd.toml"
