@@ -113,7 +113,9 @@ class Bucket:
         """
         with self._body(key, limit) as (body, length, metadata):
             if length is not None:
-                data = body.read(length) if length else b""
+                data = body.read(length) if length else b""  # one buffer, in the usual case
+                while len(data) < length and (more := body.read(length - len(data))):
+                    data += more
                 if len(data) != length:
                     raise ReplicaError(
                         f"replica {self.url}: GET {key}: {len(data)} of {length} bytes arrived"
