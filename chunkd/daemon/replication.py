@@ -39,7 +39,7 @@ from chunkd.store import ChunkStore, RoundInfo
 
 if TYPE_CHECKING:
     from chunkd.replica.layout import ManifestVersion
-    from chunkd.replica.prune import ReplicaLock
+    from chunkd.replica.locks import ReplicaLock
     from chunkd.replica.upload import UploadResult
 
 #: Every client is compared with the bucket this often even without a hook call.
@@ -181,7 +181,7 @@ class ReplicaStage:
     def _release_dead_locks(self) -> None:
         """A previous run of this daemon killed mid-prune left its lock: remove it now rather
         than let uploads wait for it to go stale."""
-        from chunkd.replica.prune import release_dead_locks
+        from chunkd.replica.locks import release_dead_locks
 
         released = release_dead_locks(self.bucket, self.host)
         if released:
@@ -265,7 +265,7 @@ class ReplicaStage:
         pending: list[int],
     ) -> None:
         from chunkd.replica.bucket import ReplicaError
-        from chunkd.replica.prune import UPLOAD, ReplicaLock
+        from chunkd.replica.locks import UPLOAD, ReplicaLock
 
         if self._orphan_locks:  # our locks from uploads the bucket failed under
             self.bucket.delete(self._orphan_locks)
@@ -273,6 +273,7 @@ class ReplicaStage:
         lock = ReplicaLock(self.bucket, UPLOAD, self.host)
         try:
             lock.acquire()
+            lock.start_heartbeat()  # one throttled chunk PUT may outlast LOCK_STALE_S
             self._upload_locked(lock, client_id, store, local, remote, pending)
         finally:
             try:
@@ -289,7 +290,7 @@ class ReplicaStage:
         remote: dict[int, ManifestVersion],
         pending: list[int],
     ) -> None:
-        from chunkd.replica.prune import read_epoch
+        from chunkd.replica.locks import read_epoch
         from chunkd.replica.upload import upload_round
 
         self._cache.check_epoch(read_epoch(self.bucket))
@@ -349,7 +350,9 @@ class ReplicaStage:
                 remote.pop(round_num, None)
         with self._lock:
             self._last_prune = {**result.log_fields(), "at": _utc_now()}
-        self._log.info(log.REPLICA_PRUNED, **result.log_fields())
+        # a warning when a manifest was quarantined: its host, client and key are in the event
+        emit = self._log.warning if result.quarantined else self._log.info
+        emit(log.REPLICA_PRUNED, **result.log_fields())
 
 
 def _same_version(held: ManifestVersion | RoundInfo | None, version: RoundInfo) -> bool:

@@ -7,8 +7,10 @@ exposes user metadata on HEAD/GET (the chunk's codec and base live there) and co
 faster for bulk transfers, but chunkd's objects are at most ``max_chunk_bytes`` and the upload
 rate is capped anyway; the extra native dependency buys nothing here.
 
-Every library error is turned into :class:`ReplicaError` (or None / NotFoundError for a missing
-object) here, so no other module sees botocore's exception types.
+Every GET has a cap (:mod:`chunkd.replica.bounds`): an object larger than it is refused with
+:class:`ObjectTooLarge` and never read whole. Every library error is turned into
+:class:`ReplicaError` (or None / NotFoundError for a missing object) here, so no other module
+sees botocore's exception types.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from datetime import datetime
 import boto3
 import botocore.exceptions
 from botocore.config import Config
+from botocore.response import StreamingBody
 
 from chunkd.errors import ChunkdError, NotFoundError
 from chunkd.replica.layout import ReplicaURL
@@ -33,10 +36,24 @@ REQUEST_ATTEMPTS = 3
 MAX_POOL_CONNECTIONS = 16
 #: DeleteObjects takes at most this many keys a call.
 DELETE_BATCH = 1000
+#: A capped GET without a Content-Length, or a stream, reads this much at a time.
+READ_PIECE = 1 << 20
 
 
 class ReplicaError(ChunkdError):
     """The object store failed or refused a request (unreachable, denied, full, ...)."""
+
+
+class ObjectTooLarge(ReplicaError):
+    """An object larger than what it should be (:mod:`chunkd.replica.bounds`), refused before
+    its body is read, or as soon as the body passes the cap when its length was not sent."""
+
+    def __init__(self, url: ReplicaURL, key: str, size: int | None, limit: int) -> None:
+        self.key = key
+        self.size = size
+        self.limit = limit
+        stated = f"{size} bytes" if size is not None else f"more than {limit} bytes (unannounced)"
+        super().__init__(f"replica {url}: {key} is {stated}, over its cap of {limit} bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,19 +102,61 @@ class Bucket:
             raise self._fail("HEAD", key, e) from None
         return ObjectInfo(key, r["ContentLength"], r["LastModified"], r.get("Metadata", {}))
 
-    def get(self, key: str) -> tuple[bytes, dict[str, str]]:
-        """The object's body and metadata; NotFoundError if it does not exist."""
+    def get(self, key: str, *, limit: int) -> tuple[bytes, dict[str, str]]:
+        """The object's body and metadata; NotFoundError if it does not exist, ObjectTooLarge
+        (nothing read) if it is larger than ``limit`` bytes.
+
+        The response's Content-Length is checked before a byte of the body is read; HTTP framing
+        then reads no more than it announced. A response without one (chunked) is read in
+        pieces and refused as soon as it passes the cap, so a server that does not say, or
+        lies, makes us hold at most ``limit`` plus one piece.
+        """
+        with self._body(key, limit) as (body, length, metadata):
+            if length is not None:
+                data = body.read(length) if length else b""  # one buffer, in the usual case
+                while len(data) < length and (more := body.read(length - len(data))):
+                    data += more
+                if len(data) != length:
+                    raise ReplicaError(
+                        f"replica {self.url}: GET {key}: {len(data)} of {length} bytes arrived"
+                    )
+            else:
+                data = b"".join(self._pieces(body, key, limit))
+        return data, metadata
+
+    def stream(self, key: str, *, limit: int) -> Iterator[bytes]:
+        """The object's body in pieces of at most :data:`READ_PIECE` bytes, for a reader that
+        needs none of it whole (memory: one piece); errors as :meth:`get`."""
+        with self._body(key, limit) as (body, _length, _metadata):
+            yield from self._pieces(body, key, limit)
+
+    @contextlib.contextmanager
+    def _body(
+        self, key: str, limit: int
+    ) -> Iterator[tuple[StreamingBody, int | None, dict[str, str]]]:
+        """The open response: body, Content-Length (None if not sent) and metadata; closed on
+        exit, and botocore's errors, raised while opening or reading it, made ours."""
         try:
             r = self._s3.get_object(Bucket=self.url.bucket, Key=key)
             with contextlib.closing(r["Body"]) as body:
-                data = body.read()
+                length = r.get("ContentLength")
+                if length is not None and length > limit:
+                    raise ObjectTooLarge(self.url, key, length, limit)
+                yield body, length, r.get("Metadata", {})
         except botocore.exceptions.ClientError as e:
             if _status(e) == 404:
                 raise NotFoundError(f"replica {self.url}: no object {key}") from None
             raise self._fail("GET", key, e) from None
         except botocore.exceptions.BotoCoreError as e:
             raise self._fail("GET", key, e) from None
-        return data, r.get("Metadata", {})
+
+    def _pieces(self, body: StreamingBody, key: str, limit: int) -> Iterator[bytes]:
+        total = 0
+        while piece := body.read(READ_PIECE):
+            total += len(piece)
+            if total > limit:
+                raise ObjectTooLarge(self.url, key, None, limit)
+            yield piece
 
     def put(
         self,

@@ -5,6 +5,11 @@ in place of a ChunkStore: the same file assembly, the same per-chunk SHA-256 che
 raw bytes must hash to the name the manifest gives it) and the same whole-file check. Only where
 the bytes come from differs: chunk objects, decoded with the codec and delta base that each
 object's metadata names (resolved recursively, at most ``MAX_CHAIN_DEPTH`` links).
+
+Nothing is read or allocated on a size the bucket states without a bound
+(:mod:`chunkd.replica.bounds`): the manifest by its cap, each chunk object by the stored size
+its raw size allows, each raw size (what decoding allocates) by the largest chunk chunkd writes
+and by the manifest's own figure, the residue by what ingest keeps.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ import zstandard
 from chunkd import codec
 from chunkd.errors import IntegrityError, NotFoundError
 from chunkd.manifest import RoundLayout
+from chunkd.replica.bounds import (
+    MAX_CHUNK_RAW_BYTES,
+    MAX_MANIFEST_BYTES,
+    MAX_RESIDUE_BYTES,
+    stored_limit,
+)
 from chunkd.replica.bucket import Bucket
 from chunkd.replica.layout import (
     MAX_CHAIN_DEPTH,
@@ -38,8 +49,6 @@ from chunkd.store import ChunkRef, StoredChunk
 
 #: Decoded delta bases kept (a base is often shared by the chunks of one flat range only).
 BASE_CACHE = 4
-#: A residue that decompresses to more than this is damage, not a checkpoint's zip headers.
-MAX_RESIDUE_BYTES = 1 << 30
 
 
 #: HEADs in flight when listing manifests with their versions.
@@ -114,7 +123,7 @@ def _with_versions(bucket: Bucket, found: list[ReplicaRound]) -> list[ReplicaRou
 def read_manifest(bucket: Bucket, host: str, client_id: str, round_num: int) -> RoundManifest:
     key = manifest_key(bucket.url, host, client_id, round_num)
     try:
-        data, _meta = bucket.get(key)
+        data, _meta = bucket.get(key, limit=MAX_MANIFEST_BYTES)
     except NotFoundError:
         raise NotFoundError(
             f"replica {bucket.url}: host {host} client {client_id} has no round {round_num}"
@@ -144,6 +153,9 @@ class ReplicaRoundSource:
     def __init__(self, bucket: Bucket, manifest: RoundManifest) -> None:
         self.bucket = bucket
         self.manifest = manifest
+        #: the raw size the manifest states for each chunk it needs (checked when it was parsed)
+        self._raw_sizes = {c.chunk_hash: c.form.raw_size for c in manifest.chunks}
+        self._raw_sizes.update((b.chunk_hash, b.raw_size) for b in manifest.bases)
         self._bases: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -156,6 +168,11 @@ class ReplicaRoundSource:
         if round_num != m.round_num:
             raise NotFoundError(f"round {round_num} is not this manifest's ({m.round_num})")
         try:
+            # max_output_size is ignored when the frame states its size: check that size first
+            if zstandard.frame_content_size(m.residue_zstd) > MAX_RESIDUE_BYTES:
+                raise IntegrityError(
+                    f"round {round_num}: residue declares more than {MAX_RESIDUE_BYTES} bytes"
+                )
             residue = zstandard.ZstdDecompressor().decompress(
                 m.residue_zstd, max_output_size=MAX_RESIDUE_BYTES
             )
@@ -166,14 +183,26 @@ class ReplicaRoundSource:
 
     def read_chunk(self, chunk_hash: str) -> StoredChunk:
         """The chunk's stored form, as ``ChunkStore.read_chunk`` gives it (for a caller that
-        decodes itself); IntegrityError if the bucket lacks it."""
+        decodes itself); IntegrityError if the bucket lacks it.
+
+        The GET is capped by the stored size a chunk of the manifest's raw size can have, and
+        the raw size the object's metadata states (what decoding allocates) must be the
+        manifest's: a chunk's raw size is a property of its bytes, whoever uploaded it.
+        """
+        stated = self._raw_sizes.get(chunk_hash)
+        limit = stored_limit(MAX_CHUNK_RAW_BYTES if stated is None else stated)
         try:
-            data, meta = self.bucket.get(chunk_key(self.bucket.url, chunk_hash))
+            data, meta = self.bucket.get(chunk_key(self.bucket.url, chunk_hash), limit=limit)
         except NotFoundError:
             raise IntegrityError(
                 f"chunk {chunk_hash} is referenced but not in the bucket"
             ) from None
         form = ChunkForm.from_metadata(chunk_hash, meta)
+        if stated is not None and form.raw_size != stated:
+            raise IntegrityError(
+                f"chunk {chunk_hash}: the object says {form.raw_size} raw bytes, the manifest "
+                f"{stated}"
+            )
         return StoredChunk(chunk_hash, form.codec, data, form.raw_size, form.base)
 
     def read_raw_chunk(self, chunk_hash: str, known: Mapping[str, bytes] | None = None) -> bytes:

@@ -19,6 +19,10 @@ A manifest holds the current version of its round number: with the version's ``r
 the file's SHA-256, in its object metadata, so that a HEAD tells which version the bucket holds
 and where it stands in the order. A manifest written before these fields existed is run 0,
 generation 0.
+
+Every size a manifest states for a chunk (``raw_size``, ``flat_size``) is checked against
+:mod:`chunkd.replica.bounds` when it is parsed: a manifest naming a chunk no chunkd can write is
+damaged, and is refused before anything is allocated for that chunk.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 
 from chunkd.errors import IntegrityError, RequestError
 from chunkd.manifest import RoundLayout
+from chunkd.replica.bounds import check_chunk_size
 
 MANIFEST_FORMAT = "chunkd-replica-round"
 MANIFEST_VERSION = 1
@@ -151,6 +156,7 @@ class ChunkForm:
             raw_size = int(meta[META_RAW_SIZE])
         except (KeyError, ValueError) as e:
             raise IntegrityError(f"chunk {chunk_hash}: object metadata is missing {e}") from None
+        check_chunk_size(chunk_hash, raw_size)
         base = meta.get(META_BASE) or None
         if base is not None:
             check_hash(base)
@@ -253,7 +259,7 @@ class RoundManifest:
                     int(c["chunk_id"]),
                     check_hash(c["hash"]),
                     json.dumps(c["parts"], separators=(",", ":")),
-                    int(c["flat_size"]),
+                    check_chunk_size(c["hash"], c["flat_size"], what="flat size"),
                     _form_of(c),
                 )
                 for c in doc["chunks"]
@@ -274,6 +280,8 @@ class RoundManifest:
             )
         except (ValueError, KeyError, TypeError, AttributeError, IntegrityError) as e:
             raise IntegrityError(f"{where}: damaged round manifest: {e}") from None
+        except RecursionError:  # JSON nested deeper than the parser goes: no manifest is
+            raise IntegrityError(f"{where}: damaged round manifest: nested too deep") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,10 +331,13 @@ def _form_json(form: ChunkForm) -> dict[str, object]:
 
 
 def _form_of(doc: dict[str, object]) -> ChunkForm:
+    """A chunk's form as a manifest states it; its sizes are checked before anything is made
+    for them (a JSON number may be 2**40, or not an integer at all)."""
     base = doc.get("base")
+    chunk_hash = check_hash(str(doc["hash"]))
     return ChunkForm(
-        check_hash(str(doc["hash"])),
+        chunk_hash,
         str(doc["codec"]),
-        int(doc["raw_size"]),  # type: ignore[call-overload]
+        check_chunk_size(chunk_hash, doc["raw_size"]),  # type: ignore[arg-type]
         check_hash(str(base)) if base is not None else None,
     )

@@ -1,45 +1,37 @@
 """Retention on the replica and the shared chunk sweep, safe while other hosts upload.
 
 Chunks are shared by every host and client, so no host may delete one on what it alone knows.
-The model is restic's prune against concurrent backups, with lock objects:
+Uploads and sweeps keep apart with lock objects and the gc-epoch (:mod:`chunkd.replica.locks`:
+restic's prune against concurrent backups), plus a grace period on top: an unreferenced chunk is
+deleted only if its LastModified is older than ``grace_s`` before the prune's lock, so chunks of
+an upload whose lock went stale mid-way survive until a later prune. A prune whose own lock may
+have gone stale (:class:`~chunkd.replica.locks.LockLost`) deletes nothing.
 
-* an uploader holds an ``upload`` lock (shared) while it checks which chunks exist and writes a
-  manifest; a prune holds a ``prune`` lock (exclusive). Each writes its lock object *first* and
-  then lists ``locks/``: an uploader that sees a live prune lock, or a prune that sees any other
-  live lock, deletes its own and backs off. With S3's read-after-write consistency at least one
-  of two racing parties sees the other, so a sweep never overlaps an upload.
-* a lock is live while its LastModified is younger than :data:`LOCK_STALE_S`, measured against
-  the LastModified of the caller's own fresh lock (the server's clock, never two hosts' clocks);
-  holders rewrite theirs every :data:`LOCK_REFRESH_S`. A crashed host's lock goes stale. A daemon
-  killed mid-prune and started again does not wait that long: each lock names its machine, boot
-  and pid, and :func:`release_dead_locks` removes this host's locks whose process is gone.
-* before sweeping, the prune rewrites ``gc-epoch``; an uploader reads it after taking its lock and
-  forgets what it believed was present if it changed (its cache may name swept chunks).
-* and a grace period on top: an unreferenced chunk is deleted only if its LastModified is older
-  than ``grace_s`` before the prune's lock, so chunks of an upload whose lock went stale mid-way
-  (a host paused for longer than the stale time) survive until a later prune.
+Mark and sweep: every manifest of every host is read (at most
+:data:`~chunkd.replica.bounds.MAX_MANIFEST_BYTES`, checked against the listing before the GET)
+and the chunks (and delta bases) it lists are marked. A manifest that cannot be *used* (too
+large, damaged, a format this chunkd does not know) is quarantined
+(:mod:`chunkd.replica.quarantine`): reported, and every unmarked chunk whose hash it spells is
+kept, while the sweep goes on for everything else. A manifest that cannot be *fetched* (the
+bucket fails) stops the sweep: deleting on partial knowledge is how data is lost.
 
-Mark and sweep: every manifest of every host is read and the chunks (and delta bases) it lists are
-marked; a manifest that cannot be read or parsed stops the sweep (deleting on partial knowledge is
-how data is lost). Retention (which manifests go) is decided per client, for this host's clients
-only, in the store's one order: :func:`chunkd.retention.newest` over the manifests' versions (run,
-round number; read with a HEAD each, only for a client with more manifests than it keeps), so a
-rerun's rounds are kept over an earlier run's higher-numbered ones, as locally.
+Retention (which manifests go) is decided per client, for this host's clients only, in the
+store's one order: :func:`chunkd.retention.newest` over the manifests' versions (run, round
+number; read with a HEAD each, only for a client with more manifests than it keeps), so a rerun's
+rounds are kept over an earlier run's higher-numbered ones, as locally.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from chunkd.errors import BusyError, NotFoundError
-from chunkd.replica.bucket import Bucket, ObjectInfo, ReplicaError
+from chunkd.errors import IntegrityError, NotFoundError
+from chunkd.replica.bounds import MAX_MANIFEST_BYTES, MAX_SCAN_BYTES
+from chunkd.replica.bucket import Bucket, ObjectInfo, ObjectTooLarge
 from chunkd.replica.fetch import list_rounds
 from chunkd.replica.layout import (
     RoundManifest,
@@ -49,136 +41,12 @@ from chunkd.replica.layout import (
     manifest_key,
     parse_manifest_key,
 )
+from chunkd.replica.locks import PRUNE, ReplicaLock
+from chunkd.replica.quarantine import Quarantined, named_hashes
 from chunkd.retention import newest
 
-LOCK_STALE_S = 1800.0
-LOCK_REFRESH_S = 300.0
 #: Default grace period of an unreferenced chunk (by its LastModified) before a sweep deletes it.
 GRACE_S = 3600.0
-UPLOAD, PRUNE = "upload", "prune"
-
-
-class ReplicaLock:
-    """A lock object in the bucket; see the module docstring."""
-
-    def __init__(self, bucket: Bucket, kind: str, host: str) -> None:
-        self.bucket = bucket
-        self.kind = kind
-        self.key = bucket.url.key("locks", f"{kind}-{host}-{secrets.token_hex(8)}")
-        self._body = json.dumps(
-            {"kind": kind, "host": host, "pid": os.getpid(), **_this_boot()}
-        ).encode()
-        self._written = 0.0
-        self.server_time: datetime | None = None
-
-    def acquire(self) -> ReplicaLock:
-        """Write the lock, then look for conflicting live ones; BusyError (lock removed) if any."""
-        self._write()
-        mine: ObjectInfo | None = None
-        others: list[ObjectInfo] = []
-        for obj in self.bucket.list(self.bucket.url.key("locks") + "/"):
-            if obj.key == self.key:
-                mine = obj
-            else:
-                others.append(obj)
-        if mine is None:
-            raise ReplicaError(f"replica {self.bucket.url}: lock {self.key} vanished after PUT")
-        self.server_time = mine.last_modified
-        stale_before = mine.last_modified - timedelta(seconds=LOCK_STALE_S)
-        for obj in others:
-            name = obj.key.rsplit("/", 1)[-1]
-            if obj.last_modified < stale_before:
-                continue
-            if self.kind == PRUNE or name.startswith(PRUNE + "-"):
-                self.release()
-                raise BusyError(f"replica {self.bucket.url}: {name} is held; {self.kind} waits")
-        return self
-
-    def _write(self) -> None:
-        self.bucket.put(self.key, self._body, content_type="application/json")
-        self._written = time.monotonic()
-
-    def refresh(self) -> None:
-        """Rewrite the lock if it is due (call often; it costs nothing when not due)."""
-        if time.monotonic() - self._written > LOCK_REFRESH_S:
-            self._write()
-
-    def release(self) -> None:
-        self.bucket.delete([self.key])
-
-    def __enter__(self) -> ReplicaLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-#: A lock object is a few dozen bytes; anything larger under ``locks/`` is not read.
-_MAX_LOCK_BYTES = 4096
-
-
-def _this_boot() -> dict[str, str]:
-    """The machine and boot a lock was written in (empty where the kernel does not say)."""
-    found = {}
-    for name, path in (("machine", "/etc/machine-id"), ("boot", "/proc/sys/kernel/random/boot_id")):
-        try:
-            with open(path, encoding="ascii") as f:
-                found[name] = f.read(64).strip()
-        except OSError:
-            pass
-    return found
-
-
-def _process_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return True  # cannot tell: leave it to go stale
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def release_dead_locks(bucket: Bucket, host: str) -> list[str]:
-    """Delete this host's lock objects left by a process of this machine that is gone (a daemon
-    killed mid-prune, then started again), so its uploads need not wait :data:`LOCK_STALE_S`.
-
-    Only locks that say they were written on this machine are touched: in this boot by a pid that
-    no longer runs, or in an earlier boot. Another machine using the same host name (a
-    misconfiguration) keeps its locks; they go stale as usual. Returns the keys deleted."""
-    here = _this_boot()
-    if not here.get("machine"):
-        return []
-    dead = []
-    for obj in bucket.list(bucket.url.key("locks") + "/"):
-        name = obj.key.rsplit("/", 1)[-1]
-        if f"-{host}-" not in name or obj.size > _MAX_LOCK_BYTES:
-            continue
-        try:
-            data, _ = bucket.get(obj.key)
-            body = json.loads(data)
-        except (NotFoundError, ValueError):
-            continue
-        if not isinstance(body, dict) or body.get("host") != host:
-            continue
-        if body.get("machine") != here["machine"]:
-            continue
-        if body.get("boot") != here.get("boot") or not _process_alive(body.get("pid")):
-            dead.append(obj.key)
-    if dead:
-        bucket.delete(dead)
-    return dead
-
-
-def read_epoch(bucket: Bucket) -> str:
-    """The bucket's gc-epoch: changes whenever a chunk sweep may have deleted something."""
-    try:
-        data, _ = bucket.get(bucket.url.key("gc-epoch"))
-    except NotFoundError:
-        return ""
-    return data.decode("ascii", "replace")
 
 
 @dataclass(slots=True)
@@ -189,16 +57,22 @@ class ReplicaPruneResult:
     chunks_removed: int = 0
     bytes_removed: int = 0
     chunks_in_grace: int = 0
+    #: unmarked chunks kept because a quarantined object spells their hash
+    chunks_quarantined: int = 0
+    quarantined: list[Quarantined] = field(default_factory=list)
     dry_run: bool = False
 
     def log_fields(self) -> dict[str, object]:
         return {
             "rounds_removed": self.rounds_removed,
             "manifests": self.manifests_marked,
+            "manifests_quarantined": len(self.quarantined),
             "chunks_kept": self.chunks_kept,
             "chunks_removed": self.chunks_removed,
             "bytes_removed": self.bytes_removed,
             "chunks_in_grace": self.chunks_in_grace,
+            "chunks_quarantined": self.chunks_quarantined,
+            "quarantined": [q.log_fields() for q in self.quarantined],
             "dry_run": self.dry_run,
         }
 
@@ -269,35 +143,7 @@ def prune_replica(
             bucket.put(
                 url.key("gc-epoch"), secrets.token_hex(16).encode(), content_type="text/plain"
             )
-        marked: set[str] = set()
-        seen: set[str] = set()
-        for obj in bucket.list(hosts_prefix(url)):
-            parsed = parse_manifest_key(url, obj.key)
-            if parsed is None:
-                continue
-            owner, client_id, round_num = parsed
-            if dry_run and owner == host and round_num in result.rounds_removed.get(client_id, ()):
-                continue  # what the sweep would find once retention had run
-            cached = mark_cache.get(obj.key) if mark_cache is not None else None
-            if cached is not None and obj.etag and cached[0] == obj.etag:
-                needs = cached[1]
-            else:
-                try:
-                    data, _ = bucket.get(obj.key)
-                except NotFoundError:
-                    continue  # removed by its own host's retention since the listing
-                manifest = RoundManifest.from_json(data, where=obj.key)
-                # interned: the same chunk named by many manifests is one string in the cache
-                needs = frozenset(sys.intern(h) for h in manifest.referenced_hashes())
-                if mark_cache is not None and obj.etag:
-                    mark_cache[obj.key] = (obj.etag, needs)
-            seen.add(obj.key)
-            marked |= needs
-            result.manifests_marked += 1
-            lock.refresh()
-        if mark_cache is not None:
-            for gone in set(mark_cache) - seen:
-                del mark_cache[gone]
+        marked = _mark(bucket, host, lock, result, mark_cache)
         cutoff = lock.server_time - timedelta(seconds=grace_s)
 
         def listed() -> Iterator[tuple[str, int, datetime]]:
@@ -307,8 +153,92 @@ def prune_replica(
                     yield h, obj.size, obj.last_modified
 
         remove, result.chunks_kept, result.chunks_in_grace = plan_sweep(listed(), marked, cutoff)
+        if result.quarantined and remove:
+            spared = _named_by_quarantined(bucket, result.quarantined, {h for h, _ in remove}, lock)
+            remove = [(h, size) for h, size in remove if h not in spared]
+            result.chunks_quarantined = len(spared)
         result.chunks_removed = len(remove)
         result.bytes_removed = sum(size for _, size in remove)
         if not dry_run and remove:
+            lock.refresh()  # LockLost if an upload may have started meanwhile: delete nothing
             bucket.delete([url.key("chunks", h[:2], h) for h, _ in remove])
     return result
+
+
+def _mark(
+    bucket: Bucket,
+    host: str,
+    lock: ReplicaLock,
+    result: ReplicaPruneResult,
+    mark_cache: MarkCache | None,
+) -> set[str]:
+    """Every chunk hash the usable manifests of every host need; the others go to
+    ``result.quarantined``. Raises (the sweep stops) if the bucket fails."""
+    url = bucket.url
+    marked: set[str] = set()
+    seen: set[str] = set()
+    for obj in bucket.list(hosts_prefix(url)):
+        parsed = parse_manifest_key(url, obj.key)
+        if parsed is None:
+            continue
+        owner, client_id, round_num = parsed
+        retired = result.rounds_removed.get(client_id, ()) if owner == host else ()
+        if result.dry_run and round_num in retired:
+            continue  # what the sweep would find once retention had run
+        lock.refresh()
+        cached = mark_cache.get(obj.key) if mark_cache is not None else None
+        if cached is not None and obj.etag and cached[0] == obj.etag:
+            needs = cached[1]
+        else:
+            try:
+                needs = _needs(bucket, obj)
+            except NotFoundError:
+                continue  # removed by its own host's retention since the listing
+            except (ObjectTooLarge, IntegrityError) as e:
+                result.quarantined.append(
+                    Quarantined(obj.key, owner, client_id, round_num, obj.size, str(e))
+                )
+                continue
+            if mark_cache is not None and obj.etag:
+                mark_cache[obj.key] = (obj.etag, needs)
+        seen.add(obj.key)
+        marked |= needs
+        result.manifests_marked += 1
+    if mark_cache is not None:
+        for gone in set(mark_cache) - seen:
+            del mark_cache[gone]
+    return marked
+
+
+def _needs(bucket: Bucket, obj: ObjectInfo) -> frozenset[str]:
+    """The chunk hashes one manifest needs; ObjectTooLarge (by the listing: no GET) or
+    IntegrityError if it cannot be used."""
+    if obj.size > MAX_MANIFEST_BYTES:
+        raise ObjectTooLarge(bucket.url, obj.key, obj.size, MAX_MANIFEST_BYTES)
+    data, _ = bucket.get(obj.key, limit=MAX_MANIFEST_BYTES)
+    manifest = RoundManifest.from_json(data, where=obj.key)
+    # interned: the same chunk named by many manifests is one string in the cache
+    return frozenset(sys.intern(h) for h in manifest.referenced_hashes())
+
+
+def _named_by_quarantined(
+    bucket: Bucket, quarantined: list[Quarantined], candidates: set[str], lock: ReplicaLock
+) -> set[str]:
+    """The ``candidates`` (chunks about to be deleted) that some quarantined object spells:
+    each object streamed once, in pieces, up to MAX_SCAN_BYTES (a larger one names nothing)."""
+
+    def refreshing(pieces: Iterable[bytes]) -> Iterator[bytes]:
+        for piece in pieces:
+            lock.refresh()  # a long scan must not let our lock go stale
+            yield piece
+
+    spared: set[str] = set()
+    for q in quarantined:
+        if q.size > MAX_SCAN_BYTES:
+            continue
+        try:
+            stream = bucket.stream(q.key, limit=MAX_SCAN_BYTES)
+            spared |= named_hashes(refreshing(stream), candidates - spared)
+        except (NotFoundError, ObjectTooLarge):
+            continue  # removed, or grown past any manifest, since the listing
+    return spared

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 import zstandard
 
 from chunkd.errors import IntegrityError
+from chunkd.replica.bounds import MAX_MANIFEST_BYTES
 from chunkd.replica.bucket import Bucket, ReplicaError
 from chunkd.replica.layout import (
     MAX_CHAIN_DEPTH,
@@ -300,6 +301,11 @@ def upload_round(
         generation=info.generation,
     )
     body = manifest.to_json()
+    if len(body) > MAX_MANIFEST_BYTES:  # no chunkd would read it back (replica.bounds)
+        raise ReplicaError(
+            f"round {round_num}: its manifest is {len(body)} bytes, over the replica's cap of "
+            f"{MAX_MANIFEST_BYTES}; use a larger max_chunk_bytes for a model this size"
+        )
     limiter.acquire(len(body))
     keepalive()
     bucket.put(

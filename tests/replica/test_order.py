@@ -25,7 +25,8 @@ from chunkd.errors import BusyError
 from chunkd.ingest import IngestOptions, ingest_file
 from chunkd.replica.bucket import Bucket
 from chunkd.replica.fetch import latest_round, list_rounds, read_manifest, restore_from_replica
-from chunkd.replica.prune import PRUNE, ReplicaLock, prune_replica
+from chunkd.replica.locks import PRUNE, ReplicaLock
+from chunkd.replica.prune import prune_replica
 from chunkd.store import ChunkStore
 
 from .conftest import WeedServer, ingest_rounds, save_checkpoint

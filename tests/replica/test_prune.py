@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from chunkd.errors import BusyError
-from chunkd.replica import prune as prune_module
+from chunkd.replica import locks as locks_module
 from chunkd.replica.bucket import Bucket
 from chunkd.replica.fetch import list_rounds, read_manifest, restore_from_replica
 from chunkd.replica.layout import chunks_prefix, hash_of_chunk_key
-from chunkd.replica.prune import PRUNE, UPLOAD, ReplicaLock, prune_replica, read_epoch
+from chunkd.replica.locks import PRUNE, UPLOAD, ReplicaLock, read_epoch
+from chunkd.replica.prune import prune_replica
 from chunkd.replica.upload import PresentCache, RateLimiter, upload_round
 from chunkd.store import ChunkStore
 
@@ -130,7 +131,8 @@ def test_a_crashed_hosts_lock_goes_stale(bucket: Bucket, monkeypatch: pytest.Mon
     ReplicaLock(bucket, UPLOAD, "crashed").acquire()  # never released
     with pytest.raises(BusyError):
         prune_replica(bucket, host="h", keep_rounds=lambda c: 1, grace_s=0)
-    monkeypatch.setattr(prune_module, "LOCK_STALE_S", 1.0)
+    monkeypatch.setattr(locks_module, "LOCK_STALE_S", 1.0)
+    monkeypatch.setattr(locks_module, "LOCK_REFRESH_S", 0.2)  # the prune's heartbeat keeps up
     time.sleep(2.2)  # LastModified has one-second resolution
     prune_replica(bucket, host="h", keep_rounds=lambda c: 1, grace_s=0)
 
@@ -176,7 +178,7 @@ def test_a_killed_daemons_prune_lock_is_released_by_its_successor(bucket):
     import subprocess
     import sys
 
-    from chunkd.replica.prune import release_dead_locks
+    from chunkd.replica.locks import release_dead_locks
 
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from chunkd.config import ReplicaConfig
 from chunkd.daemon.replication import ReplicaStage
+from chunkd.replica.bounds import MAX_MANIFEST_BYTES
 from chunkd.replica.bucket import Bucket, ReplicaError
 from chunkd.replica.fetch import list_rounds, restore_from_replica
 from chunkd.replica.layout import ReplicaURL, RoundManifest, chunk_key
@@ -73,7 +74,8 @@ class ManifestWatcher(threading.Thread):
             data, _ = self.bucket.get(
                 self.bucket.url.key(
                     "hosts", entry.host, "clients", entry.client_id, "rounds", str(entry.round_num)
-                )
+                ),
+                limit=MAX_MANIFEST_BYTES,
             )
             manifest = RoundManifest.from_json(data, where=key)
             for chunk_hash in manifest.referenced_hashes():

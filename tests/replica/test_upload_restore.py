@@ -112,7 +112,7 @@ def test_a_corrupted_chunk_object_fails_the_restore(bucket: Bucket, tmp_path: Pa
     m = read_manifest(bucket, "h", "1", 1)
     victim = m.chunks[-1]
     key = chunk_key(bucket.url, victim.chunk_hash)
-    data, meta = bucket.get(key)
+    data, meta = bucket.get(key, limit=1 << 20)
     bucket.put(key, bytes([data[0] ^ 1]) + data[1:], metadata=meta)
     with pytest.raises(IntegrityError, match="SHA-256"):
         restored(bucket, "h", "1", 1)
