@@ -67,6 +67,7 @@ CONFIG_INVALID = "config.invalid"
 REPLICA_UPLOADED = "replica.uploaded"  # docs/REPLICA.md
 REPLICA_FAILED = "replica.failed"
 REPLICA_PRUNED = "replica.pruned"
+REPLICA_QUARANTINED = "replica.quarantined"  # an unusable manifest the sweep left in place
 REPLICA_LOCKS_RELEASED = "replica.locks_released"  # a killed predecessor's locks, removed
 WATCH_ROOT_MISSING = "watch_root.missing"
 ATTEMPT_UNRECORDED = "attempt.unrecorded"
@@ -110,6 +111,7 @@ ALL_EVENTS: tuple[str, ...] = (
     REPLICA_UPLOADED,
     REPLICA_FAILED,
     REPLICA_PRUNED,
+    REPLICA_QUARANTINED,
     REPLICA_LOCKS_RELEASED,
     WATCH_ROOT_MISSING,
     ATTEMPT_UNRECORDED,

@@ -350,7 +350,10 @@ class ReplicaStage:
                 remote.pop(round_num, None)
         with self._lock:
             self._last_prune = {**result.log_fields(), "at": _utc_now()}
-        # a warning when a manifest was quarantined: its host, client and key are in the event
+        # one warning per manifest left in place (host, client, round, key, size, reason): what
+        # an operator alerts on; the sweep's summary stays a warning when there were any
+        for quarantined in result.quarantined:
+            self._log.warning(log.REPLICA_QUARANTINED, **quarantined.log_fields())
         emit = self._log.warning if result.quarantined else self._log.info
         emit(log.REPLICA_PRUNED, **result.log_fields())
 
