@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from chunkd.cli import options
 from chunkd.cli.render import format_bytes, format_table, print_json
-from chunkd.errors import RequestError
+from chunkd.errors import IntegrityError, RequestError
 
 if TYPE_CHECKING:  # the CLI imports no engine module until a command needs it
     from chunkd.config import ReplicaConfig
@@ -103,6 +103,13 @@ def run_prune(args: argparse.Namespace) -> int:
         f"({format_bytes(result.bytes_removed)}), {result.chunks_kept} kept, "
         f"{result.chunks_in_grace} in grace"
     )
+    for q in result.quarantined:  # left in place (docs/REPLICA.md, "Quarantine")
+        print(
+            f"quarantined: host {q.host} client {q.client_id} round {q.round_num} "
+            f"({q.key}, {format_bytes(q.size)}): {q.reason}"
+        )
+    if result.quarantined:
+        print(f"{result.chunks_quarantined} chunks kept because a quarantined object may name them")
     return 0
 
 
@@ -126,6 +133,7 @@ def run_list(args: argparse.Namespace) -> int:
     """``chunkd list --replica``: every host and client in the bucket, or one client's rounds
     (on every host, or on ``--host``), each client's in the store's order (run, then round
     number), so ``latest`` is the newest written, as ``restore --replica`` answers it."""
+    from chunkd.replica.bucket import ObjectTooLarge
     from chunkd.replica.fetch import list_rounds, read_manifest
 
     bucket, host = _bucket_and_host(args)
@@ -148,9 +156,15 @@ def run_list(args: argparse.Namespace) -> int:
         ]  # type: ignore[attr-defined]
         table = format_table(["host", "client", "rounds", "latest"], rows, right={2, 3})
     else:
-        entries = []
+        entries: list[dict[str, object]] = []
         for r in rounds:
-            m = read_manifest(bucket, r.host, r.client_id, r.round_num)  # type: ignore[arg-type]
+            try:
+                m = read_manifest(bucket, r.host, r.client_id, r.round_num)  # type: ignore[arg-type]
+            except (IntegrityError, ObjectTooLarge) as e:  # listed in place, as the sweep keeps it
+                entries.append(
+                    {"host": r.host, "client": r.client_id, "round": r.round_num, "error": str(e)}
+                )
+                continue
             entries.append(
                 {
                     "host": r.host,
@@ -170,6 +184,8 @@ def run_list(args: argparse.Namespace) -> int:
         rows = [
             [str(e["host"]), str(e["round"]), format_bytes(e["file_size"]), str(e["chunks"]),  # type: ignore[arg-type]
              str(e["file_sha256"])[:16], str(e["uploaded_at"])]
+            if "error" not in e
+            else [str(e["host"]), str(e["round"]), "-", "-", "unreadable", str(e["error"])[:60]]
             for e in entries
         ]  # fmt: skip
         headers = ["host", "round", "size", "chunks", "sha256", "uploaded"]

@@ -75,3 +75,24 @@ def test_prune_replica_from_the_command_line(
     assert doc["rounds_removed"] == {"1": [1, 2]} and doc["chunks_in_grace"] > 0  # 1 h grace
     listed = chunkd("list", *where, "--client", "1", "--json")
     assert [r["round"] for r in json.loads(listed.stdout)["rounds"]] == [3]
+
+
+def test_an_unreadable_manifest_is_listed_in_place_and_reported_by_prune(
+    bucket: Bucket, s3_server: WeedServer, tmp_path: Path
+) -> None:
+    """The CLI shows what the sweep quarantines instead of failing on it (issue 19)."""
+    from chunkd.replica.layout import manifest_key
+
+    with ingest_rounds(tmp_path / "c.db", tmp_path / "c", range(1, 3)) as store:
+        upload_all(bucket, store, "site7", "1")
+    bucket.put(manifest_key(bucket.url, "site7", "1", 1), b'{"format": 1, "chunks": [')
+    where = ("--replica", str(bucket.url), "--endpoint", s3_server.endpoint, "--host", "site7")
+    listed = chunkd("list", *where, "--client", "1", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rounds = {r["round"]: r for r in json.loads(listed.stdout)["rounds"]}
+    assert "error" in rounds[1] and rounds[2]["chunks"] > 0
+    human = chunkd("list", *where, "--client", "1")
+    assert human.returncode == 0 and b"unreadable" in human.stdout, human.stderr
+    pruned = chunkd("prune", *where, "--keep", "5", "--dry-run")
+    assert pruned.returncode == 0, pruned.stderr
+    assert b"quarantined: host site7 client 1 round 1" in pruned.stdout, pruned.stdout
