@@ -61,6 +61,7 @@ PURE = {
     "manifest",
     "errors",
     "store.gc",
+    "daemon.admission",
 }
 FORBIDDEN_IN_PURE = {
     "sqlite3",
