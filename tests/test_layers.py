@@ -63,6 +63,7 @@ PURE = {
     "errors",
     "store.gc",
     "tenancy",
+    "daemon.admission",
 }
 FORBIDDEN_IN_PURE = {
     "sqlite3",

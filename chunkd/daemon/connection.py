@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from chunkd.daemon.admission import Holder
 from chunkd.daemon.output import PeerGoneError
 from chunkd.protocol import (
     FRAME_END,
@@ -89,11 +90,13 @@ def _peer_groups(sock: socket.socket) -> tuple[int, ...]:
 class ClientConnection:
     """A client connection: its socket, credentials, unparsed input and waiting descriptors."""
 
-    __slots__ = ("buf", "closing", "deadline", "fds", "peer", "sock")
+    __slots__ = ("buf", "closing", "deadline", "fds", "holder", "peer", "sock")
 
-    def __init__(self, sock: socket.socket, peer: Peer, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, peer: Peer, admin: bool, deadline: float) -> None:
         self.sock = sock
         self.peer = peer
+        #: whose connection and request slots it takes (:mod:`chunkd.daemon.admission`)
+        self.holder = Holder(peer.uid, peer.pid, admin)
         self.buf = bytearray()
         #: (offset in ``buf`` of the byte they came with, descriptors): they belong to its line
         self.fds: list[tuple[int, list[int]]] = []

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import os
 import select
+import socket
 import stat
 import time
 from collections.abc import Callable, Mapping
@@ -89,9 +90,15 @@ class _FdOutput:
     """Writes into a descriptor the client passed, never blocking past the write timeout.
 
     A regular file takes every write at once. A pipe or socket may have a reader that stopped
-    reading; there each write waits for ``poll`` and then writes at most PIPE_BUF bytes, which a
-    writable pipe always accepts whole, so a stalled reader costs one timeout, not a thread.
-    The descriptor's flags are left alone: they are shared with the client's own copy.
+    reading; there each write waits for ``poll`` and then writes at most PIPE_BUF bytes. "Writable"
+    is not enough, though: the client holds the same pipe or socket and can fill the room that
+    woke us before our write lands (a writer of its own, blocked on it), and a blocking write
+    then waits with no timeout at all, holding the request's slot and lease for good (issue 19).
+    So the write itself never blocks: into a socket with ``MSG_DONTWAIT``, into a pipe by
+    ``splice(SPLICE_F_NONBLOCK)`` from a private pipe of ours; a refused write waits for ``poll``
+    again, within the same deadline. A terminal is refused (its writes block whatever poll
+    said; the CLI refuses one too). The descriptor's flags are left alone: they are shared with
+    the client's own copy, so ``O_NONBLOCK`` is never set on it.
     """
 
     def __init__(self, fd: int, conn: Connection, *, hashing: bool = True) -> None:
@@ -100,15 +107,33 @@ class _FdOutput:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise RequestError("the file descriptor passed with the request is a directory")
+        if os.isatty(fd):
+            raise RequestError(
+                "the file descriptor passed with the request is a terminal; pass a file, a pipe "
+                "or a socket"
+            )
         self._fd = fd
         self._conn = conn
         self._may_block = not stat.S_ISREG(mode)
+        self._sock = socket.socket(fileno=os.dup(fd)) if stat.S_ISSOCK(mode) else None
+        #: a pipe's private staging pipe (read end, write end) and how many bytes it holds:
+        #: always the first bytes of the piece being written
+        self._stage = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC) if stat.S_ISFIFO(mode) else None
+        self._staged = 0
         self._hash = hashlib.sha256() if hashing else None
         self.bytes_written = 0
 
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest() if self._hash is not None else ""
+
+    def close(self) -> None:
+        """Close what this output opened of its own (never the client's descriptor)."""
+        if self._sock is not None:
+            self._sock.close()
+        for end in self._stage or ():
+            os.close(end)
+        self._sock = self._stage = None
 
     def write(self, data: bytes | memoryview) -> None:
         if self._conn.peer_gone():
@@ -127,7 +152,9 @@ class _FdOutput:
                 self._wait_writable(deadline)
                 some = piece[:_NONBLOCKING_WRITE_BYTES]
             try:
-                n = os.write(self._fd, some)
+                n = self._write_nowait(some)
+            except BlockingIOError:
+                continue  # someone else took the room: wait for more, within the deadline
             except OSError as e:
                 if e.errno in (errno.EPIPE, errno.ECONNRESET):
                     raise PeerGoneError("the output's reader went away") from None
@@ -138,6 +165,19 @@ class _FdOutput:
                 self._hash.update(piece[:n])
             self.bytes_written += n
             piece = piece[n:]
+
+    def _write_nowait(self, some: memoryview) -> int:
+        """Write what fits now; BlockingIOError if nothing does (a pipe or socket)."""
+        if self._sock is not None:
+            return self._sock.send(some, socket.MSG_DONTWAIT)
+        if self._stage is not None:
+            stage_read, stage_write = self._stage
+            if not self._staged:  # our own empty pipe takes PIPE_BUF bytes whole
+                self._staged = os.write(stage_write, some)
+            n = os.splice(stage_read, self._fd, self._staged, flags=os.SPLICE_F_NONBLOCK)
+            self._staged -= n
+            return n
+        return os.write(self._fd, some)  # a file; or a device, which poll has to do for
 
     def _wait_writable(self, deadline: float) -> None:
         poller = select.poll()
@@ -180,10 +220,13 @@ def send_output(
             raise RequestError(
                 '"transfer": "fd" needs a file descriptor sent with the request (SCM_RIGHTS)'
             )
+        out: _FdOutput | None = None
         try:
             out = _FdOutput(fd, conn, hashing=produce_digest is None)
             produced = produce(out.write, stat.S_ISREG(os.fstat(fd).st_mode))
         finally:
+            if out is not None:
+                out.close()
             os.close(fd)
         digest_hex = produce_digest(produced) if produce_digest else out.sha256
         return _Sent(out.bytes_written, digest_hex)

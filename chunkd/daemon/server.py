@@ -5,17 +5,23 @@ request line) in a ``selectors`` loop; an idle connection costs a file descripto
 line of buffer, never a thread. When a complete line arrives, the connection is handed to a worker
 thread from a bounded pool for exactly that request, then handed back. So a hundred silent or
 trickling clients cannot starve a ``ping``, and a request never waits behind another client's
-line. Past ``max_connections`` (or ``max_connections_per_uid`` for one user) a new connection is
-answered ``busy`` and closed; the last ``admin_reserved_connections`` slots are kept for admins,
-so no tenant (nor every tenant together) can lock root out of its own daemon, and one admin
-process may hold at most ``max_connections_per_admin_process``. Past
-``max_active_requests`` a request is answered ``busy`` and the connection stays open.
+line.
+
+Fair slots (:mod:`chunkd.daemon.admission`, the bounds in ``ServerLimits``). Connections and
+requests being served are shared alike: one uid holds at most ``max_connections_per_uid``
+connections and ``max_active_requests_per_uid`` requests, however many processes it runs; the
+last ``admin_reserved_connections`` / ``admin_reserved_requests`` are kept for admins, so no
+tenant (nor every tenant together) can lock root out of its own daemon; and one admin process
+holds at most ``max_connections_per_admin_process`` / ``max_active_requests_per_admin_process``
+(admins share uids). Past its share a new connection is answered ``busy`` and closed, a request
+is answered ``busy`` and its connection stays open; both are logged ``request.rejected``.
 
 Timeouts. A connection must complete a request line within ``idle_timeout_s`` of becoming idle
 (this also ends slow-loris trickles); any single write to a client, on the socket or into a
-passed descriptor, must finish within ``write_timeout_s``. A line over 64 KiB gets ``bad_request``
-and the connection is closed after its input is drained for a moment, so the client reads the
-answer instead of a reset.
+passed descriptor, must finish within ``write_timeout_s``: a restore whose reader stops reading
+ends then and gives back its request slot and its round's lease, whoever asked. A line over 64
+KiB gets ``bad_request`` and the connection is closed after its input is drained for a moment,
+so the client reads the answer instead of a reset.
 
 Who may do what: :mod:`chunkd.daemon.access` (admins anything; a client directory's owner may
 read that client; nobody else anything but ``ping``/``status``). Every request runs with the
@@ -23,11 +29,12 @@ peer's SO_PEERCRED ``peer_uid``/``peer_gid``/``peer_pid`` bound into its log con
 that change databases are refused here, reads of a client the peer may not read in the handler.
 
 The socket file itself (safe bind, stale and live sockets) is :mod:`chunkd.daemon.socketfile`;
-one connection and one request's channel are :mod:`chunkd.daemon.connection`.
+one connection and one request's channel are :mod:`chunkd.daemon.connection`; serving one
+request line (parse, check, dispatch, answer, log) is :mod:`chunkd.daemon.answer`.
 
 Ownership: ``_idle`` and the selector belong to the reactor thread; a connection belongs to the
 reactor while idle and to one worker while busy; ``_lock`` guards only the hand-over state
-(``_active``, ``_returned``, ``_busy``, ``_reactor_done``, ``_futures``).
+(``_requests``, ``_returned``, ``_busy``, ``_reactor_done``, ``_futures``).
 """
 
 from __future__ import annotations
@@ -38,9 +45,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -49,6 +54,8 @@ import structlog
 from chunkd import log
 from chunkd.daemon import handlers
 from chunkd.daemon.access import Access
+from chunkd.daemon.admission import ServerLimits, Slots, Tally, refusal
+from chunkd.daemon.answer import Dispatch, answer
 from chunkd.daemon.connection import (
     ClientConnection,
     Peer,
@@ -56,50 +63,15 @@ from chunkd.daemon.connection import (
     close_fds,
     send_nowait,
 )
-from chunkd.daemon.output import Connection, PeerGoneError, Result, Streamed
 from chunkd.daemon.socketfile import SOCKET_MODE, SocketFile
 from chunkd.daemon.state import DaemonState
 from chunkd.errors import BusyError, ChunkdError, RequestError
-from chunkd.protocol import (
-    MAX_LINE_BYTES,
-    TRANSFER_FD,
-    Request,
-    describe_error,
-    encode_error,
-    encode_ok,
-    parse_request,
-)
+from chunkd.protocol import MAX_LINE_BYTES, encode_error
 
 _LISTENER: Final = "listener"
 _WAKE: Final = "wake"
 
-Dispatch = Callable[[DaemonState, Request, Connection], Result]
-
 _log = log.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ServerLimits:
-    """Bounds that keep one client from costing the others anything; tests shrink them."""
-
-    max_connections: int = 256
-    #: Connections one uid may hold, however many processes it runs: one user cannot take
-    #: every slot from the others.
-    max_connections_per_uid: int = 64
-    #: The last slots of ``max_connections``, open to admins only (root can always get in).
-    admin_reserved_connections: int = 16
-    #: Connections one admin *process* may hold (admins share a uid, root, so a per-uid cap
-    #: would let one runaway admin process lock out every other admin command).
-    max_connections_per_admin_process: int = 128
-    max_active_requests: int = 64
-    idle_timeout_s: float = 30.0
-    write_timeout_s: float = 30.0
-    #: After a final error answer, input is drained this long so the client reads the answer.
-    linger_s: float = 1.0
-    #: How long stop() lets requests in flight finish before cutting their connections.
-    stop_timeout_s: float = 10.0
-    #: Descriptors that may wait for their request line on one connection.
-    max_pending_fds: int = 4
 
 
 # -- the server ----------------------------------------------------------------------------------
@@ -127,7 +99,8 @@ class Server:
         self._wake_r = self._wake_w = -1
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._active = 0
+        self._connection_quota = self.limits.connection_quota()
+        self._requests = Slots(self.limits.request_quota())
         self._returned: list[ClientConnection] = []
         self._busy: set[ClientConnection] = set()
         self._futures: set[Future[None]] = set()
@@ -228,36 +201,22 @@ class Server:
                 time.sleep(0.05)
                 return
             sock.setblocking(False)
+            peer = Peer.of(sock)
+            admin = self._access(peer).admin
             conn = ClientConnection(
-                sock, Peer.of(sock), time.monotonic() + self.limits.idle_timeout_s
+                sock, peer, admin, time.monotonic() + self.limits.idle_timeout_s
             )
-            refusal = self._over_limit(conn.peer)
-            if refusal is not None:
-                self._refuse(conn, BusyError(refusal))
+            if (why := self._over_limit(conn)) is not None:
+                self._refuse(conn, BusyError(why))
                 continue
             self._register(conn)
 
-    def _over_limit(self, peer: Peer) -> str | None:
-        """Why a new connection of ``peer`` is refused, or None (reactor thread)."""
-        limits = self.limits
+    def _over_limit(self, conn: ClientConnection) -> str | None:
+        """Why a new connection is refused, or None (reactor thread)."""
         with self._lock:  # busy, or served and on its way back to the reactor: still open
             busy = [*self._busy, *self._returned]
-        total = len(self._idle) + len(busy)
-        if self._access(peer).admin:
-            if total >= limits.max_connections:
-                return "too many connections to chunkd; try again later"
-            mine = sum(1 for c in self._idle.values() if c.peer.pid == peer.pid)
-            mine += sum(1 for c in busy if c.peer.pid == peer.pid)
-            if mine >= limits.max_connections_per_admin_process:
-                return f"this process holds too many connections to chunkd ({mine})"
-            return None
-        if total >= limits.max_connections - limits.admin_reserved_connections:
-            return "too many connections to chunkd; try again later"
-        mine = sum(1 for c in self._idle.values() if c.peer.uid == peer.uid)
-        mine += sum(1 for c in busy if c.peer.uid == peer.uid)
-        if mine >= limits.max_connections_per_uid:
-            return f"uid {peer.uid} holds too many connections to chunkd ({mine})"
-        return None
+        held = Tally(c.holder for c in (*self._idle.values(), *busy))
+        return refusal(self._connection_quota, conn.holder, held)
 
     def _access(self, peer: Peer) -> Access:
         settings = self._state.settings
@@ -329,15 +288,13 @@ class Server:
         while (taken := conn.take_line()) is not None:
             line, fds = taken
             with self._lock:
-                room = self._active < self.limits.max_active_requests
-                if room:
-                    self._active += 1
-            if room:
+                why = self._requests.take(conn.holder)
+            if why is None:
                 self._unregister(conn)
                 self._start_worker(conn, line, fds)
                 return
             close_fds(fds)
-            busy = BusyError("chunkd is serving too many requests; try again later")
+            busy = BusyError(why)
             with structlog.contextvars.bound_contextvars(**conn.peer.log_context()):
                 _log.warning(log.REQUEST_REJECTED, error_code=busy.code, error=str(busy))
             if not send_nowait(conn.sock, encode_error(busy)):
@@ -384,14 +341,14 @@ class Server:
         try:
             conn.sock.settimeout(self.limits.write_timeout_s)
             with structlog.contextvars.bound_contextvars(**conn.peer.log_context()):
-                keep_open = self._answer(conn.peer, channel, line)
+                keep_open = answer(self._dispatch, self._state, channel, line)
         finally:
             channel.close_fds()
             self._hand_back(conn, keep_open)
 
     def _hand_back(self, conn: ClientConnection, keep_open: bool) -> None:
         with self._lock:
-            self._active -= 1
+            self._requests.give_back(conn.holder)
             self._busy.discard(conn)
             keep_open = keep_open and not self._reactor_done
             if keep_open:
@@ -401,80 +358,3 @@ class Server:
             self._wake()
         else:
             conn.close()
-
-    def _answer(self, peer: Peer, channel: RequestChannel, line: bytes) -> bool:
-        """Serve one request line: exactly one answer, one log line. False: close the connection.
-
-        The boundary of a request: every exception ends here, as an answer and a log line.
-        """
-        started = time.monotonic()
-        fields: dict[str, object] = {}
-        try:
-            request = parse_request(line)
-            fields = _request_fields(request)
-            _check_fds(request, channel.fd_count)
-            if not (request.cmd == "prune" and request.dry_run):
-                # a dry run changes nothing: a tenant may preview its own clients (issue 10)
-                channel.access.check_command(request.cmd)
-            result = self._dispatch(self._state, request, channel)
-            if not isinstance(result, Streamed):
-                channel.send(encode_ok(result))
-        except PeerGoneError as e:
-            _log.info(
-                log.REQUEST_REJECTED,
-                **fields,
-                duration_ms=_ms_since(started),
-                error_code="disconnected",
-                error=str(e),
-            )
-            return False
-        except ChunkdError as e:
-            code, _ = describe_error(e)
-            event = log.REQUEST_FAILED if code == "internal" else log.REQUEST_REJECTED
-            _log.warning(
-                event, **fields, duration_ms=_ms_since(started), error_code=code, error=str(e)
-            )
-            return _send_error(channel, e)
-        except Exception as e:  # the connection handler is a boundary (STYLE.md, Part 3)
-            _log.exception(
-                log.REQUEST_FAILED,
-                **fields,
-                duration_ms=_ms_since(started),
-                error_code="internal",
-                error=f"{type(e).__name__}: {e}",
-            )
-            return _send_error(channel, e)
-        _log.info(log.REQUEST_SERVED, **fields, duration_ms=_ms_since(started))
-        return True
-
-
-def _check_fds(request: Request, fd_count: int) -> None:
-    wants_fd = request.cmd in {"restore", "export"} and request.transfer == TRANSFER_FD
-    if wants_fd and fd_count != 1:
-        raise RequestError(
-            f'{request.cmd}: "transfer": "fd" needs exactly one file descriptor sent with the '
-            f"request line (SCM_RIGHTS), got {fd_count}"
-        )
-    if not wants_fd and fd_count:
-        raise RequestError(f"{request.cmd}: this request takes no file descriptor")
-
-
-def _request_fields(request: Request) -> dict[str, object]:
-    fields: dict[str, object] = {"cmd": request.cmd}
-    if request.client_id is not None:
-        fields["client"] = request.client_id
-    if request.round_num is not None:
-        fields["round"] = request.round_num
-    return fields
-
-
-def _send_error(channel: RequestChannel, exc: BaseException) -> bool:
-    try:
-        channel.send_error(exc)
-    except PeerGoneError:
-        return False
-    return True
-
-
-def _ms_since(started: float) -> float:
-    return round((time.monotonic() - started) * 1e3, 1)

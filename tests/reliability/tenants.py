@@ -76,6 +76,55 @@ print(json.dumps({"held": len(held), "refused": refused}), flush=True)
 sys.stdin.read()
 """
 
+#: Holds restores unread: opens argv[3] connections, sends the restore request argv[2] on each
+#: (with "transfer": "fd", a pipe's write end whose read end it keeps and never reads), reads
+#: nothing of what comes back (it only peeks at the first line to count), reports, and keeps
+#: everything until its stdin closes. A frames restore larger than the socket buffers or an fd
+#: restore larger than a pipe then holds its request slot until the daemon gives up on it.
+_RESTORE_HOLDER = r"""
+import json, os, select, socket, sys, time
+path, raw, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+by_fd = json.loads(raw).get("transfer") == "fd"
+socks, pipes = [], []
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    line = raw.encode() + b"\n"
+    r, w = os.pipe() if by_fd else (-1, -1)
+    try:  # a refused connection is answered "busy" and closed: the send may fail
+        if by_fd:
+            socket.send_fds(s, [line], [w])
+        else:
+            s.sendall(line)
+    except OSError:
+        pass
+    if by_fd:
+        os.close(w)
+        pipes.append(r)
+    socks.append(s)
+# An fd restore answers only at its end: no line within a second means it is being served.
+deadline = time.monotonic() + (1.0 if by_fd else 30.0)
+counts = {"held": 0, "busy_request": 0, "busy_connection": 0, "other": 0}
+for s in socks:
+    first = b""
+    while b"\n" not in first:  # peek: what was sent stays unread
+        if not select.select([s], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            break
+        first = s.recv(1 << 16, socket.MSG_PEEK)
+        if not first:
+            break
+    answer = json.loads(first.split(b"\n")[0]) if b"\n" in first else None
+    if (answer is None and by_fd) or (answer and answer.get("ok")):
+        counts["held"] += 1
+    elif answer and answer["error"]["code"] == "busy":
+        kind = "connection" if "connections" in answer["error"]["message"] else "request"
+        counts["busy_" + kind] += 1
+    else:
+        counts["other"] += 1
+print(json.dumps(counts), flush=True)
+sys.stdin.read()
+"""
+
 
 def have_setpriv() -> bool:
     return shutil.which("setpriv") is not None
@@ -126,6 +175,38 @@ def holding(
     uid, gid, groups = who
     proc = subprocess.Popen(
         [*as_user(uid, gid, groups), sys.executable, "-c", _HOLDER, str(socket_path), str(count)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        yield json.loads(proc.stdout.readline())
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def holding_restores(
+    socket_path: Path, who: tuple[int, int, tuple[int, ...]], count: int, restore: dict[str, Any]
+) -> Iterator[dict[str, int]]:
+    """A tenant process that sends ``count`` restores and never reads them, while the block runs.
+
+    Yields how they were answered: ``held`` (being served), ``busy_request``, ``busy_connection``.
+    """
+    uid, gid, groups = who
+    proc = subprocess.Popen(
+        [
+            *as_user(uid, gid, groups),
+            sys.executable,
+            "-c",
+            _RESTORE_HOLDER,
+            str(socket_path),
+            json.dumps(restore),
+            str(count),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
