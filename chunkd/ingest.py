@@ -29,6 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from chunkd import codec, rounds
 from chunkd.checkpoint import ParsedCheckpoint, parse_checkpoint, read_exact, read_into
@@ -47,6 +48,11 @@ from chunkd.store import ChunkStore, FileIdentity, SourceRecord
 #: Chunks read ahead of the one being stored; memory is about this many chunks.
 WINDOW = 4
 
+#: A file this small is hashed, checked and encoded on the writer's own thread: for a few KiB
+#: the hand-off to worker threads (starting two per file, a GIL switch per future) cost more
+#: than the work (issue 20: 2 KB checkpoints). Bigger files keep the pipeline.
+INLINE_MAX_BYTES = 1 << 20
+
 OUTCOME_INGESTED = "ingested"
 OUTCOME_REPLACED = "replaced"
 OUTCOME_DUPLICATE = "duplicate"
@@ -55,6 +61,7 @@ OUTCOME_SEEN = "seen"  # path, size and mtime already taken: not even read
 #: ``progress(bytes_done, bytes_total)``: called from the writer's thread after each chunk is
 #: stored, so a daemon can prove liveness (watchdog) and report long ingests; must be cheap.
 Progress = Callable[[int, int], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +198,13 @@ def ingest_file(
         if round_num is None:
             _refuse_conflict(store, target, source, fd, before.st_size)
         specs = plan_chunks(parsed.storages, options.chunk_num, options.max_chunk_bytes)
-        own_pool = pool is None
-        workers = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunkd-hash")
+        inline = before.st_size <= INLINE_MAX_BYTES
+        own_pool = pool is None and not inline
+        workers: Executor = (
+            InlineExecutor()
+            if inline
+            else pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunkd-hash")
+        )
         try:
             result = _stream_round(
                 fd,
@@ -245,7 +257,11 @@ def _stream_round(
     """
     writer = store.begin_round(size_hint=parsed.file_size)
     file_check = FileChecker(parsed)
-    sequential_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-filehash")
+    sequential_worker: Executor = (
+        pool
+        if isinstance(pool, InlineExecutor)  # in file order anyway: one thread does everything
+        else ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-filehash")
+    )
     slot_of = {s.name: i for i, s in enumerate(parsed.storages)}
     metadata: list[tuple[int, str, str, int]] = []
     hashing: deque[tuple[ChunkSpec, bytearray, Future[str], Future[None]]] = deque()
@@ -470,6 +486,18 @@ def _same_content_as_taken(
     seen = SourceRecord(source, identity, taken.file_sha256, taken.round_num, taken.outcome)
     store.record_source(seen)
     return seen
+
+
+class InlineExecutor(Executor):
+    """Runs each task at once on the caller's thread: the pipeline's code, without its threads."""
+
+    def submit(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # re-raised by result(), where a worker's would be
+            future.set_exception(e)
+        return future
 
 
 def _sha256_hex(data: memoryview) -> str:
