@@ -48,9 +48,10 @@ from chunkd.store import ChunkStore, FileIdentity, SourceRecord
 #: Chunks read ahead of the one being stored; memory is about this many chunks.
 WINDOW = 4
 
-#: A file this small is hashed, checked and encoded on the writer's own thread: for a few KiB
-#: the hand-off to worker threads (starting two per file, a GIL switch per future) cost more
-#: than the work (issue 20: 2 KB checkpoints). Bigger files keep the pipeline.
+#: A file this small is checked (CRC-32s, whole-file SHA-256) on the writer's own thread, and
+#: without a caller's pool also hashed and encoded there: for a few KiB, starting three threads
+#: per file and a GIL hand-off per future cost more than the work (issue 20: 2 KB checkpoints).
+#: Bigger files keep the pipeline; a caller's pool (the daemon's) is always used.
 INLINE_MAX_BYTES = 1 << 20
 
 OUTCOME_INGESTED = "ingested"
@@ -200,10 +201,10 @@ def ingest_file(
         specs = plan_chunks(parsed.storages, options.chunk_num, options.max_chunk_bytes)
         inline = before.st_size <= INLINE_MAX_BYTES
         own_pool = pool is None and not inline
-        workers: Executor = (
+        workers: Executor = pool or (
             InlineExecutor()
             if inline
-            else pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunkd-hash")
+            else ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunkd-hash")
         )
         try:
             result = _stream_round(
@@ -258,8 +259,8 @@ def _stream_round(
     writer = store.begin_round(size_hint=parsed.file_size)
     file_check = FileChecker(parsed)
     sequential_worker: Executor = (
-        pool
-        if isinstance(pool, InlineExecutor)  # in file order anyway: one thread does everything
+        InlineExecutor()  # in file order anyway: the writer's thread feeds it chunk by chunk
+        if parsed.file_size <= INLINE_MAX_BYTES
         else ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-filehash")
     )
     slot_of = {s.name: i for i, s in enumerate(parsed.storages)}

@@ -8,6 +8,8 @@ comes back byte-identical, and a damaged small file is still refused with nothin
 from __future__ import annotations
 
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,24 @@ def test_small_checkpoint_is_ingested_without_starting_a_thread(
     assert [r.round_num for r in results] == [1, 2]
     assert results[1].linked_chunks > 0  # the link step ran, inline too
     assert [restored_bytes(db, r) for r in (1, 2)] == data
+
+
+def test_small_checkpoint_with_a_callers_pool_starts_no_thread_of_its_own(
+    tmp_path: Path, thread_starts: list[str]
+) -> None:
+    """The daemon passes its pool: the per-file sequential worker is not started either."""
+    path = tmp_path / "model_round_1.pth"
+    data = save_model(path, seed=2, elements=256)
+    with (
+        ThreadPoolExecutor(max_workers=2) as pool,
+        ChunkStore.open_writer(tmp_path / "c.db") as store,
+    ):
+        for _ in range(2):
+            pool.submit(time.sleep, 0.05)  # both of the pool's threads exist before the ingest
+        thread_starts.clear()
+        ingest_file(path, store, IngestOptions(), pool=pool)
+        assert thread_starts == []
+    assert restored_bytes(tmp_path / "c.db", 1) == data
 
 
 def test_bigger_checkpoint_keeps_the_worker_pipeline(
