@@ -12,7 +12,10 @@ Phases, each recorded in ``<out>/results.json`` and rendered into ``RESULTS.md``
    retention in the daemon over the ``fedavg`` series (a backlog, then prune after each round);
 5. the daemon's idle CPU and close -> ingested latency; 6. a py-spy profile of the largest
    float32 ingest and restore; 7. the store's concurrency, overhead and replica figures;
-8. real FedAvg trajectories (a CNN and a FederatedScope-style MLP) through the engine.
+8. issue 20's scale: files/s of 2 KB, 100 KB and 10 MB checkpoints (:mod:`benchmarks.small_files`),
+   ``--many-clients`` directories on one daemon (:mod:`benchmarks.many_clients`, bounded by
+   ``--many-clients-timeout``), Flower's simulation engine beside it (:mod:`benchmarks.flower_sim`);
+9. real FedAvg trajectories (a CNN and a FederatedScope-style MLP) through the engine.
 
 chunkd is measured with its shipped defaults (:mod:`benchmarks.configs`: ``default`` is
 ``chunkd.config.load_settings(None)``) unless a figure names another config, such as ``none``.
@@ -43,11 +46,14 @@ from benchmarks import (
     configs,
     contention,
     db_overhead,
+    flower_sim,
     limits,
+    many_clients,
     profiling,
     replica_bench,
     restic_bench,
     seed_baseline,
+    small_files,
 )
 from benchmarks.configs import DEFAULT
 from benchmarks.runner import REPO_ROOT
@@ -131,6 +137,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--codecs-full",
         action="store_true",
         help="every codec candidate and delta transform (minutes), not the short list",
+    )
+    p.add_argument(
+        "--many-clients",
+        type=int,
+        default=10_000,
+        help="client directories of the issue-20 scale run (0: skip it)",
+    )
+    p.add_argument(
+        "--many-clients-timeout",
+        type=float,
+        default=1500.0,
+        help="seconds the scale run may take; a stuck daemon yields partial figures",
+    )
+    p.add_argument(
+        "--flower-clients",
+        type=int,
+        default=1000,
+        help="clients of Flower's simulation engine beside the daemon (0: skip; needs "
+        "flwr[simulation] in $CHUNKD_FLWR_PYTHON or this interpreter)",
     )
     p.add_argument(
         "--render-only",
@@ -467,6 +492,35 @@ class Bench:
         return entry
 
 
+def run_scale(bench: Bench, args: argparse.Namespace, work: Path) -> None:
+    """Issue 20: files/s of small checkpoints, N clients on one daemon, a framework at scale.
+    ``--quick``: small files without the 10 MB size, 20 clients, no Flower (Ray's start-up)."""
+    bench.results["small_files"] = bench.attempt(
+        "small checkpoints, files/s",
+        lambda: small_files.run(work, args.quick, daemon=bench.daemon_reason is None),
+    )
+    clients = min(args.many_clients, 20) if args.quick else args.many_clients
+    if clients and bench.daemon_reason is None:
+        bench.results["many_clients"] = bench.attempt(
+            f"{clients} clients on one daemon",
+            lambda: many_clients.run_child(
+                work, clients, args.many_clients_timeout, 2.0 if args.quick else 60.0
+            ),
+        )
+    if args.quick or not args.flower_clients or bench.daemon_reason is not None:
+        return
+    reason = flower_sim.unavailable_reason(flower_sim.flwr_python())
+    if reason:
+        bench.results["skipped"].append(f"Flower simulation: {reason}")  # type: ignore[union-attr]
+        return
+    bench.results["flower_sim"] = bench.attempt(
+        f"Flower simulation, {args.flower_clients} clients",
+        lambda: flower_sim.run(
+            work, args.flower_clients, 3, args.many_clients_timeout, flower_sim.flwr_python()
+        ),
+    )
+
+
 def _get_best_sqlite(results: Result) -> tuple[int, str] | None:
     """(page size, journal mode) of the fastest raw SQLite insert in the limits grid."""
     lim = results.get("limits")
@@ -585,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.results["replica"] = bench.attempt(
                 "replica upload", lambda: replica_bench.run(work, min(plan.series_mib, 32.0))
             )
+        run_scale(bench, args, work)
         if not args.no_trajectory:
             bench.results["trajectory"] = bench.attempt(
                 "FedAvg trajectory", lambda: run_trajectory(args, out)
@@ -615,6 +670,9 @@ def main(argv: list[str] | None = None) -> int:
     md += db_overhead.render(bench.results.get("db_overhead"))
     if "replica" in bench.results:
         md += replica_bench.render(bench.results.get("replica"))
+    md += small_files.render(bench.results.get("small_files"))
+    md += many_clients.render(bench.results.get("many_clients"))
+    md += flower_sim.render(bench.results.get("flower_sim"))
     if not args.no_trajectory:
         from benchmarks import trajectory_report
 

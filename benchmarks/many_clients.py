@@ -254,7 +254,9 @@ def run_child(work: Path, clients: int, timeout_s: float, idle_s: float) -> Resu
     argv = [sys.executable, "-m", "benchmarks.many_clients", "--clients", str(clients)]
     argv += ["--timeout", str(timeout_s), "--idle", str(idle_s), "--work", str(work)]
     argv += ["--json", str(out)]
-    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(), start_new_session=True)
+    proc = subprocess.Popen(
+        argv, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         proc.wait(timeout=timeout_s + 240)  # + stopping the daemon and counting the databases
     except subprocess.TimeoutExpired:
