@@ -23,10 +23,7 @@ from pathlib import Path
 import pytest
 from fl_harness import restore_via_socket, stored_rounds
 
-pytest.importorskip("ray", reason="flwr[simulation] (Ray) is not installed: make integration")
-pytest.importorskip("flwr.simulation")
-
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
 CLIENTS = 100
@@ -35,6 +32,8 @@ COUNTS = (str(CLIENTS), str(ROUNDS))
 
 
 def test_flower_simulation_of_100_clients_every_round_taken_once(tmp_path, make_daemon) -> None:
+    pytest.importorskip("ray", reason="flwr[simulation] (Ray) is not installed: make integration")
+    pytest.importorskip("flwr.simulation")
     daemon = make_daemon()
     ray_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's Unix sockets
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": str(ray_dir)}
