@@ -49,6 +49,7 @@ from benchmarks import (
     flower_sim,
     limits,
     many_clients,
+    many_clients_report,
     profiling,
     replica_bench,
     restic_bench,
@@ -671,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     if "replica" in bench.results:
         md += replica_bench.render(bench.results.get("replica"))
     md += small_files.render(bench.results.get("small_files"))
-    md += many_clients.render(bench.results.get("many_clients"))
+    md += many_clients_report.render(bench.results.get("many_clients"))
     md += flower_sim.render(bench.results.get("flower_sim"))
     if not args.no_trajectory:
         from benchmarks import trajectory_report
