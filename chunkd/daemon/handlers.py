@@ -7,7 +7,8 @@ through :class:`~chunkd.daemon.state.DaemonState` and the client through the nar
 the server turns them into the one answer a request gets.
 
 Reads (list, verify, restore, export) open their own read-only :class:`ChunkStore` in the
-connection's thread and never wait for a lane. Writes (ingest, prune) are handed to the client's
+connection's thread and never wait for a lane; ``list`` (:mod:`chunkd.daemon.listing`) opens
+only the databases that changed since it last read them. Writes (ingest, prune) are handed to the client's
 lane, the database's only writer, and waited for with a timeout; past it the answer is ``busy``
 while the job itself still runs.
 
