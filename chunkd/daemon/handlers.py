@@ -8,9 +8,9 @@ the server turns them into the one answer a request gets.
 
 Reads (list, verify, restore, export) open their own read-only :class:`ChunkStore` in the
 connection's thread and never wait for a lane; ``list`` (:mod:`chunkd.daemon.listing`) opens
-only the databases that changed since it last read them. Writes (ingest, prune) are handed to the client's
-lane, the database's only writer, and waited for with a timeout; past it the answer is ``busy``
-while the job itself still runs.
+only the databases that changed since it last read them. Writes (ingest, prune) are handed to
+the client's lane, the database's only writer, and waited for with a timeout; past it the
+answer is ``busy`` while the job itself still runs.
 
 Restore and export write checkpoint bytes through :mod:`chunkd.daemon.output` (a passed
 descriptor or frames, never blocking past the write timeout). Who may read which client is
