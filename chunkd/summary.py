@@ -61,7 +61,17 @@ def summarize_store(
     ``client_dir``, ``files_on_disk`` counts the checkpoint files (``file_patterns``) still in it,
     which chunkd leaves there unless ``delete_after_ingest``.
     """
-    on_disk = _checkpoints_on_disk(client_dir, file_patterns)
+    on_disk = checkpoints_on_disk(client_dir, file_patterns)
+    return {**summarize_database(client_id, store), **on_disk}
+
+
+def summarize_database(client_id: str, store: ChunkStore | None) -> dict[str, object]:
+    """:func:`summarize_store` without ``files_on_disk``: only what the database holds.
+
+    Everything here changes only when the database file does, which is what lets the daemon
+    keep it between two ``list`` requests (:mod:`chunkd.daemon.summaries`); the checkpoint files
+    beside it are counted afresh each time.
+    """
     if store is None:
         return {
             "client": client_id,
@@ -76,7 +86,6 @@ def summarize_store(
             "disk_ratio": None,
             "dedup_ratio": 1.0,
             "compression_ratio": 1.0,
-            **on_disk,
         }
     # newest last, in the one order retention and `latest` use (run, then round number)
     rounds = sorted(store.list_rounds(), key=lambda v: v.order_key)
@@ -109,7 +118,6 @@ def summarize_store(
         "disk_ratio": None if disk_ratio is None else round(disk_ratio, 3),
         "dedup_ratio": round(dedup, 3),
         "compression_ratio": round(compression, 3),
-        **on_disk,
     }
 
 
@@ -160,24 +168,34 @@ def _db_bytes_on_disk(path: Path, db_file_bytes: int) -> int:
     return total
 
 
-def _checkpoints_on_disk(
-    client_dir: Path | None, file_patterns: Sequence[str]
-) -> dict[str, object]:
+def checkpoints_on_disk(client_dir: Path | None, file_patterns: Sequence[str]) -> dict[str, object]:
     """``files_on_disk`` / ``files_on_disk_bytes``: checkpoint files still in the client's
-    directory (None when the directory is not known here)."""
+    directory (None when the directory is not known here).
+
+    One ``scandir`` per directory and one ``lstat`` per matching file (a file being written
+    grows without its directory changing, so sizes are never taken from an earlier look).
+    """
     if client_dir is None or not file_patterns:
         return {"files_on_disk": None, "files_on_disk_bytes": None}
     count = size = 0
-    for root, dirs, files in os.walk(client_dir):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if name.startswith(".") or not any(fnmatch.fnmatch(name, p) for p in file_patterns):
-                continue
-            with contextlib.suppress(OSError):
-                st = os.stat(os.path.join(root, name), follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode):
-                    count += 1
-                    size += st.st_size
+    pending = [os.fspath(client_dir)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name.startswith("."):
+                        continue
+                    with contextlib.suppress(OSError):
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(entry.path)
+                        elif any(fnmatch.fnmatch(name, p) for p in file_patterns):
+                            st = entry.stat(follow_symlinks=False)
+                            if stat.S_ISREG(st.st_mode):
+                                count += 1
+                                size += st.st_size
+        except OSError:
+            continue
     return {"files_on_disk": count, "files_on_disk_bytes": size}
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 _BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -54,6 +54,14 @@ def format_duration(seconds: float) -> str:
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
     """An aligned table; columns whose index is in ``right`` (numbers) are right-aligned."""
+    return "\n".join(table_lines(headers, rows, right))
+
+
+def table_lines(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]
+) -> Iterator[str]:
+    """:func:`format_table` one line at a time: a table of 10,000 clients is printed as it is
+    rendered instead of being built whole first (only the column widths need every row)."""
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
@@ -65,7 +73,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: s
         ]
         return "  ".join(padded).rstrip()
 
-    return "\n".join([line(headers), *(line(row) for row in rows)])
+    yield line(headers)
+    for row in rows:
+        yield line(row)
 
 
 def format_pairs(pairs: Sequence[tuple[str, str]], indent: int = 0) -> str:

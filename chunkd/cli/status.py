@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
 #: The human table fits a terminal this wide (issue 10: it used to take over 200 columns).
 WIDTH = 100
+#: Above this many clients the table shows only those that need a look (:func:`_clients`).
+QUIET_ABOVE = 50
 #: Per-client fields shown as table columns, in this order, with their short headers; the rest
 #: (directories, database paths, nested objects) are in ``--json``.
 _CLIENT_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -93,10 +95,24 @@ def render_status(status: dict[str, object]) -> str:
     return "\n\n".join(parts)
 
 
-def _clients(clients: dict[str, object]) -> str:
-    """One row per client: counters and the last ingest; then each client's last error."""
-    if not clients:
+def _clients(all_clients: dict[str, object]) -> str:
+    """One row per client: counters and the last ingest; then each client's last error.
+
+    Past :data:`QUIET_ABOVE` clients, only the ones with something queued, rejected or failing
+    get a row and the others are counted in one line: 10,000 idle rows help nobody.
+    """
+    if not all_clients:
         return "clients: none"
+    clients = all_clients
+    if len(all_clients) > QUIET_ABOVE:
+        clients = {cid: e for cid, e in all_clients.items() if _needs_a_look(e)}
+    quiet = len(all_clients) - len(clients)
+    quiet_line = (
+        f"{quiet} {'other ' if clients else ''}clients: nothing queued, nothing rejected, no "
+        "errors (chunkd status --json lists every client)"
+    )
+    if not clients:
+        return f"clients:\n{quiet_line}"
     columns = _CLIENT_COLUMNS + tuple(
         (key, header)
         for key, header in _RARE_COLUMNS
@@ -122,9 +138,21 @@ def _clients(clients: dict[str, object]) -> str:
             errors.append(_fit(f"  client {cid}: {error}"))
     table = format_table(headers, rows, right=set(range(1, len(columns) + 1)))
     text = "clients:\n" + "\n".join(_fit(line) for line in table.splitlines())
+    if quiet:
+        text += "\n" + _fit(quiet_line)
     if errors:
         text += "\n\nlast errors:\n" + "\n".join(errors)
     return text
+
+
+def _needs_a_look(entry: object) -> bool:
+    fields = entry if isinstance(entry, dict) else {}
+    return bool(
+        fields.get("queue_depth")
+        or fields.get("rejected")
+        or fields.get("errors")
+        or fields.get("last_error")
+    )
 
 
 def _event_text(event: dict[str, object]) -> str:

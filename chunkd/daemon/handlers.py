@@ -7,9 +7,10 @@ through :class:`~chunkd.daemon.state.DaemonState` and the client through the nar
 the server turns them into the one answer a request gets.
 
 Reads (list, verify, restore, export) open their own read-only :class:`ChunkStore` in the
-connection's thread and never wait for a lane. Writes (ingest, prune) are handed to the client's
-lane, the database's only writer, and waited for with a timeout; past it the answer is ``busy``
-while the job itself still runs.
+connection's thread and never wait for a lane; ``list`` (:mod:`chunkd.daemon.listing`) opens
+only the databases that changed since it last read them. Writes (ingest, prune) are handed to
+the client's lane, the database's only writer, and waited for with a timeout; past it the
+answer is ``busy`` while the job itself still runs.
 
 Restore and export write checkpoint bytes through :mod:`chunkd.daemon.output` (a passed
 descriptor or frames, never blocking past the write timeout). Who may read which client is
@@ -21,7 +22,6 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +30,8 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from chunkd import __version__, log, safepath
+from chunkd.daemon import listing
+from chunkd.daemon.listing import DAMAGED, SUMMARIES, has_database, open_store_if_any
 from chunkd.daemon.output import (  # noqa: F401 - STREAMED etc. re-exported for the server
     STREAMED,
     Connection,
@@ -39,7 +41,7 @@ from chunkd.daemon.output import (  # noqa: F401 - STREAMED etc. re-exported for
     answer_for,
     send_output,
 )
-from chunkd.daemon.state import ClientInfo, DaemonState, RemovedClient
+from chunkd.daemon.state import ClientInfo, DaemonState
 from chunkd.errors import BusyError, ChunkdError, ForbiddenError, NotFoundError
 from chunkd.export import StoredRound, plan_safetensors, stream_safetensors
 from chunkd.protocol import Request
@@ -49,8 +51,6 @@ from chunkd.summary import (
     summarize_forget,
     summarize_ingest,
     summarize_prune,
-    summarize_store,
-    summarize_unreadable,
     summarize_verify,
 )
 from chunkd.verify import verify_store
@@ -93,29 +93,10 @@ def _selected_clients(
     return access.readable(clients[key] for key in sorted(clients))
 
 
-def _has_database(info: ClientInfo) -> bool:
-    """Whether the client has a database with a schema yet.
-
-    SQLite creates the file empty when the first writer connects and writes it only when the
-    schema commits; ``open_reader`` calls an empty file "schema version 0" (an internal error),
-    so a ``list`` during a new client's first ingest would fail for every client. Empty is
-    "nothing stored yet".
-    """
-    try:
-        return info.db_path.stat().st_size > 0
-    except FileNotFoundError:
-        return False
-
-
 def _open_store(info: ClientInfo) -> ChunkStore:
-    if not _has_database(info):
+    if not has_database(info):
         raise NotFoundError(f"client {info.client_id!r} has no stored rounds yet")
     return ChunkStore.open_reader(info.db_path)
-
-
-def _open_store_if_any(info: ClientInfo) -> ChunkStore | None:
-    """A reader, or None for a client whose first checkpoint has not been ingested yet."""
-    return ChunkStore.open_reader(info.db_path) if _has_database(info) else None
 
 
 def _wait(future: Future[_T], what: str) -> _T:
@@ -151,6 +132,9 @@ def status(state: DaemonState, request: Request, conn: Connection) -> Result:
         errors = result.get("errors", 0)
         result["errors"] = (errors if isinstance(errors, int) else 0) + len(damaged)
     result["damaged_databases"] = damaged
+    # what `list` keeps between requests (bounded by the clients watched) and how often it
+    # reused a summary instead of opening the database (chunkd.daemon.summaries)
+    result["list_cache"] = SUMMARIES.counts()
     if not conn.access.admin:
         removed = result.get("removed_clients")
         clients = state.clients()
@@ -167,110 +151,15 @@ def status(state: DaemonState, request: Request, conn: Connection) -> Result:
     return result
 
 
-class DamagedDatabases:
-    """Clients whose database a read request could not open or read, until one succeeds again.
-
-    ``list`` answers for every healthy client and reports a damaged one in place; this table is
-    what ``status`` adds to its ``errors`` count, so the damage shows in health checks too.
-    Any request thread writes it; the lock guards the dict.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_client: dict[str, str] = {}
-
-    def mark(self, client_id: str, message: str) -> None:
-        with self._lock:
-            self._by_client[client_id] = message
-
-    def clear(self, client_id: str) -> None:
-        with self._lock:
-            self._by_client.pop(client_id, None)
-
-    def snapshot(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self._by_client)
-
-
-#: The daemon's table (one daemon per process).
-DAMAGED: Final = DamagedDatabases()
-
-
-def _summary_or_error(
-    state: DaemonState, info: ClientInfo, removed: RemovedClient | None
-) -> dict[str, object]:
-    """One client's ``list`` entry; a database that cannot be read is reported in place.
-
-    The entry then has the figures of an empty client, an ``error`` object (code, message) and,
-    when the file is damaged, ``damaged`` with the reason (:func:`summarize_unreadable`), so one
-    damaged file never hides every other client, and never passes for an empty one. A client
-    whose directory disappeared carries ``removed`` (what its database held, and whether the
-    database went with the directory).
-    """
-    try:
-        entry = _summary(state, info)
-    except (ChunkdError, sqlite3.Error, OSError) as e:
-        if isinstance(e, NotFoundError) and not _has_database(info):
-            entry = summarize_store(info.client_id, None)  # deleted since we looked
-        else:  # a file with no chunkd schema in it is damaged too
-            entry = _unreadable(info, e)
-    else:
-        DAMAGED.clear(info.client_id)
-    if removed is not None:
-        entry["removed"] = removed.to_dict()
-    return entry
-
-
-def _summary(state: DaemonState, info: ClientInfo) -> dict[str, object]:
-    store = _open_store_if_any(info)
-    try:
-        return summarize_store(
-            info.client_id,
-            store,
-            client_dir=info.directory,
-            file_patterns=state.settings.file_patterns,
-        )
-    finally:
-        if store is not None:
-            store.close()
-
-
-def _unreadable(info: ClientInfo, error: BaseException) -> dict[str, object]:
-    entry = summarize_unreadable(info.client_id, info.db_path, error)
-    failure = entry["error"]
-    assert isinstance(failure, dict)
-    DAMAGED.mark(info.client_id, str(failure["message"]))
-    _log.error(
-        log.REQUEST_FAILED,
-        client=info.client_id,
-        error_code=failure["code"],
-        error=failure["message"],
-    )
-    return entry
-
-
-def _still_removed(state: DaemonState) -> dict[str, RemovedClient]:
-    """Removed clients whose directory is still gone (``list`` shows them as removed)."""
-    return {
-        cid: removed
-        for cid, removed in state.removed_clients().items()
-        if removed.returned_at is None and not removed.directory.is_dir()
-    }
-
-
 def list_clients(state: DaemonState, request: Request, conn: Connection) -> Result:
-    infos = _selected_clients(state, request.client_id, conn.access)
-    removed = _still_removed(state)
-    return {
-        "clients": [_summary_or_error(state, info, removed.get(info.client_id)) for info in infos]
-    }
+    return listing.list_clients(state, _selected_clients(state, request.client_id, conn.access))
 
 
 def verify(state: DaemonState, request: Request, conn: Connection) -> Result:
     entries = []
     for info in _selected_clients(state, request.client_id, conn.access):
         try:
-            store = _open_store_if_any(info)
+            store = open_store_if_any(info)
             if store is None:
                 entries.append(summarize_verify(info.client_id, None))
                 continue
