@@ -44,7 +44,7 @@ from chunkd.daemon.startup import report_startup_failure, startup_key
 from chunkd.daemon.state import ClientInfo, CountingLogger, ErrorLedger, RemovedClient
 from chunkd.daemon.stores import StoreCache, probe_writer
 from chunkd.daemon.watcher import Watcher
-from chunkd.daemon.writers import WriterPool
+from chunkd.daemon.writers import WriterPool, name_os_thread
 from chunkd.deltas import RECENT
 from chunkd.errors import BusyError, ChunkdError, NotFoundError
 from chunkd.forget import ForgetResult, forget_version
@@ -75,7 +75,12 @@ class Daemon:
         self._control: queue.Queue[tuple[str, object]] = queue.Queue()
         self._stop = threading.Event()
         cores = os.cpu_count() or 2
-        self._pool = ThreadPoolExecutor(max_workers=cores, thread_name_prefix="chunkd-hash")
+        self._pool = ThreadPoolExecutor(
+            max_workers=cores,
+            thread_name_prefix="chunkd-hash",
+            initializer=name_os_thread,  # else it inherits the name of the writer that made it
+            initargs=("chunkd-hash",),
+        )
         self._writers = WriterPool()  # runs the lanes that have work (chunkd.daemon.writers)
         self._stores = StoreCache()  # the writer databases open now, LRU-bounded
         #: clients whose stored rounds changed since their last retention pass
@@ -201,6 +206,18 @@ class Daemon:
                 cid: removed.to_dict() for cid, removed in sorted(self._removals.snapshot().items())
             },
             "replica": self._replica.status() if self._replica is not None else None,
+            "writers": self._writer_figures(),
+        }
+
+    def _writer_figures(self) -> dict[str, int]:
+        """The writer pool's figures (issue 20): what the work costs, not the directories."""
+        return {
+            "threads": self._writers.size,
+            "with_work": self._writers.runnable,
+            "slices": self._writers.slices,
+            "open_databases": len(self._stores),
+            "databases_opened": self._stores.opens,
+            "retention_pending": len(self._changed),
         }
 
     # -- callbacks from other threads: enqueue only ----------------------------------------------

@@ -36,7 +36,8 @@ from chunkd.store.lock import WriterLock, lock_path
 #: statement caches). 64 stores = 128 descriptors, an eighth of a 1,024-descriptor budget at
 #: 10,000 clients, leaving the rest for request connections and their reader stores. Far more
 #: than the writers (which pin at most one each), so a client whose files arrive close together
-#: (offer, settle, ingest) finds its store still open.
+#: (offer, settle, ingest) finds its store still open. At a moment up to ``WRITERS`` more are
+#: open: each writer may be opening one, which evicts another once it is in.
 MAX_OPEN_STORES = 64
 
 

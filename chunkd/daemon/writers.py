@@ -21,6 +21,7 @@ what the number of directories said, not what the work did. Now:
 
 from __future__ import annotations
 
+import ctypes
 import heapq
 import itertools
 import os
@@ -141,6 +142,7 @@ class WriterPool:
 
     # -- the writers -----------------------------------------------------------------------------
     def _work(self, index: int) -> None:
+        name_os_thread(f"chunkd-writer{index}")
         while True:
             lane = self._next(index)
             if lane is None:
@@ -192,3 +194,13 @@ class WriterPool:
             if not lane.scheduled:
                 lane.scheduled = True
                 self._ready.append(lane)
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread ``name`` in the kernel too (``top -H``, ``/proc/PID/task/*/comm``:
+    at most 15 bytes); best effort, Linux only."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        return
