@@ -7,6 +7,7 @@ it is free, as before.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -122,7 +123,7 @@ def test_a_lane_runs_on_one_writer_at_a_time_in_submit_order(tmp_path):
     for lane in lanes:
         mine = [r for r in runs if r[0] == lane.client_id]
         assert [r[1] for r in mine] == list(range(15)), "in submit order"
-        assert all(a[4] <= b[3] for a, b in zip(mine, mine[1:])), "never two at once"
+        assert all(a[4] <= b[3] for a, b in itertools.pairwise(mine)), "never two at once"
 
 
 def test_idle_lanes_cost_no_thread_and_no_wakeup(tmp_path):
