@@ -297,6 +297,8 @@ class Daemon:
             clog.error(
                 log.INGEST_FAILED, error=f"database {db_path} is held by another writer; retrying"
             )
+        except ChunkdError as e:  # not a database (a directory, a link): reported, not fatal
+            clog.error(log.INGEST_FAILED, error=str(e), error_code=e.code)
         if db_path.exists():
             self._changed.mark(client_id)  # restart (or new config): one retention pass each
         with self._lanes_lock:

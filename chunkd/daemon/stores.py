@@ -28,7 +28,7 @@ from chunkd.daemon.outcomes import LaneStats
 from chunkd.daemon.state import HeldRounds
 from chunkd.errors import BusyError, ChunkdError
 from chunkd.store import ChunkStore
-from chunkd.store.lock import WriterLock, lock_path
+from chunkd.store.lock import WriterLock, lock_path, refuse_symlink
 
 #: Writer stores kept open at once. An open writer costs 2 descriptors (the database and its
 #: ``.lock``; the rollback journal is open only inside a write transaction: one more per writer
@@ -215,8 +215,10 @@ def probe_writer(db_path: Path) -> None:
     Start-up opens no database any more (issue 20), but a second daemon (another socket, the
     same databases) must still be refused before it serves anything. Only a database whose lock
     file exists can be held; nothing is created. Other failures (a read-only filesystem) are
-    left for the lane to report when it needs the database, as before.
+    left for the lane to report when it needs the database. A path that can never be a database
+    (a directory, a planted link) raises StoreError at once: a stat, nothing opened.
     """
+    refuse_symlink(db_path)
     if not lock_path(db_path).exists():
         return
     try:
