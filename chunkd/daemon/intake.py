@@ -9,7 +9,7 @@ component for a symlink reaches nothing outside. Before streaming, the attempt i
 the daemon's ingest slots (a global semaphore), so memory stays bounded however many clients
 ingest at once.
 
-Runs on the lane thread only.
+Runs on the writer running the client's lane only (one at a time).
 """
 
 from __future__ import annotations
@@ -24,11 +24,15 @@ from typing import Any
 
 from chunkd import log, safepath
 from chunkd.daemon.attempts import MAX_ATTEMPTS, AttemptLog, CrashedDaemonError, delete_verified
-from chunkd.daemon.outcomes import LaneStats
+from chunkd.daemon.outcomes import LaneStats, report_rejected
 from chunkd.daemon.progress import IngestProgress
-from chunkd.errors import ChunkdError, ForbiddenError, NotACheckpointError
+from chunkd.daemon.settle import SettleTable
+from chunkd.errors import CheckpointError, ChunkdError, ForbiddenError, NotACheckpointError
 from chunkd.ingest import OUTCOME_SEEN, IngestOptions, IngestResult, ingest_file
 from chunkd.store import ChunkStore, FileIdentity, SourceRecord
+
+#: Backoff before each retry of a file that may still be being written (seconds).
+RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 class Intake:
@@ -101,6 +105,68 @@ class Intake:
                 delete_verified(store, beneath, result, logger)
             return result
 
+    def take_settled(
+        self,
+        store: ChunkStore,
+        path: Path,
+        pending: SettleTable,
+        *,
+        delete: bool,
+        logger: Any,
+        report: Callable[[IngestResult], None],
+    ) -> None:
+        """Take a settled file, and decide what its failure means: retried with backoff while
+        it may still be being written, rejected (and recorded) when it cannot be a checkpoint,
+        left for the next scan when our side failed (disk full, database error)."""
+        try:
+            self.take(store, path, None, delete=delete, logger=logger, report=report)
+        except CheckpointError as e:
+            entry = pending.get(path)
+            if e.retryable and entry is not None and entry.attempts < len(RETRY_DELAYS_S):
+                delay = RETRY_DELAYS_S[entry.attempts]
+                attempt = pending.retry(path, delay, stat_key(path), time.monotonic())
+                logger.info(
+                    log.CHECKPOINT_RETRYING,
+                    path=str(path),
+                    error=str(e),
+                    error_code=e.code,
+                    attempt=attempt,
+                    retry_in_s=delay,
+                )
+                return
+            pending.drop(path)
+            reject(store, path, e, logger, self._stats)
+            return
+        except FileNotFoundError:
+            pending.drop(path)
+            return
+        except (ChunkdError, OSError) as e:
+            # Our side failed (disk full, database error): not recorded, so the next
+            # reconciliation scan tries again once the fault is gone.
+            pending.drop(path)
+            self._stats.errors += 1
+            self._stats.last_error = str(e)
+            logger.error(
+                log.INGEST_FAILED,
+                path=str(path),
+                error=str(e),
+                error_code=getattr(e, "code", "internal"),
+            )
+            return
+        except Exception as e:  # boundary: a bug met by one file must not stall the client
+            pending.drop(path)
+            self._stats.errors += 1
+            self._stats.last_error = f"internal error: {e}"
+            logger.exception(
+                log.INGEST_FAILED,
+                path=str(path),
+                error_code="internal",
+                error=f"{type(e).__name__}: {e}",
+            )
+            record_outcome(store, path, "failed", logger)  # not retried until the file changes
+            return
+        pending.drop(path)
+
     def _record_attempt(self, source: str, identity: FileIdentity, count: int, logger: Any) -> None:
         """Best effort: a full disk must fail the ingest in the database, where it is reported
         and retried, not here; the guard against crash loops is then off for this attempt."""
@@ -131,6 +197,14 @@ class Intake:
             report(bytes_done, bytes_total)
 
         return beat
+
+
+def reject(
+    store: ChunkStore, path: Path, error: CheckpointError, logger: Any, stats: LaneStats
+) -> None:
+    """Report a file that is no checkpoint, and remember it so no scan offers it again."""
+    report_rejected(logger, stats, path, error)
+    record_outcome(store, path, "rejected", logger)
 
 
 def release_memory(store: ChunkStore | None, logger: Any) -> None:

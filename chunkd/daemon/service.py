@@ -1,15 +1,17 @@
 """The daemon's wiring and lifecycle: start in order, serve, stop in reverse order.
 
 Start: logging -> directories -> socket (refuse if another daemon owns it) -> one lane per client
-(refuse if another process writes a database) -> observers -> start-up scan -> schedules ->
-``READY=1``. Stop (SIGTERM/SIGINT): ``STOPPING=1`` -> schedules -> observers -> socket -> lanes
-(each finishes the job in progress and closes its database) -> exit 0. Nothing is half-written at
-any point: a round becomes visible only when its final transaction commits, and the lanes are
-the only writers.
+(no thread, no open database; refuse if another process holds a database's writer lock) ->
+writers -> observers -> start-up scan -> schedules -> ``READY=1``. Stop (SIGTERM/SIGINT):
+``STOPPING=1`` -> schedules -> observers -> socket -> lanes (queued jobs answered busy) ->
+writers (each finishes its slice) -> open databases closed -> exit 0. Nothing is half-written at
+any point: a round becomes visible only when its final transaction commits, and the lanes, run
+by the writer pool (:mod:`chunkd.daemon.writers`), are the only writers.
 
 The main thread runs :meth:`Daemon.run_forever`: it applies control messages from other threads
-(a new client directory, a rescan), and sends ``WATCHDOG=1`` only while every lane shows progress,
-so systemd restarts a daemon whose ingest is stuck rather than one that is merely idle.
+(a new client directory, a rescan), and sends ``WATCHDOG=1`` only while the writers show
+progress (O(writers), not O(clients)), so systemd restarts a daemon whose ingest is stuck rather
+than one that is merely idle.
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ from chunkd.daemon import sdnotify
 from chunkd.daemon.lanes import ClientLane, utc_now_iso
 from chunkd.daemon.leases import LeaseTable
 from chunkd.daemon.progress import in_progress
+from chunkd.daemon.pruning import ChangedClients
 from chunkd.daemon.removals import ClientRemovals
 from chunkd.daemon.replication import ReplicaStage
 from chunkd.daemon.scheduler import build_scheduler
 from chunkd.daemon.startup import report_startup_failure, startup_key
 from chunkd.daemon.state import ClientInfo, CountingLogger, ErrorLedger, RemovedClient
+from chunkd.daemon.stores import StoreCache, probe_writer
 from chunkd.daemon.watcher import Watcher
+from chunkd.daemon.writers import WriterPool, name_os_thread
 from chunkd.deltas import RECENT
 from chunkd.errors import BusyError, ChunkdError, NotFoundError
 from chunkd.forget import ForgetResult, forget_version
@@ -48,10 +53,11 @@ from chunkd.log import configure_logging
 from chunkd.prune import PruneResult
 from chunkd.store import ChunkStore, FileIdentity
 
-#: A lane inside one job for longer than this is considered stuck (no WATCHDOG=1 then).
+#: A writer whose slice made no progress (no item handled, no chunk stored) for this long is
+#: considered stuck (no WATCHDOG=1 then); a long ingest that keeps storing chunks is not.
 STALL_S = 900.0
-#: An idle lane must loop at least this often.
-IDLE_LOOP_S = 30.0
+#: The ``STATUS=`` line is refreshed at most this often, and only after the writers ran.
+STATUS_EVERY_S = 5.0
 
 
 class Daemon:
@@ -69,8 +75,19 @@ class Daemon:
         self._control: queue.Queue[tuple[str, object]] = queue.Queue()
         self._stop = threading.Event()
         cores = os.cpu_count() or 2
-        self._pool = ThreadPoolExecutor(max_workers=cores, thread_name_prefix="chunkd-hash")
-        self._ingest_slots = threading.Semaphore(cores)
+        self._pool = ThreadPoolExecutor(
+            max_workers=cores,
+            thread_name_prefix="chunkd-hash",
+            initializer=name_os_thread,  # else it inherits the name of the writer that made it
+            initargs=("chunkd-hash",),
+        )
+        self._writers = WriterPool()  # runs the lanes that have work (chunkd.daemon.writers)
+        self._stores = StoreCache()  # the writer databases open now, LRU-bounded
+        #: clients whose stored rounds changed since their last retention pass
+        self._changed = ChangedClients()
+        # every ingest runs on a writer: as many slots, so commits of different clients overlap
+        self._ingest_slots = threading.Semaphore(self._writers.size)
+        self._status_line: tuple[float, int] = (0.0, -1)  # when, at which writers.slices
         self._options = IngestOptions(
             chunk_num=settings.chunk_num,
             max_chunk_bytes=settings.max_chunk_bytes,
@@ -189,6 +206,18 @@ class Daemon:
                 cid: removed.to_dict() for cid, removed in sorted(self._removals.snapshot().items())
             },
             "replica": self._replica.status() if self._replica is not None else None,
+            "writers": self._writer_figures(),
+        }
+
+    def _writer_figures(self) -> dict[str, int]:
+        """The writer pool's figures (issue 20): what the work costs, not the directories."""
+        return {
+            "threads": self._writers.size,
+            "with_work": self._writers.runnable,
+            "slices": self._writers.slices,
+            "open_databases": len(self._stores),
+            "databases_opened": self._stores.opens,
+            "retention_pending": len(self._changed),
         }
 
     # -- callbacks from other threads: enqueue only ----------------------------------------------
@@ -211,14 +240,18 @@ class Daemon:
         self._control.put(("stop", None))
 
     def _run_retention(self) -> None:
-        with self._lanes_lock:
-            lanes = list(self._lanes.values())
-        for lane in lanes:
-            lane.prune_scheduled()
+        """A retention pass: a prune on each client whose stored rounds changed since its last
+        pass (chunkd.daemon.pruning); nothing else is opened."""
+        for client_id in self._changed.take():
+            with self._lanes_lock:
+                lane = self._lanes.get(client_id)
+            if lane is not None:
+                lane.prune_scheduled()
 
     # -- main thread -----------------------------------------------------------------------------
     def add_client(self, client_id: str, directory: Path, *, at_start: bool) -> None:
-        """Start a lane and a watch for a client, then scan its directory."""
+        """Make a lane and a watch for a client, then scan its directory. The database is not
+        opened (the lane opens it when a file needs it)."""
         with self._lanes_lock:
             existing = self._lanes.get(client_id)
         if existing is not None:
@@ -249,11 +282,14 @@ class Daemon:
             lease_gate=self.leases.deleting,
             ingest_slots=self._ingest_slots,
             pool=self._pool,
+            writers=self._writers,
+            stores=self._stores,
             on_round=self._replica.round_committed if self._replica is not None else None,
+            on_change=self._changed.mark,
         )
         lane._log = CountingLogger(lane._log, ledger)  # status counts what the lane logs
         try:
-            lane.open()
+            probe_writer(db_path)
         except BusyError as e:
             if at_start:
                 e.startup_key = "db_path"  # type: ignore[attr-defined]
@@ -261,9 +297,10 @@ class Daemon:
             clog.error(
                 log.INGEST_FAILED, error=f"database {db_path} is held by another writer; retrying"
             )
-        except ChunkdError as e:  # unreadable or read-only: reported, never fatal for others
+        except ChunkdError as e:  # not a database (a directory, a link): reported, not fatal
             clog.error(log.INGEST_FAILED, error=str(e), error_code=e.code)
-        lane.start()
+        if db_path.exists():
+            self._changed.mark(client_id)  # restart (or new config): one retention pass each
         with self._lanes_lock:
             self._lanes[client_id] = lane
         directory.mkdir(parents=True, exist_ok=True)
@@ -302,6 +339,7 @@ class Daemon:
     def start(self) -> None:
         settings = self.settings
         self._ensure_watch_root()
+        self._writers.start()
         for client in settings.clients:
             with startup_key("clients"):
                 self.add_client(client.id, client.dir, at_start=True)
@@ -350,21 +388,21 @@ class Daemon:
             self._log.error(log.SCAN_FAILED, error=str(e))
 
     def _heartbeat(self) -> None:
+        """O(writers) each tick: ``WATCHDOG=1`` while every writer is alive and its slice makes
+        progress. The ``STATUS=`` line (O(clients)) only after the writers ran, and rarely."""
+        if self._writers.healthy(STALL_S):
+            self._notifier.notify("WATCHDOG=1")
         now = time.monotonic()
+        at, slices = self._status_line
+        if self._writers.slices == slices or now - at < STATUS_EVERY_S:
+            return
+        self._status_line = (now, self._writers.slices)
         with self._lanes_lock:
             lanes = list(self._lanes.values())
-        alive = all(
-            lane._thread.is_alive()
-            and lane.healthy(STALL_S)
-            and (lane.stats.busy_since is not None or now - lane.stats.last_progress < IDLE_LOOP_S)
-            for lane in lanes
-        )
-        if alive:
-            self._notifier.notify("WATCHDOG=1")
-        status = self.status()
+        ingested = sum(lane.stats.ingested for lane in lanes)
         self._notifier.notify(
-            f"STATUS=watching {status['clients_watched']} clients, {status['ingested']} "
-            f"ingested, queue {status['queue_depth']}"
+            f"STATUS=watching {len(lanes)} clients, {ingested} ingested, "
+            f"{self._writers.runnable} with work"
         )
 
     def notify_ready(self) -> None:
@@ -378,6 +416,8 @@ class Daemon:
             lanes = list(self._lanes.values())
         for lane in lanes:
             lane.stop()
+        self._writers.stop()  # each writer finishes its slice
+        self._stores.close_all()
         if self._replica is not None:
             self._replica.stop()
         self._pool.shutdown(wait=True)

@@ -22,6 +22,8 @@ import torch
 
 from chunkd.daemon.attempts import MAX_ATTEMPTS, AttemptLog
 from chunkd.daemon.lanes import ClientLane
+from chunkd.daemon.stores import StoreCache
+from chunkd.daemon.writers import WriterPool
 from chunkd.ingest import IngestOptions
 from chunkd.store import FileIdentity
 
@@ -36,6 +38,8 @@ def test_a_long_ingest_that_keeps_storing_chunks_is_healthy(tmp_path: Path, figu
     path = directory / "round_1.pth"
     torch.save({"w": torch.randn(384 << 18)}, path)  # 384 MiB: ~1,500 chunks of 256 KiB
     pool = ThreadPoolExecutor(max_workers=2)
+    writers = WriterPool(2)
+    stores = StoreCache()
     lane = ClientLane(
         "1",
         directory,
@@ -49,10 +53,11 @@ def test_a_long_ingest_that_keeps_storing_chunks_is_healthy(tmp_path: Path, figu
         lease_gate=lambda _client: contextlib.nullcontext(frozenset()),
         ingest_slots=threading.Semaphore(1),
         pool=pool,
+        writers=writers,
+        stores=stores,
     )
     stall_s = 0.25
-    lane.open()
-    lane.start()
+    writers.start()
     try:
         started = time.monotonic()
         future = lane.submit_ingest(path, None)
@@ -60,12 +65,15 @@ def test_a_long_ingest_that_keeps_storing_chunks_is_healthy(tmp_path: Path, figu
         while not future.done():
             if lane.stats.busy_since is not None:
                 busy_samples += 1
-                unhealthy += not lane.healthy(stall_s)
+                # the lane, and the pool's view (what the daemon's watchdog asks)
+                unhealthy += not lane.healthy(stall_s) or not writers.healthy(stall_s)
             time.sleep(0.01)
         duration = time.monotonic() - started
         assert future.result().round_num == 1
     finally:
         lane.stop()
+        writers.stop()
+        stores.close_all()
         pool.shutdown()
     figures.update(ingest_s=round(duration, 2), stall_s=stall_s, busy_samples=busy_samples)
     figures.save()
