@@ -1,6 +1,6 @@
 """``chunkd serve``: run the daemon in the foreground (what systemd starts).
 
-The daemon itself is :func:`chunkd.daemon.service.run`, imported only here so that the other
+The daemon itself is :func:`chunkd.daemon.serve.run`, imported only here so that the other
 commands never load it. ``--socket`` overrides the config's ``socket``; ``--json`` forces JSON
 log lines even on a terminal. A failure to start is one line on stderr naming the config key
 (JSON unless stderr is a terminal) and exit status 78 when the configuration is the cause
@@ -29,7 +29,7 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: the daemon's modules are only paid for by `serve`.
-    from chunkd.daemon import service
+    from chunkd.daemon import serve
     from chunkd.daemon.startup import report_startup_failure
 
     try:
@@ -40,4 +40,4 @@ def run(args: argparse.Namespace) -> int:
             settings = dataclasses.replace(settings, log_format="json")
     except ConfigError as e:  # the same one line as any other start-up failure (issue 10)
         return report_startup_failure(e)
-    return service.run(settings)
+    return serve.run(settings)

@@ -19,14 +19,12 @@ from __future__ import annotations
 import functools
 import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from types import FrameType
 
 import structlog
 
@@ -39,9 +37,9 @@ from chunkd.daemon.progress import in_progress
 from chunkd.daemon.pruning import ChangedClients
 from chunkd.daemon.removals import ClientRemovals
 from chunkd.daemon.replication import ReplicaStage
-from chunkd.daemon.scheduler import build_scheduler
-from chunkd.daemon.startup import report_startup_failure, startup_key
+from chunkd.daemon.startup import startup_key
 from chunkd.daemon.state import ClientInfo, CountingLogger, ErrorLedger, RemovedClient
+from chunkd.daemon.status_report import status_report
 from chunkd.daemon.stores import StoreCache, probe_writer
 from chunkd.daemon.watcher import Watcher
 from chunkd.daemon.writers import WriterPool, name_os_thread
@@ -49,7 +47,6 @@ from chunkd.deltas import RECENT
 from chunkd.errors import BusyError, ChunkdError, NotFoundError
 from chunkd.forget import ForgetResult, forget_version
 from chunkd.ingest import IngestOptions, IngestResult
-from chunkd.log import configure_logging
 from chunkd.prune import PruneResult
 from chunkd.store import ChunkStore, FileIdentity
 
@@ -159,55 +156,30 @@ class Daemon:
     def status(self) -> dict[str, object]:
         with self._lanes_lock:
             lanes = dict(self._lanes)
-        per_client = {}
-        last_ingest: dict[str, object] | None = None
-        last_error: dict[str, object] | None = None
-        for cid, lane in sorted(lanes.items()):
-            st = lane.stats
-            ledger = self._ledgers.get(cid) or ErrorLedger()
-            per_client[cid] = {
-                "dir": str(lane.directory),
-                "db": str(lane.db_path),
-                "queue_depth": lane.queue_depth,
-                "ingested": st.ingested,
-                "duplicates": st.duplicates,
-                "rejected": st.rejected,
-                "superseded": st.superseded,
-                "errors": ledger.errors,
-                "last_ingest": st.last_ingest,
-                "last_error": ledger.last_error,
-            }
-            if st.last_ingest and (last_ingest is None or st.last_ingest["at"] > last_ingest["at"]):  # type: ignore[operator]
-                last_ingest = {"client": cid, **st.last_ingest}
-            error = ledger.last_error
-            if error and (last_error is None or error["at"] > last_error["at"]):  # type: ignore[operator]
-                last_error = {"client": cid, **error}
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "ready": self.ready,
-            "uptime_s": round(time.monotonic() - self._started_mono, 1),
-            "started_at": self.started_at,
-            "watch_root": str(self.settings.watch_root),
-            "socket": str(self.settings.socket),
-            "clients_watched": len(lanes),
-            "queue_depth": sum(c["queue_depth"] for c in per_client.values()),  # type: ignore[misc]
-            "ingested": sum(c["ingested"] for c in per_client.values()),  # type: ignore[misc]
-            "rejected": sum(c["rejected"] for c in per_client.values()),  # type: ignore[misc]
-            "superseded": sum(c["superseded"] for c in per_client.values()),  # type: ignore[misc]
-            "errors": sum(c["errors"] for c in per_client.values()),  # type: ignore[misc]
-            "dropped_offers": self._watcher.dropped_offers,
-            "last_ingest": last_ingest,
-            "last_error": last_error,
-            "ingesting": in_progress(),
-            "warnings": list(self.warnings),
-            "clients": per_client,
-            "removed_clients": {
-                cid: removed.to_dict() for cid, removed in sorted(self._removals.snapshot().items())
+        return status_report(
+            lanes,
+            self._ledgers,
+            head={
+                "version": __version__,
+                "pid": os.getpid(),
+                "ready": self.ready,
+                "uptime_s": round(time.monotonic() - self._started_mono, 1),
+                "started_at": self.started_at,
+                "watch_root": str(self.settings.watch_root),
+                "socket": str(self.settings.socket),
             },
-            "replica": self._replica.status() if self._replica is not None else None,
-            "writers": self._writer_figures(),
-        }
+            tail={
+                "dropped_offers": self._watcher.dropped_offers,
+                "ingesting": in_progress(),
+                "warnings": list(self.warnings),
+                "removed_clients": {
+                    cid: removed.to_dict()
+                    for cid, removed in sorted(self._removals.snapshot().items())
+                },
+                "replica": self._replica.status() if self._replica is not None else None,
+                "writers": self._writer_figures(),
+            },
+        )
 
     def _writer_figures(self) -> dict[str, int]:
         """The writer pool's figures (issue 20): what the work costs, not the directories."""
@@ -422,61 +394,3 @@ class Daemon:
             self._replica.stop()
         self._pool.shutdown(wait=True)
         self._notifier.close()
-
-
-def run(settings: Settings) -> int:
-    """``chunkd serve``: run until SIGTERM/SIGINT; the exit status for the CLI.
-
-    A failure before ``READY=1`` is one log line (:func:`report_startup_failure`) naming the
-    config key at fault, and exit status 78 when the configuration is the cause, so that systemd's
-    ``RestartPreventExitStatus=78`` stops a restart loop that could never succeed.
-    """
-    from chunkd.daemon.server import Server
-
-    configure_logging(settings.log_format, settings.log_level)
-    logger = structlog.get_logger("chunkd.daemon")
-    logger.info(
-        log.DAEMON_STARTED,
-        version=__version__,
-        pid=os.getpid(),
-        watch_root=str(settings.watch_root),
-        socket=str(settings.socket),
-    )
-    try:
-        daemon = Daemon(settings)
-        server = Server(daemon)
-    except Exception as e:  # e.g. no inotify instance left: still one line and a status
-        return report_startup_failure(e)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        daemon.request_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    scheduler = None
-    try:
-        try:
-            with startup_key("socket"):
-                # BusyError if a live daemon owns the socket: refuse before touching databases
-                server.start()
-            daemon.start()
-            scheduler = build_scheduler(
-                retention_interval_s=settings.retention_interval_s,
-                rescan_interval_s=settings.rescan_interval_s,
-                run_retention=daemon._run_retention,
-                run_rescan=daemon.request_rescan,
-            )
-            scheduler.start()
-        except Exception as e:  # the start-up boundary: every failure is one line and a status
-            return report_startup_failure(e)
-        daemon.notify_ready()
-        logger.info(log.DAEMON_READY, clients=len(daemon.clients()), socket=str(settings.socket))
-        daemon.run_forever()
-        logger.info(log.DAEMON_STOPPING)
-    finally:
-        if scheduler is not None:
-            scheduler.shutdown(wait=False)
-        server.stop()
-        daemon.shutdown()
-    logger.info(log.DAEMON_STOPPED)
-    return 0
