@@ -54,6 +54,7 @@ from watchdog.observers.polling import PollingObserver
 from chunkd import log
 from chunkd.config import Settings
 from chunkd.daemon.watcher_routing import (
+    EVENT_FILTER,
     MAX_CLIENT_DEPTH,
     OFFER_THROTTLE_S,
     EventRouter,
@@ -304,7 +305,9 @@ class Watcher:
     def _schedule(self, path: str) -> None:
         """Watch ``path`` recursively; a watch the kernel refuses falls back to polling."""
         try:
-            self._observer.schedule(self._router, path, recursive=True)
+            self._observer.schedule(
+                self._router, path, recursive=True, event_filter=list(EVENT_FILTER)
+            )
         except OSError as e:
             extra = {}
             if e.errno in (errno.ENOSPC, errno.EMFILE):
@@ -323,7 +326,7 @@ class Watcher:
                 self._polling = PollingObserver(timeout=1.0)
                 self._polling.start()
             self._lossless.discard(path)
-        self._polling.schedule(self._router, path, recursive=True)
+        self._polling.schedule(self._router, path, recursive=True, event_filter=list(EVENT_FILTER))
 
     def _unwatch(self, key: str) -> None:
         self._own.pop(key, None)

@@ -58,6 +58,21 @@ MAX_CLIENT_DEPTH = 6
 #: Characters a ``run`` group's text may not carry into a client id (see :func:`client_id_for`).
 _NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
+#: The events the router acts on. Scheduling with this filter narrows the kernel's inotify mask:
+#: without it every open and read-only close (each listing by a scan, each read of a checkpoint by
+#: its lane, each open of a database) would queue an event for the observer thread to discard.
+EVENT_FILTER: tuple[type[FileSystemEvent], ...] = (
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    EventsLostEvent,
+)
+
 #: ``offer(client_id, path)``, or with the file's identity at a complete write as a third argument
 Offer = Callable[..., bool]
 NewClient = Callable[[str, Path], None]

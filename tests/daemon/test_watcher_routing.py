@@ -297,3 +297,28 @@ def test_listing_due_rule(change, due):
     args.update(change)
     last, stamp = args.pop("last"), args.pop("stamp")
     assert listing_due(last, stamp, **args) is due  # type: ignore[arg-type]
+
+
+def test_the_watch_asks_the_kernel_for_no_open_or_read_events(tmp_path, watchers):
+    """Each listing by a scan, each read of a checkpoint and each open of a database would
+    otherwise queue IN_OPEN / IN_CLOSE_NOWRITE / IN_ACCESS events for the observer thread (and
+    fill the kernel's queue towards an overflow) only to be discarded."""
+    offers = Offers()
+    watcher = make_watcher(tmp_path, offers)
+    watchers.append(watcher)
+    client_dirs(watcher._settings.watch_root, 8)
+    start_with_clients(watcher)
+    masks = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        masks += [int(f.split(":")[1], 16) for f in info.split() if f.startswith("mask:")]
+    assert len(masks) >= 9  # watch_root and the client directories
+    in_access, in_close_nowrite, in_open = 0x1, 0x10, 0x20
+    assert all(m & (in_access | in_close_nowrite | in_open) == 0 for m in masks), [
+        hex(m) for m in masks
+    ]
