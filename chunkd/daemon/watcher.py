@@ -2,251 +2,131 @@
 
 Events are fast but not guaranteed (inotify queues overflow, network filesystems send none), so
 two mechanisms cover each other: watchdog observers for prompt detection, and scans (at start-up
-and on the reconciliation schedule) that enumerate everything. Both only *offer* paths to the
-client's lane; the lane's ``sources`` table makes offering the same file twice harmless.
+and on the reconciliation schedule). Both only *offer* paths to the client's lane; the lane's
+``sources`` table makes offering the same file twice harmless.
 
-Callbacks run on watchdog's observer thread and must return at once: they filter the name and
-call ``offer`` (a non-blocking queue put) or ``on_new_client`` / ``on_gone`` (which only
-enqueue, too). A *complete* write (close-after-write, or a rename onto the name) is offered with
-the file's identity as it is at that event (one ``stat``), so that the lane can tell a complete
-version that was overwritten before it settled (``checkpoint.superseded``,
-:mod:`chunkd.daemon.settle`) even when it reads the offer late. A directory deleted or moved away
-under ``watch_root``, or a client directory's own watch reporting its deletion, is passed to
-``on_gone``: the daemon checks which clients lost their directory (``client.removed``).
+**One watch for everything under watch_root.** A single recursive watch on ``watch_root`` (one
+inotify instance, one emitter thread) sees every client directory below it; its handler
+(:class:`~chunkd.daemon.watcher_routing.EventRouter`) routes each file event to its client by
+path. Only ``[[clients]]`` listed outside ``watch_root`` (few) get a watch of their own. Threads
+and inotify instances therefore do not grow with the number of clients. Callbacks run on
+watchdog's observer thread and only enqueue (``offer``, ``on_new_client``, ``on_gone``). A
+directory deleted or moved away under ``watch_root`` (not inside a client's data), or a
+``[[clients]]`` directory's own watch reporting its deletion, is passed to ``on_gone``: the
+daemon checks which clients lost their directory (``client.removed``).
 
-Client directories may sit at any depth under ``watch_root`` (``outputs/<run>/client_3/``,
-Hydra's dated trees). ``client_dir_pattern`` is matched against the directory's path relative to
-``watch_root`` (``/``-separated), ending at its last component and starting at any component
-boundary (:func:`client_id_for`): ``client_(?P<client>...)`` finds ``client_3/`` at any depth, a
-pattern that starts with ``^`` is anchored at ``watch_root``. The search never descends into a
-client directory (its subdirectories are its own), nor into dot directories, symlinks, or deeper
-than :data:`MAX_CLIENT_DEPTH` levels.
+**Reconciliation costs O(changes)** (DESIGN.md "The reconciliation scan lists only what may have
+changed"). :meth:`Watcher.scan_client` lists a client directory only when events may have missed
+something there. It skips the listing when all of these hold:
+
+* the directory is under a live *inotify* watch (not polling: a network filesystem sends no
+  events, so the polling observer lists every client every pass, as before);
+* it was listed after the observers started, and no events were lost since that listing (an
+  ``IN_Q_OVERFLOW``, watchdog's ``EventsLostEvent``, logged as ``watcher.overflow``);
+* its ``(st_mtime_ns, st_ino)`` is what it was at that listing (a directory replaced, or names
+  added or removed while no watch saw them, change it; a file rewritten in place does not, but
+  its events reach the lane);
+* no offer for it was dropped since (a full lane queue: the listing must pick the file up),
+  and nobody asked for it (:meth:`Watcher.relist`);
+* the listing is younger than :attr:`Watcher.backstop_s` (``BACKSTOP_PASSES`` reconciliation
+  intervals): a full listing of every client at least that often catches what nothing above
+  can see (an ``mmap`` write sends no inotify event; a watch the kernel could not add for a new
+  subdirectory once ``max_user_watches`` ran out).
+
+In steady state a pass therefore costs one ``stat`` a client and lists nothing; a burst of
+events costs what it touched; an overflow costs one full pass.
 """
 
 from __future__ import annotations
 
 import errno
-import fnmatch
 import os
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileAttribEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from chunkd import log
-from chunkd.config import Settings, check_client_id
-from chunkd.errors import ChunkdError
-from chunkd.store import FileIdentity
+from chunkd.config import Settings
+from chunkd.daemon.watcher_routing import (
+    EVENT_FILTER,
+    MAX_CLIENT_DEPTH,
+    OFFER_THROTTLE_S,
+    EventRouter,
+    Gone,
+    NewClient,
+    Offer,
+    client_id_for,
+    is_candidate,
+    iter_candidates,
+)
 
-#: Modified events for one path closer together than this are one offer (a large write sends
-#: thousands; the settle delay decides completion, not the event count).
-OFFER_THROTTLE_S = 0.25
-_TEMP_SUFFIXES = (".tmp", ".partial", "~", ".part", ".swp")
+try:  # Linux only; elsewhere no observer counts as lossless and every pass lists everything
+    from watchdog.observers.inotify import InotifyObserver
+except Exception:  # pragma: no cover - not Linux
+    InotifyObserver = None  # type: ignore[assignment,misc]
 
-#: ``offer(client_id, path)``, or with the file's identity at a complete write as a third argument
-Offer = Callable[..., bool]
-NewClient = Callable[[str, Path], None]
-#: ``on_gone(path)``: a directory under ``watch_root`` (or a client directory) was deleted or moved
-Gone = Callable[[Path], None]
+__all__ = [
+    "BACKSTOP_PASSES",
+    "MAX_CLIENT_DEPTH",
+    "OFFER_THROTTLE_S",
+    "Listed",
+    "Watcher",
+    "client_id_for",
+    "is_candidate",
+    "iter_candidates",
+    "listing_due",
+]
 
-
-def is_candidate(name: str, patterns: tuple[str, ...]) -> bool:
-    """A checkpoint name: matches ``file_patterns`` and is not a temp or hidden file."""
-    if name.startswith(".") or name.endswith(_TEMP_SUFFIXES):
-        return False
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-#: How many directory levels below ``watch_root`` client directories are looked for (Hydra's
-#: ``multirun/<date>/<time>/<job>/client_3`` is 5 deep).
-MAX_CLIENT_DEPTH = 6
-#: Characters a ``run`` group's text may not carry into a client id (see :func:`client_id_for`).
-_NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def client_id_for(relative: str, settings: Settings) -> str | None:
-    r"""The client id of the directory at ``relative`` (to ``watch_root``), or None.
-
-    ``client_dir_pattern`` must fully match a tail of ``relative`` that starts at a component
-    boundary; the longest such tail is tried first, so a ``run`` group sees as much of the path as
-    the pattern allows. The id is derived from the match:
-
-    * the ``client`` group's text (``client_3`` -> ``3``);
-    * if that group did not take part (an alternative such as ``|global`` matched), the
-      directory's own name (``global``), so one line watches Flower's ``global/`` too;
-    * with a ``run`` group that matched, ``<run>_<id>`` where each run of characters that an id
-      cannot hold (``/``, ``:``, spaces) becomes ``-``: ``outputs/2024-06-01/12-00-00/client_3``
-      with ``outputs/(?P<run>[^/]+/[^/]+)/client_(?P<client>\d+)`` is client
-      ``2024-06-01-12-00-00_3``, so runs of the same client never share an id.
-
-    A directory whose id would not be a valid client id (too long, ``..``) is not a client.
-    """
-    pattern = settings.client_dir_pattern
-    starts = [0] + [i + 1 for i, ch in enumerate(relative) if ch == "/"]
-    for start in starts:
-        match = pattern.fullmatch(relative, start)
-        if match is not None:
-            break
-    else:
-        return None
-    groups = match.groupdict()
-    client_id = groups.get("client") or relative.rpartition("/")[2]
-    run = groups.get("run")
-    if run:
-        client_id = f"{_NOT_ID_CHARS.sub('-', run).strip('-')}_{client_id}"
-    try:
-        check_client_id(client_id)
-    except ChunkdError:
-        return None
-    return client_id
+#: Every client directory is listed at least once every this many reconciliation intervals.
+BACKSTOP_PASSES = 12
 
 
-def iter_candidates(directory: Path, patterns: tuple[str, ...]) -> Iterator[Path]:
-    """Every candidate checkpoint under ``directory`` (recursively, not following links)."""
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if is_candidate(name, patterns):
-                path = Path(root, name)
-                if not path.is_symlink():
-                    yield path
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """What a client directory looked like when it was last listed."""
+
+    stamp: tuple[int, int]  # (st_mtime_ns, st_ino) of the directory, taken before the listing
+    generation: int  # the watcher's lost-events generation at that listing
+    at: float  # time.monotonic() of the listing
 
 
-class _ClientHandler(FileSystemEventHandler):
-    def __init__(
-        self,
-        client_id: str,
-        directory: Path,
-        patterns: tuple[str, ...],
-        offer: Offer,
-        on_drop: Callable[[str], None],
-        on_gone: Gone | None = None,
-    ) -> None:
-        self._client_id = client_id
-        self._directory = directory
-        self._patterns = patterns
-        self._offer = offer
-        self._on_drop = on_drop
-        self._on_gone = on_gone
-        self._last_offer: dict[str, float] = {}  # observer thread only
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, (DirDeletedEvent, DirMovedEvent)):
-            # the watch on the client directory itself reports the directory's own end
-            if self._on_gone is not None and Path(os.fsdecode(event.src_path)) == self._directory:
-                self._on_gone(self._directory)
-            return
-        if isinstance(event, FileMovedEvent):
-            path = os.fsdecode(event.dest_path)
-        elif isinstance(
-            event, (FileCreatedEvent, FileClosedEvent, FileModifiedEvent, FileAttribEvent)
-        ):
-            path = os.fsdecode(event.src_path)
-        else:
-            return
-        if not is_candidate(os.path.basename(path), self._patterns):
-            return
-        now = time.monotonic()
-        # A touch (attrib) is offered too: the lane then finds the content unchanged.
-        if (
-            isinstance(event, (FileModifiedEvent, FileAttribEvent))
-            and now - self._last_offer.get(path, 0.0) < OFFER_THROTTLE_S
-        ):
-            return
-        self._last_offer[path] = now
-        if len(self._last_offer) > 10_000:
-            self._last_offer.clear()
-        if isinstance(event, (FileClosedEvent, FileMovedEvent)):
-            offered = self._offer(self._client_id, Path(path), _identity(path))
-        else:
-            offered = self._offer(self._client_id, Path(path))
-        if not offered:
-            self._on_drop(self._client_id)
-
-
-def _identity(path: str) -> FileIdentity | None:
-    """The file as a complete write left it (None if it is already gone again)."""
-    try:
-        return FileIdentity.of(os.stat(path, follow_symlinks=False))
-    except OSError:
-        return None
-
-
-class _RootHandler(FileSystemEventHandler):
-    """Watches ``watch_root`` recursively for new directories that are clients.
-
-    Recursive because clients may appear at any depth; watchdog's inotify emitter also reports the
-    directories inside a new directory that were created before its watch was added (``mkdir
-    -p outputs/run/client_3``), and the reconciliation scan covers anything else.
-    """
-
-    def __init__(
-        self, settings: Settings, on_new_client: NewClient, on_gone: Gone | None = None
-    ) -> None:
-        self._settings = settings
-        self._on_new_client = on_new_client
-        self._on_gone = on_gone
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, (DirDeletedEvent, DirMovedEvent)) and self._on_gone is not None:
-            # a client directory, or one above clients, deleted or moved away: the daemon checks
-            self._on_gone(Path(os.fsdecode(event.src_path)))
-        if isinstance(event, DirMovedEvent):
-            path = os.fsdecode(event.dest_path)
-        elif isinstance(event, DirCreatedEvent):
-            path = os.fsdecode(event.src_path)
-        else:
-            return
-        relative = _relative_dir(self._settings, path)
-        if relative is None or _inside_client(relative, self._settings):
-            return
-        client_id = client_id_for(relative, self._settings)
-        if client_id is not None:
-            self._on_new_client(client_id, Path(path))
-
-
-def _relative_dir(settings: Settings, path: str) -> str | None:
-    """``path`` relative to ``watch_root`` if it may be a client directory there, else None."""
-    try:
-        relative = Path(path).relative_to(settings.watch_root).as_posix()
-    except ValueError:
-        return None
-    parts = relative.split("/")
-    if relative == "." or len(parts) > MAX_CLIENT_DEPTH or any(p.startswith(".") for p in parts):
-        return None
-    if any(Path(path) == c.dir for c in settings.clients):
-        return None  # listed with [[clients]]: already a client under its configured id
-    return relative
-
-
-def _inside_client(relative: str, settings: Settings) -> bool:
-    """Whether a proper ancestor of ``relative`` is a client directory (then it is client data)."""
-    parts = relative.split("/")
-    return any(
-        client_id_for("/".join(parts[:n]), settings) is not None for n in range(1, len(parts))
+def listing_due(
+    last: Listed | None,
+    stamp: tuple[int, int] | None,
+    *,
+    generation: int,
+    now: float,
+    lossless: bool,
+    backstop_s: float,
+) -> bool:
+    """Whether a reconciliation pass must list a client directory (the rule in the docstring)."""
+    return (
+        not lossless
+        or last is None
+        or stamp is None
+        or stamp != last.stamp
+        or generation != last.generation
+        or now - last.at >= backstop_s
     )
 
 
+def _stamp(directory: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ino
+
+
 class Watcher:
-    """Owns the observers. Methods are called from the service's main thread."""
+    """Owns the observers. Methods are called from the service's main thread, except
+    :meth:`relist` and the router's callbacks (any thread)."""
 
     def __init__(
         self,
@@ -257,25 +137,48 @@ class Watcher:
     ) -> None:
         self._settings = settings
         self._offer = offer
-        self._on_new_client = on_new_client
-        self._on_gone = on_gone
+        self._root = os.fspath(settings.watch_root)
         self._observer = self._make_observer(settings.observer)
         self._polling: BaseObserver | None = None
-        self._watched: set[Path] = set()
-        self._lock = threading.Lock()  # guards the lazily created polling observer
+        #: client directory -> id, for routing; main thread writes, the observer thread reads
+        self._clients: dict[str, str] = {}
+        #: ``[[clients]]`` outside watch_root with a watch of their own: directory -> its st_ino
+        self._own: dict[str, int | None] = {}
+        self._lossless: set[str] = set()  # watched paths whose watch is on inotify
+        self._listed: dict[str, Listed] = {}  # main thread only
+        self._lock = threading.Lock()  # guards the fields below and the lazy polling observer
+        self._relist: set[str] = set()
+        self._generation = 0  # bumped whenever events may have been lost
+        self._started = False
+        self._router = EventRouter(
+            settings,
+            self._clients,
+            offer,
+            on_new_client,
+            on_gone,
+            self._note_drop,
+            self._events_lost,
+        )
         self._log = structlog.get_logger("chunkd.watcher")
         self.dropped_offers = 0
+        #: client directories listed / skipped by :meth:`scan_client` (figures for tests, status)
+        self.listings = 0
+        self.listings_skipped = 0
+        #: a client directory listed longer ago than this is listed again, changed or not
+        self.backstop_s = (BACKSTOP_PASSES - 0.5) * settings.rescan_interval_s
 
     @staticmethod
     def _make_observer(kind: str) -> BaseObserver:
         return PollingObserver(timeout=1.0) if kind == "polling" else Observer()
 
     def start(self) -> None:
-        root = self._settings.watch_root
         self._observer.start()
-        if root.is_dir():
-            handler = _RootHandler(self._settings, self._on_new_client, self._on_gone)
-            self._schedule(handler, root, recursive=True)
+        with self._lock:
+            # listings made before the observers ran saw nothing that happened after them
+            self._generation += 1
+            self._started = True
+        if os.path.isdir(self._root):
+            self._schedule(self._root)
 
     def stop(self) -> None:
         for observer in (self._observer, self._polling):
@@ -289,7 +192,8 @@ class Watcher:
         """Client directories under ``watch_root`` now (the scan half of client discovery).
 
         Breadth-first, in name order, so that the result (and which of two directories claiming
-        one id wins) does not depend on the filesystem's listing order.
+        one id wins) does not depend on the filesystem's listing order. It lists the levels
+        above client directories only (``os.scandir``, no ``stat``), never a client's own data.
         """
         settings = self._settings
         explicit = {c.dir for c in settings.clients}
@@ -299,7 +203,8 @@ class Watcher:
             below: list[tuple[Path, str]] = []
             for directory, relative in level:
                 try:
-                    entries = sorted(os.scandir(directory), key=lambda e: e.name)
+                    with os.scandir(directory) as it:
+                        entries = sorted(it, key=lambda e: e.name)
                 except OSError:
                     continue
                 for entry in entries:
@@ -318,76 +223,148 @@ class Watcher:
         return found
 
     def watch_client(self, client_id: str, directory: Path) -> None:
-        if directory in self._watched:
-            return
-        handler = _ClientHandler(
-            client_id,
-            directory,
-            self._settings.file_patterns,
-            self._offer,
-            self._note_drop,
-            self._on_gone,
-        )
-        self._schedule(handler, directory, recursive=True)
-        self._watched.add(directory)
+        """Route the events of ``directory`` to ``client_id`` (a watch of its own only outside
+        ``watch_root``)."""
+        key = os.fspath(directory)
+        self._clients[key] = client_id
+        if not self._under_root(key) and key not in self._own:
+            self._own[key] = _ino(key)
+            self._schedule(key)
 
     def unwatch_missing(self) -> None:
-        """Forget directories that were deleted, so that a re-created one is watched again."""
-        for directory in list(self._watched):
-            if not directory.is_dir():
-                self._unwatch(directory)
+        """Forget own watches of directories that were deleted, so that a re-created one is
+        watched again (directories under ``watch_root`` need nothing: the root watch sees them
+        come back)."""
+        for key in list(self._own):
+            if not os.path.isdir(key):
+                self._unwatch(key)
 
     def rewatch_client(self, client_id: str, directory: Path) -> None:
-        """Watch a directory that was deleted and created again (its old watch died with it)."""
-        self._unwatch(directory)
+        """Watch a directory that may have been deleted and created again.
+
+        Called for every known client on every pass, so it costs nothing unless the directory
+        really is another one: under ``watch_root`` the root watch already covers it; outside, its
+        own watch is replaced only if the inode changed (the old watch died with the old one).
+        """
+        key = os.fspath(directory)
+        self._clients[key] = client_id
+        if key in self._own and self._own[key] != _ino(key):
+            self._unwatch(key)
         self.watch_client(client_id, directory)
 
-    def _unwatch(self, directory: Path) -> None:
-        self._watched.discard(directory)
-        for observer in (self._observer, self._polling):
-            if observer is None:
-                continue
-            for watch in list(observer.emitters):
-                if Path(watch.watch.path) == directory:
-                    observer.unschedule(watch.watch)
+    def relist(self, directory: Path) -> None:
+        """Have the next :meth:`scan_client` of ``directory`` list it (any thread): for a lane
+        whose ingest failed on our side (disk full) and that wants the file offered again."""
+        with self._lock:
+            self._relist.add(os.fspath(directory))
 
     def scan_client(self, client_id: str, directory: Path) -> int:
-        """Offer every candidate in ``directory``; returns how many were offered."""
-        count = 0
+        """Offer every candidate in ``directory`` if it may hold something that no event
+        offered (the rule in the module docstring); returns how many were offered."""
+        key = os.fspath(directory)
+        with self._lock:
+            asked = key in self._relist
+            self._relist.discard(key)
+            generation = self._generation
+            lossless = self._started and self._is_lossless(key)
+        stamp = _stamp(key)  # before the listing: a change during it shows at the next pass
+        now = time.monotonic()
+        last = self._listed.get(key)
+        if not asked and not listing_due(
+            last,
+            stamp,
+            generation=generation,
+            now=now,
+            lossless=lossless,
+            backstop_s=self.backstop_s,
+        ):
+            self.listings_skipped += 1
+            return 0
+        self.listings += 1
+        count = dropped = 0
         for path in iter_candidates(directory, self._settings.file_patterns):
             if self._offer(client_id, path):
                 count += 1
             else:
-                self._note_drop(client_id)
+                dropped += 1
+                self._note_drop(client_id, key)
+        if stamp is None or not lossless:
+            self._listed.pop(key, None)
+        elif not dropped:
+            self._listed[key] = Listed(stamp, generation, now)
         return count
 
-    def _schedule(self, handler: FileSystemEventHandler, path: Path, *, recursive: bool) -> None:
+    # -- internals ------------------------------------------------------------------------------
+    def _under_root(self, key: str) -> bool:
+        return key == self._root or key.startswith(self._root.rstrip("/") + "/")
+
+    def _is_lossless(self, key: str) -> bool:
+        """Whether every event of ``key`` reaches the router (caller holds the lock)."""
+        return (self._root if self._under_root(key) else key) in self._lossless
+
+    def _schedule(self, path: str) -> None:
+        """Watch ``path`` recursively; a watch the kernel refuses falls back to polling."""
         try:
-            self._observer.schedule(handler, str(path), recursive=recursive)
-            return
+            self._observer.schedule(
+                self._router, path, recursive=True, event_filter=list(EVENT_FILTER)
+            )
         except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EMFILE):
-                self._log.error(log.WATCHER_FALLBACK_POLLING, path=str(path), error=str(e))
-            else:
-                self._log.error(
-                    log.WATCHER_FALLBACK_POLLING,
-                    path=str(path),
-                    error=str(e),
-                    hint="inotify watch limit reached: raise fs.inotify.max_user_watches; "
-                    "polling this directory meanwhile",
+            extra = {}
+            if e.errno in (errno.ENOSPC, errno.EMFILE):
+                extra["hint"] = (
+                    "inotify watch limit reached: raise fs.inotify.max_user_watches; "
+                    "polling this directory meanwhile"
                 )
+            self._log.error(log.WATCHER_FALLBACK_POLLING, path=path, error=str(e), **extra)
+        else:
+            if InotifyObserver is not None and isinstance(self._observer, InotifyObserver):
+                with self._lock:
+                    self._lossless.add(path)
+            return
         with self._lock:
             if self._polling is None:
                 self._polling = PollingObserver(timeout=1.0)
                 self._polling.start()
-        self._polling.schedule(handler, str(path), recursive=recursive)
+            self._lossless.discard(path)
+        self._polling.schedule(self._router, path, recursive=True, event_filter=list(EVENT_FILTER))
 
-    def _note_drop(self, client_id: str) -> None:
-        self.dropped_offers += 1
-        if self.dropped_offers % 1000 == 1:
+    def _unwatch(self, key: str) -> None:
+        self._own.pop(key, None)
+        with self._lock:
+            self._lossless.discard(key)
+        for observer in (self._observer, self._polling):
+            if observer is None:
+                continue
+            for emitter in list(observer.emitters):
+                if emitter.watch.path == key:
+                    observer.unschedule(emitter.watch)
+
+    def _events_lost(self) -> None:
+        """The kernel dropped events (observer thread): every client is listed at the next pass."""
+        with self._lock:
+            self._generation += 1
+        self._log.warning(
+            log.WATCHER_OVERFLOW,
+            hint="inotify queue overflowed, events were lost; "
+            "the next reconciliation scan lists every client directory",
+        )
+
+    def _note_drop(self, client_id: str, client_dir: str) -> None:
+        with self._lock:
+            self._relist.add(client_dir)
+            self.dropped_offers += 1
+            dropped = self.dropped_offers
+        if dropped % 1000 == 1:
             self._log.warning(
                 log.WATCHER_OVERFLOW,
                 client=client_id,
-                dropped=self.dropped_offers,
+                dropped=dropped,
                 hint="queue full; the reconciliation scan will pick these up",
             )
+
+
+def _ino(directory: str) -> int | None:
+    try:
+        return os.stat(directory).st_ino
+    except OSError:
+        return None
