@@ -47,8 +47,13 @@ class Intake:
         ingest_slots: threading.Semaphore,
         pool: Executor,
         stats: LaneStats,
+        on_our_failure: Callable[[], None] | None = None,
     ) -> None:
         self.directory = directory
+        #: our side failed (disk full, database error): have the directory listed again at the
+        #: next reconciliation pass, which would otherwise skip it (docs/DESIGN.md, "The
+        #: reconciliation scan lists only what may have changed")
+        self._on_our_failure = on_our_failure
         self._options = options
         self._slots = ingest_slots
         self._pool = pool
@@ -144,6 +149,8 @@ class Intake:
             # Our side failed (disk full, database error): not recorded, so the next
             # reconciliation scan tries again once the fault is gone.
             pending.drop(path)
+            if self._on_our_failure is not None:
+                self._on_our_failure()
             self._stats.errors += 1
             self._stats.last_error = str(e)
             logger.error(

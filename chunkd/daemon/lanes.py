@@ -112,6 +112,7 @@ class ClientLane:
         stores: StoreCache,
         on_round: Callable[[str, int], None] | None = None,
         on_change: Callable[[str], None] | None = None,
+        on_our_failure: Callable[[Path], None] | None = None,
     ) -> None:
         self.client_id = client_id
         self.directory = directory
@@ -138,6 +139,7 @@ class ClientLane:
             ingest_slots=ingest_slots,
             pool=pool,
             stats=self.stats,
+            on_our_failure=None if on_our_failure is None else lambda: on_our_failure(directory),
         )
         self._log = structlog.get_logger("chunkd.lane").bind(client=client_id)
 

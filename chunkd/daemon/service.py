@@ -258,6 +258,7 @@ class Daemon:
             stores=self._stores,
             on_round=self._replica.round_committed if self._replica is not None else None,
             on_change=self._changed.mark,
+            on_our_failure=self._watcher.relist,  # listed again at the next pass
         )
         lane._log = CountingLogger(lane._log, ledger)  # status counts what the lane logs
         try:

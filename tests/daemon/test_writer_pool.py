@@ -163,3 +163,45 @@ def test_idle_lanes_cost_no_thread_and_no_wakeup(tmp_path):
             writers.stop()
             stores.close_all()
     assert restored_bytes(lanes[7].db_path, 1) == content
+
+
+def test_an_ingest_that_failed_on_our_side_has_its_directory_listed_again(tmp_path):
+    """Disk full or a database error leaves no record, so the file must be offered again; the
+    reconciliation pass skips unchanged directories (watcher), so intake asks for a listing."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import structlog
+
+    from chunkd.daemon.intake import Intake
+    from chunkd.daemon.outcomes import LaneStats
+    from chunkd.daemon.settle import SettleTable
+    from chunkd.ingest import IngestOptions
+
+    directory = tmp_path / "client_1"
+    directory.mkdir()
+    path = directory / "model_round_1.pth"
+    save_model(path, seed=1)
+    db = directory / "client_1_chunks.db"
+    ChunkStore.open_writer(db).close()
+    asked: list[int] = []
+    with ThreadPoolExecutor(2) as pool, ChunkStore.open_reader(db) as read_only:
+        intake = Intake(
+            directory,
+            db,
+            options=IngestOptions(),
+            ingest_slots=threading.Semaphore(1),
+            pool=pool,
+            stats=LaneStats(),
+            on_our_failure=lambda: asked.append(1),
+        )
+        pending = SettleTable(0.0)
+        intake.take_settled(
+            read_only,  # writing it fails: our side, not the file's
+            path,
+            pending,
+            delete=False,
+            logger=structlog.get_logger("test"),
+            report=lambda result: None,
+        )
+    assert asked == [1]
