@@ -93,6 +93,14 @@ def plan_versions(
     return RetentionPlan(plan.keep, plan.remove, plan.held, removed)
 
 
+def removes_nothing(rounds: int, generations: int, keep_rounds: int) -> bool:
+    """Whether retention can have nothing to remove from a store holding ``rounds`` current
+    rounds and ``generations`` earlier generations, without reading it: every round is kept, and
+    so are the newest ``keep_rounds`` earlier generations of kept rounds (:func:`plan_versions`).
+    """
+    return keep_rounds == 0 or (rounds <= keep_rounds and generations <= keep_rounds)
+
+
 class Ordered(Protocol):
     @property
     def order_key(self) -> tuple[int, int, int]: ...

@@ -62,6 +62,7 @@ from chunkd.daemon.writers import WriterPool
 from chunkd.errors import BusyError, CheckpointError, ChunkdError, NotFoundError
 from chunkd.ingest import IngestOptions, IngestResult
 from chunkd.prune import PruneResult
+from chunkd.retention import removes_nothing
 from chunkd.store import ChunkStore, FileIdentity
 
 __all__ = ["ClientLane", "LaneStats", "utc_now_iso"]
@@ -377,6 +378,11 @@ class ClientLane:
         database has nothing to prune (nothing is opened, nothing created)."""
         if not self._db.exists():
             return
+        held = self._db.held
+        if self._db.held_known and removes_nothing(
+            len(held.rounds), held.generations, self._keep_rounds
+        ):
+            return  # a burst of first rounds to 10,000 clients must not open 10,000 databases
         try:
             future = self.submit(lambda store: self._prune(store, dry_run=False))
         except BusyError:

@@ -5,7 +5,10 @@ opened its database, whether or not anything had changed (500 clients at ``"1s"`
 Now a pass visits only the clients in :class:`ChangedClients`: those whose stored rounds changed
 since their last pass (an ingest, a ``forget``), whose last prune could not finish (leased rounds
 kept, or it failed, or the queue was full), and, once, every client with a database when the
-daemon starts (its config may have changed meanwhile). A pass with nothing changed opens nothing.
+daemon starts (its config may have changed meanwhile). A pass with nothing changed opens nothing,
+and neither does a changed client whose rounds, as its lane last read them, are within what it
+keeps (:func:`chunkd.retention.removes_nothing`): a first round written to 10,000 clients marks
+them all, and opening each to find nothing to remove cost a minute of CPU.
 An explicit ``prune`` request still prunes whatever it names.
 """
 

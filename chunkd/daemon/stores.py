@@ -135,6 +135,8 @@ class ClientDatabase:
         self._on_change = on_change
         #: what the database held at its last change (replaced whole; read by the main thread)
         self.held = HeldRounds()
+        #: ``held`` was read from the database since the daemon started (not just the default)
+        self.held_known = False
 
     def exists(self) -> bool:
         """A database to read: open now, or on disk (a client with no file yet has none)."""
@@ -192,6 +194,7 @@ class ClientDatabase:
             rounds=tuple(sorted(v.round_num for v in versions if v.current)),
             generations=sum(1 for v in versions if not v.current),
         )
+        self.held_known = True
         if held == self.held:
             return
         self.held = held

@@ -71,3 +71,29 @@ def test_plan_properties(rounds, keep, leased):
         assert len(plan.keep) == min(keep, len(rounds)) + len(plan.held)
         if plan.remove:
             assert max(plan.remove) < min(newest)
+
+
+def test_removes_nothing_agrees_with_the_plan() -> None:
+    """The daemon skips a retention pass's prune (and its database open) on this rule alone: it
+    must never skip a store the plan would remove something from."""
+    from dataclasses import dataclass as _dataclass
+    from itertools import product
+
+    from chunkd.retention import plan_versions, removes_nothing
+
+    @_dataclass(frozen=True)
+    class V:
+        round_num: int
+        generation: int
+        current: bool
+        order_key: tuple[int, int, int]
+
+    for rounds, generations, keep in product(range(8), range(8), range(6)):
+        versions = [V(r, 9, True, (0, r, 9)) for r in range(1, rounds + 1)]
+        versions += [
+            V(1 + g % max(rounds, 1), g, False, (0, 1 + g % max(rounds, 1), g))
+            for g in range(generations if rounds else 0)
+        ]
+        plan = plan_versions(versions, keep)
+        if removes_nothing(rounds, generations if rounds else 0, keep):
+            assert not plan.remove and not plan.generations_removed, (rounds, generations, keep)
