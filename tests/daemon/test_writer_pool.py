@@ -226,7 +226,11 @@ def test_a_retention_pass_opens_no_database_that_holds_no_more_than_it_keeps(tmp
                 path = lane.directory / f"model_round_{round_num}.pth"
                 save_model(path, seed=round_num)
                 lane.submit_ingest(path, None).result(timeout=60)
-            slices = writers.slices
+            while True:  # the ingest's slice ends after its future is done: let it finish
+                slices = writers.slices
+                time.sleep(0.3)
+                if writers.slices == slices and lane.queue_depth == 0:
+                    break
             lane.prune_scheduled()  # 2 rounds, keep 2: nothing to do, nothing queued
             time.sleep(0.3)
             assert writers.slices == slices and lane.queue_depth == 0

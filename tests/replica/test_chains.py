@@ -90,9 +90,9 @@ def restore(bucket: Bucket) -> bytes:
 def test_a_three_link_chain_restores(bucket: Bucket) -> None:
     base = os.urandom(CHUNK)
     raws = [base]
-    for _ in range(3):  # each version a small edit of the previous
+    for step in range(3):  # each version a small edit of the previous, never undoing one
         edited = bytearray(raws[-1])
-        edited[os.urandom(1)[0]] ^= 0xFF
+        edited[step] ^= 0xFF  # a random byte could flip back an earlier edit: a cycle
         raws.append(bytes(edited))
     forms = put_chain(bucket, raws)
     sha = put_round(bucket, [(raws[-1], forms[-1]), (raws[1], forms[1])], forms[:-1])
