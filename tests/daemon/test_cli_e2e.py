@@ -19,12 +19,14 @@ pytestmark = pytest.mark.slow
 
 
 def fill(daemon, clients: int, rounds: int, elements: int = 4096) -> dict[tuple[str, int], bytes]:
+    """Write ``rounds`` rounds to each client, one round at a time: files written at once may be
+    committed in any order, and retention never removes the round committed last."""
     written = {}
-    for c in range(1, clients + 1):
-        for r in range(1, rounds + 1):
+    for r in range(1, rounds + 1):
+        for c in range(1, clients + 1):
             path = daemon.watch_root / f"client_{c}" / f"model_round_{r}.pth"
             written[(str(c), r)] = save_model(path, c * 1000 + r, elements=elements)
-    daemon.wait_event(lambda e: e["event"] == "checkpoint.ingested", count=len(written))
+        daemon.wait_event(lambda e: e["event"] == "checkpoint.ingested", count=len(written))
     return written
 
 
