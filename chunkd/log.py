@@ -15,12 +15,13 @@ logger from :func:`get_logger` and stay quiet until a boundary configures the ou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
 from pathlib import PurePath
 from typing import Any, TextIO
@@ -72,6 +73,7 @@ REPLICA_LOCKS_RELEASED = "replica.locks_released"  # a killed predecessor's lock
 WATCH_ROOT_MISSING = "watch_root.missing"
 ATTEMPT_UNRECORDED = "attempt.unrecorded"
 CHECKPOINT_PROGRESS = "checkpoint.progress"
+METRICS_FAILED = "metrics.failed"  # the metrics textfile could not be written
 
 #: Every event chunkd emits; tests check the set against the constants above and SPEC.md.
 ALL_EVENTS: tuple[str, ...] = (
@@ -116,6 +118,7 @@ ALL_EVENTS: tuple[str, ...] = (
     WATCH_ROOT_MISSING,
     ATTEMPT_UNRECORDED,
     CHECKPOINT_PROGRESS,
+    METRICS_FAILED,
 )
 
 LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")
@@ -265,6 +268,33 @@ def _build_formatter(log_format: str, stream: TextIO) -> structlog.stdlib.Proces
     )
 
 
+#: Functions shown every event as it is logged, whatever the log level (the metrics).
+_TAPS: list[Callable[[Mapping[str, Any]], None]] = []
+
+
+def add_tap(tap: Callable[[Mapping[str, Any]], None]) -> Callable[[], None]:
+    """Show ``tap`` every structlog event (with its bound fields), before level filtering, so
+    what is counted does not depend on ``log_level``; returns the function that removes it.
+
+    A tap runs on the logging thread: it must be quick and must not log. One that raises is
+    ignored for that event: metrics never break a log line.
+    """
+    _TAPS.append(tap)
+
+    def remove() -> None:
+        with contextlib.suppress(ValueError):
+            _TAPS.remove(tap)
+
+    return remove
+
+
+def _run_taps(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    for tap in tuple(_TAPS):
+        with contextlib.suppress(Exception):  # a metric is never worth a lost log line
+            tap(event_dict)
+    return event_dict
+
+
 def configure_logging(
     log_format: str = "auto", log_level: str = "info", stream: TextIO | None = None
 ) -> None:
@@ -301,9 +331,10 @@ def configure_logging(
 
     structlog.configure(
         processors=[
-            # Drop below-level calls before any work is done for them.
+            structlog.contextvars.merge_contextvars,  # a lane binds ``client`` here
+            _run_taps,  # the metrics count every event, whatever the level
+            # Drop below-level calls before any more work is done for them.
             structlog.stdlib.filter_by_level,
-            structlog.contextvars.merge_contextvars,
             structlog.processors.StackInfoRenderer(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

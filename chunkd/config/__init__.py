@@ -62,6 +62,8 @@ from chunkd.config.keys import (
     _parse_ids,
     _parse_int,
     _parse_max_chunk_bytes,
+    _parse_metrics_addr,
+    _parse_metrics_textfile,
     _parse_path,
     _parse_regex,
     _parse_socket,
@@ -119,6 +121,10 @@ _KEYS: dict[str, _Key] = {
     "delete_after_ingest": _Key("delete_after_ingest", False, _parse_bool),
     "log_format": _Key("log_format", "auto", _parse_choice("json", "console", "auto")),
     "log_level": _Key("log_level", "info", _parse_choice("debug", "info", "warning", "error")),
+    # Prometheus metrics (README "Metrics"), off unless one of the first two is set
+    "metrics_addr": _Key("metrics_addr", "", _parse_metrics_addr),
+    "metrics_textfile": _Key("metrics_textfile", "", _parse_metrics_textfile),
+    "metrics_client_labels": _Key("metrics_client_labels", 100, _parse_int(0, 100_000)),
     "clients": _Key("clients", [], _parse_clients),
     "replica": _Key("replica", {}, _parse_replica),
 }

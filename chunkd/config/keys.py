@@ -25,6 +25,7 @@ from chunkd.config.values import (
     check_client_id,
     parse_duration,
     parse_size,
+    split_host_port,
 )
 from chunkd.errors import ConfigError, RequestError
 
@@ -89,6 +90,23 @@ def _parse_string(ctx: _Context, key: str, value: object) -> str:
     if "\0" in value:
         ctx.fail(key, "must not contain a NUL character")
     return value
+
+
+def _parse_metrics_addr(ctx: _Context, key: str, value: object) -> str:
+    text = _parse_string(ctx, key, value).strip()
+    if text and split_host_port(text) is None:
+        ctx.fail(key, f'{text!r} is not host:port (e.g. "127.0.0.1:9464" or "[::1]:9464")')
+    return text
+
+
+def _parse_metrics_textfile(ctx: _Context, key: str, value: object) -> str:
+    """A ``.prom`` file (node_exporter's textfile collector reads no other), or empty."""
+    if value == "":
+        return ""
+    path = _parse_path(ctx, key, value)
+    if path.suffix != ".prom":
+        ctx.fail(key, f"{str(path)!r} must end in .prom (node_exporter reads only those)")
+    return str(path)
 
 
 def _check_path_text(ctx: _Context, key: str, value: object) -> str:

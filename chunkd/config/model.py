@@ -67,6 +67,11 @@ class Settings:
     clients: tuple[ClientConfig, ...]
     #: ``[replica]``: off-host copies on S3-compatible storage; None when the table is absent.
     replica: ReplicaConfig | None = None
+    #: Prometheus metrics over HTTP (``host:port``) and/or as a textfile; empty = off.
+    metrics_addr: str = ""
+    metrics_textfile: str = ""
+    #: clients past this many share the ``client="_other"`` label (bounded cardinality)
+    metrics_client_labels: int = 100
 
     def db_path_for(self, client_id: str, client_dir: Path) -> Path:
         """The database file of one client: ``db_path`` with ``{client}`` and ``{client_dir}``.

@@ -119,6 +119,15 @@ def _summary_or_error(
     return entry
 
 
+def cached_summary(info: ClientInfo) -> dict[str, object] | None:
+    """The client's ``list`` figures, read only if its database changed since they were cached;
+    None when it cannot be read (``list`` and ``status`` say why)."""
+    try:
+        return SUMMARIES.get(info.client_id, info.db_path, lambda: _read_summary(info))
+    except (ChunkdError, sqlite3.Error, OSError):
+        return None
+
+
 def _read_summary(info: ClientInfo) -> dict[str, object]:
     store = open_store_if_any(info)
     try:

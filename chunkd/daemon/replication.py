@@ -95,6 +95,7 @@ class ReplicaStage:
         self._thread = threading.Thread(target=self._run, name="replica", daemon=True)
         self._remote: dict[str, dict[int, ManifestVersion]] = {}  # stage thread: in the bucket
         self._lag: dict[str, tuple[int, int]] = {}
+        self._behind_since: float | None = None  # monotonic; since when some lag is not 0
         self._uploaded_rounds = 0
         self._uploaded_bytes = 0
         self._last_upload: dict[str, object] | None = None
@@ -141,6 +142,10 @@ class ReplicaStage:
                 "host": self.host,
                 "lag_rounds": sum(n for n, _ in lag.values()),
                 "lag_bytes": sum(b for _, b in lag.values()),
+                # how long the bucket has lacked some round (0 when it holds all it should)
+                "lag_s": 0.0
+                if self._behind_since is None
+                else round(time.monotonic() - self._behind_since, 1),
                 "uploaded_rounds": self._uploaded_rounds,
                 "uploaded_bytes": self._uploaded_bytes,
                 "last_upload": self._last_upload,
@@ -248,6 +253,11 @@ class ReplicaStage:
     def _set_lag(self, client_id: str, local: Mapping[int, RoundInfo], pending: list[int]) -> None:
         with self._lock:
             self._lag[client_id] = (len(pending), sum(local[r].file_size for r in pending))
+            behind = any(n for n, _ in self._lag.values())
+            if not behind:
+                self._behind_since = None
+            elif self._behind_since is None:
+                self._behind_since = time.monotonic()
 
     def _load_remote(self, client_id: str) -> dict[int, ManifestVersion]:
         """This client's manifests and the versions they hold (LIST, then a HEAD each)."""

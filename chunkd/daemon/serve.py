@@ -15,6 +15,7 @@ import structlog
 
 from chunkd import __version__, log
 from chunkd.config import Settings
+from chunkd.daemon.metrics_serve import MetricsService
 from chunkd.daemon.scheduler import build_scheduler
 from chunkd.daemon.service import Daemon
 from chunkd.daemon.startup import report_startup_failure, startup_key
@@ -42,6 +43,7 @@ def run(settings: Settings) -> int:
     try:
         daemon = Daemon(settings)
         server = Server(daemon)
+        metrics = MetricsService(settings, daemon.figures)  # README "Metrics"; off by default
     except Exception as e:  # e.g. no inotify instance left: still one line and a status
         return report_startup_failure(e)
 
@@ -56,6 +58,9 @@ def run(settings: Settings) -> int:
             with startup_key("socket"):
                 # BusyError if a live daemon owns the socket: refuse before touching databases
                 server.start()
+            # before the clients are added, so each has its series from the start; ConfigError
+            # naming the key if the address or the file cannot be used
+            metrics.start()
             daemon.start()
             scheduler = build_scheduler(
                 retention_interval_s=settings.retention_interval_s,
@@ -74,6 +79,7 @@ def run(settings: Settings) -> int:
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         server.stop()
+        metrics.stop()
         daemon.shutdown()
     logger.info(log.DAEMON_STOPPED)
     return 0

@@ -152,6 +152,9 @@ def test_s3_killed_mid_upload_loses_nothing_and_catches_up(
         status = stage.status()
         assert status["lag_rounds"] == 3 and status["lag_bytes"] > 0
         assert status["uploaded_rounds"] == 0
+        lag_s = status["lag_s"]
+        assert isinstance(lag_s, float) and lag_s > 0  # behind since the first look
+        wait_for(lambda: stage.status()["lag_s"] > lag_s, 10, "lag_s grows while S3 is down")
         # the local side is untouched and keeps working
         ingest_rounds(db, tmp_path / "c", range(4, 5), compression="none").close()
         stage.round_committed("1", 4)
@@ -159,7 +162,7 @@ def test_s3_killed_mid_upload_loses_nothing_and_catches_up(
             assert [(r.round_num, r.file_sha256) for r in store.list_rounds()][:3] == local_before
         server.start()  # same data directory and ports
         wait_for(lambda: stage.status()["uploaded_rounds"] == 4, 90, "the replica caught up")
-        assert stage.status()["lag_rounds"] == 0
+        assert stage.status()["lag_rounds"] == 0 and stage.status()["lag_s"] == 0
         assert stage.status()["last_error"] is None
         # the lock of the upload the server died under is removed too (else every host's
         # prune would wait for it to go stale)
