@@ -48,8 +48,13 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_store(store: ChunkStore, hold: Hold | None = None) -> VerifyReport:
+def verify_store(
+    store: ChunkStore, hold: Hold | None = None, step: Callable[[], None] | None = None
+) -> VerifyReport:
     """Check every chunk and every round of ``store``; see the module docstring.
+
+    ``step()`` is called after each chunk and each round (a progress bar's tick: their count
+    is ``store.stats().chunks + .rounds``, as far as retention leaves them meanwhile).
 
     ``hold(round_num)`` pins a round while it is checked (the daemon passes its lease table, so
     retention cannot remove the round or its chunks mid-check). Without it (``verify --db``
@@ -59,6 +64,8 @@ def verify_store(store: ChunkStore, hold: Hold | None = None) -> VerifyReport:
     bad_hashes: set[str] = set()
     chunks_checked = 0
     for stored in store.iter_chunks():
+        if step is not None:
+            step()
         verdict = _check_chunk(store, stored)
         if verdict is None:
             continue  # removed by retention since it was listed: not a problem of the store
@@ -69,6 +76,8 @@ def verify_store(store: ChunkStore, hold: Hold | None = None) -> VerifyReport:
     rounds_checked = 0
     referenced: set[str] = set()
     for round_num in store.round_numbers():
+        if step is not None:
+            step()
         with hold(round_num) if hold else contextlib.nullcontext():
             found = _check_round_settled(store, round_num, bad_hashes, referenced)
         if found is None:

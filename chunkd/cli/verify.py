@@ -9,13 +9,17 @@ database directly.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from chunkd.cli import offline, options
 from chunkd.cli.client import DaemonClient
 from chunkd.cli.render import Progress, print_json
-from chunkd.errors import IntegrityError
+from chunkd.errors import ChunkdError, IntegrityError
+
+#: How often a daemon-side verify's bar asks ``status`` how far it has got.
+FOLLOW_EVERY_S = 0.5
 
 
 def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> None:
@@ -54,34 +58,15 @@ def _verify_offline(args: argparse.Namespace) -> list[dict[str, object]]:
         stats = store.stats()
         with Progress("verify", stats.chunks + stats.rounds, fmt=_steps) as bar:
             bar.update(0, force=True)
-            report = verify_store(_Counted(store, bar))  # type: ignore[arg-type]
+            done = 0
+
+            def step() -> None:
+                nonlocal done
+                done += 1
+                bar.update(done)
+
+            report = verify_store(store, step=step)
     return [summarize_verify(client_id, report)]
-
-
-class _Counted:
-    """The store, as :func:`verify_store` reads it, advancing a bar per chunk and per round."""
-
-    def __init__(self, store: object, bar: Progress) -> None:
-        self._store = store
-        self._bar = bar
-        self._done = 0
-
-    def _step(self) -> None:
-        self._done += 1
-        self._bar.update(self._done)
-
-    def iter_chunks(self) -> Iterator[object]:
-        for chunk in self._store.iter_chunks():  # type: ignore[attr-defined]
-            yield chunk
-            self._step()
-
-    def round_numbers(self) -> Iterator[int]:
-        for round_num in self._store.round_numbers():  # type: ignore[attr-defined]
-            yield round_num
-            self._step()
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._store, name)
 
 
 def _steps(count: int) -> str:
@@ -90,8 +75,10 @@ def _steps(count: int) -> str:
 
 def _verify_through_daemon(args: argparse.Namespace) -> list[dict[str, object]]:
     """One request per client; the bar counts database bytes checked (from ``list``), so its
-    total, rate and ETA mean something when clients differ in size."""
-    with DaemonClient.connect(options.socket_path(args)) as client:
+    total, rate and ETA mean something when clients differ in size. Within a client, how far
+    the daemon has got comes from ``status`` (``verifying``), asked on a second connection."""
+    socket_path = options.socket_path(args)
+    with DaemonClient.connect(socket_path) as client:
         listed = client.call("list", client=args.client)["clients"]
         assert isinstance(listed, list)
         sizes = {str(entry["client"]): _size(entry) for entry in listed}
@@ -100,12 +87,44 @@ def _verify_through_daemon(args: argparse.Namespace) -> list[dict[str, object]]:
         with Progress("verify", sum(sizes.values()) or None) as bar:
             for client_id, size in sizes.items():
                 bar.update(done, force=True)
-                result = client.call("verify", client=client_id)
+                follow = _follow(socket_path, client_id, _within(done, size), bar)
+                result = client.call("verify", client=client_id, on_wait=follow)
                 found = result["clients"]
                 assert isinstance(found, list)
                 entries.extend(found)
                 done += size
     return entries
+
+
+def _within(start: int, size: int) -> Callable[[float], int]:
+    """The bar's position when a fraction of the client starting at ``start`` is checked."""
+    return lambda fraction: start + int(fraction * size)
+
+
+def _follow(
+    socket_path: Path, client_id: str, position: Callable[[float], int], bar: Progress
+) -> Callable[[], None]:
+    """While the daemon verifies ``client_id``: twice a second at most, how far it has got."""
+    last = time.monotonic()  # a quick verify needs no second connection at all
+
+    def on_wait() -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < FOLLOW_EVERY_S or not bar.enabled:
+            return
+        last = now
+        try:
+            with DaemonClient.connect(socket_path) as probe:
+                under_way = probe.call("status").get("verifying")
+        except ChunkdError:
+            return
+        for item in under_way if isinstance(under_way, list) else []:
+            if isinstance(item, dict) and item.get("client") == client_id:
+                checked, total = item.get("done"), item.get("total")
+                if isinstance(checked, int) and isinstance(total, int) and total > 0:
+                    bar.update(position(min(1.0, checked / total)))
+
+    return on_wait
 
 
 def _size(entry: dict[str, object]) -> int:

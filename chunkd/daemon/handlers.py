@@ -23,7 +23,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from pathlib import Path, PurePath
@@ -41,6 +41,7 @@ from chunkd.daemon.output import (  # noqa: F401 - STREAMED etc. re-exported for
     answer_for,
     send_output,
 )
+from chunkd.daemon.progress import verify_progress, verifying
 from chunkd.daemon.state import ClientInfo, DaemonState
 from chunkd.errors import BusyError, ChunkdError, ForbiddenError, NotFoundError
 from chunkd.export import StoredRound, plan_safetensors, stream_safetensors
@@ -135,20 +136,36 @@ def status(state: DaemonState, request: Request, conn: Connection) -> Result:
     # what `list` keeps between requests (bounded by the clients watched) and how often it
     # reused a summary instead of opening the database (chunkd.daemon.summaries)
     result["list_cache"] = SUMMARIES.counts()
+    result["verifying"] = verifying()  # how far each verify under way has got
     if not conn.access.admin:
         removed = result.get("removed_clients")
         clients = state.clients()
-        readable = {info.client_id for info in conn.access.readable(clients.values())}
+        readable_infos = conn.access.readable(clients.values())
+        readable = {info.client_id for info in readable_infos}
         per_client = result.get("clients")
         if isinstance(per_client, dict):
             result["clients"] = {k: v for k, v in per_client.items() if k in readable}
-        last = result.get("last_ingest")
-        if isinstance(last, dict) and last.get("client") not in readable:
-            result["last_ingest"] = None
+        for key in ("last_ingest", "last_error"):
+            last = result.get(key)
+            if isinstance(last, dict) and last.get("client") not in readable:
+                result[key] = None
+        result["verifying"] = [v for v in result["verifying"] if v["client"] in readable]
+        result["ingesting"] = _own_ingests(result.get("ingesting"), readable_infos)
         result["damaged_databases"] = {k: v for k, v in damaged.items() if k in readable}
         if isinstance(removed, dict):
             result["removed_clients"] = {k: v for k, v in removed.items() if k in readable}
     return result
+
+
+def _own_ingests(ingesting: object, readable: Iterable[ClientInfo]) -> list[object]:
+    """The ingests under way in the peer's own client directories (paths are tenants' own)."""
+    directories = [info.directory for info in readable]
+    return [
+        item
+        for item in (ingesting if isinstance(ingesting, list) else [])
+        if isinstance(item, dict)
+        and any(Path(str(item.get("path"))).is_relative_to(d) for d in directories)
+    ]
 
 
 def list_clients(state: DaemonState, request: Request, conn: Connection) -> Result:
@@ -165,7 +182,10 @@ def verify(state: DaemonState, request: Request, conn: Connection) -> Result:
                 continue
             with store:
                 hold = functools.partial(state.leases.hold, info.client_id)
-                report = verify_store(store, hold=hold)
+                stats = store.stats()
+                # status's ``verifying`` shows how far it got: chunkd verify's bar moves
+                with verify_progress(info.client_id, stats.chunks + stats.rounds) as step:
+                    report = verify_store(store, hold=hold, step=step)
         except BusyError:
             raise  # a writer held the database past the busy timeout: busy, not damaged
         except (ChunkdError, sqlite3.Error, OSError) as e:

@@ -6,13 +6,16 @@ calls after each chunk; it logs one ``checkpoint.progress`` line (``path``, ``by
 ``bytes_total``, ``percent``, ``mb_per_s``, ``eta_s``) at most every :data:`INTERVAL_S`, and
 none at all for a file that is done sooner, so small checkpoints add no lines. It also keeps
 the figures of every ingest under way for ``chunkd status`` (:func:`in_progress`), which is how
-``chunkd ingest`` through the daemon draws its bar.
+``chunkd ingest`` through the daemon draws its bar. :func:`verifying` does the same for the
+verifies under way (issue 21: ``chunkd verify`` through the daemon sat at 0% until done).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,6 +40,35 @@ def in_progress() -> list[dict[str, object]]:
             del _CURRENT[path]
         items = sorted(_CURRENT.items())
     return [{"path": p, "bytes_done": d, "bytes_total": t} for p, (d, t, _) in items]
+
+
+#: client id -> [chunks and rounds checked, their total]: the verifies under way.
+_VERIFYING: dict[str, list[int]] = {}
+
+
+def verifying() -> list[dict[str, object]]:
+    """The clients being verified now, with how far each has got (``status``'s ``verifying``)."""
+    with _CURRENT_LOCK:
+        items = sorted((cid, done, total) for cid, (done, total) in _VERIFYING.items())
+    return [{"client": cid, "done": done, "total": total} for cid, done, total in items]
+
+
+@contextlib.contextmanager
+def verify_progress(client_id: str, total: int) -> Iterator[Callable[[], None]]:
+    """While a verify of ``client_id`` runs: the ``step`` it calls per chunk and per round."""
+    figures = [0, total]
+
+    def step() -> None:
+        figures[0] += 1  # one writer (this verify); readers copy under the lock
+
+    with _CURRENT_LOCK:
+        _VERIFYING[client_id] = figures
+    try:
+        yield step
+    finally:
+        with _CURRENT_LOCK:
+            if _VERIFYING.get(client_id) is figures:
+                del _VERIFYING[client_id]
 
 
 class IngestProgress:

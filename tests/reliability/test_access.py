@@ -130,6 +130,14 @@ def test_list_and_verify_show_only_own_clients(tenant_daemon) -> None:
     assert [c["client"] for c in everything["result"]["clients"]] == ["a", "b", "c"]
     reply, _ = request(daemon.socket, {"cmd": "list"})  # root, the daemon's own uid
     assert [c["client"] for c in reply.obj["result"]["clients"]] == ["a", "b", "c"]
+    # root's rejected file: its path and error are the operator's to see, not alice's
+    (daemon.watch_root / "client_c" / "round_2.pth").write_bytes(b"not a checkpoint")
+    daemon.wait_event(lambda e: e["event"] == "checkpoint.rejected")
+    (seen_by_operator,) = tenant_requests(daemon.socket, OPERATOR, {"cmd": "status"})
+    assert seen_by_operator["result"]["last_error"]["client"] == "c"
+    (status,) = tenant_requests(daemon.socket, ALICE, {"cmd": "status"})
+    assert status["result"]["last_error"] is None
+    assert status["result"]["ingesting"] == [] and status["result"]["verifying"] == []
 
 
 def test_connection_cap_is_per_uid_not_per_process(tenant_daemon, figures) -> None:
