@@ -27,10 +27,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -77,10 +79,12 @@ class TailedDaemon(DaemonRun):
         super().__init__(root)
         self.client_dir.rmdir()  # DaemonRun's own client; this benchmark makes its own
         # The product defaults, schedules included: only where to watch, listen and log.
+        self.metrics_addr = f"127.0.0.1:{_free_port()}"
         self.config.write_text(
             f"watch_root = {json.dumps(str(self.watch_root))}\n"
             f"socket = {json.dumps(str(self.socket))}\n"
             'log_format = "json"\nlog_level = "info"\n'
+            f"metrics_addr = {json.dumps(self.metrics_addr)}\n"  # scraped after the CLI calls
         )
         self._offset = 0
         self._partial = b""
@@ -149,6 +153,24 @@ def _timed_cli(daemon: DaemonRun, *args: str, timeout_s: float) -> Result:
     if proc.returncode != 0:
         return {"seconds": seconds, "error": f"exit {proc.returncode}: {proc.stderr[-300:]}"}
     return {"seconds": seconds, "stdout_bytes": len(proc.stdout)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _timed_scrapes(addr: str, times: int = 3) -> Result:
+    """``GET /metrics`` ``times`` times: wall time of each, and the series and bytes served."""
+    seconds, text = [], b""
+    for _ in range(times):
+        started = time.perf_counter()
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=60) as answer:
+            text = answer.read()
+        seconds.append(time.perf_counter() - started)
+    series = [line for line in text.splitlines() if line and not line.startswith(b"#")]
+    return {"seconds": seconds, "series": len(series), "bytes": len(text)}
 
 
 def _process_figures(pid: int) -> Result:
@@ -235,6 +257,7 @@ def run(work: Path, clients: int, timeout_s: float, idle_s: float = 60.0) -> Res
             "list": _timed_cli(daemon, "list", timeout_s=cli_timeout),
         }
         result["after_cli"] = _process_figures(daemon.pid)
+        result["metrics"] = _timed_scrapes(daemon.metrics_addr)
         daemon.poll()
     except (TimeoutError, RuntimeError) as e:
         result["error"] = f"{type(e).__name__}: {e}"

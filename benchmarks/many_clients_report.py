@@ -153,6 +153,14 @@ def render(r: object) -> str:
             f"- after the CLI calls: {after['threads']} threads, {after['fds']} fds, "
             f"RssAnon {after['rss_anon_kib'] / 1024:.0f} MiB"
         )
+    metrics = r.get("metrics")
+    if isinstance(metrics, dict) and metrics.get("seconds"):
+        extra.append(
+            f"- a Prometheus scrape (`metrics_addr`, issue 21): {metrics['series']:,} series, "
+            f"{metrics['bytes'] / 1024:.0f} KiB, "
+            + ", ".join(f"{t:.2f}" for t in metrics["seconds"])
+            + " s (three in a row)"
+        )
     return "\n".join([*head, *lines, *extra, ""])
 
 

@@ -142,7 +142,19 @@ def figures(
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The figures go to ``build/reliability-figures.json``; the terminal shows them in full
+    only for the campaigns (``-m campaign``, ``--torture``), where they are the result: at the
+    end of ``make test`` fifty lines of JSON buried the warnings above them (issue 21)."""
     if not _FIGURES:
+        return
+    config = terminalreporter.config
+    path = config.rootpath / "build" / "reliability-figures.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(_FIGURES, indent=2, sort_keys=True, default=str) + "\n")
+    campaign = torture_enabled(config) or "campaign" in str(config.getoption("-m") or "")
+    if not campaign or "not campaign" in str(config.getoption("-m") or ""):
+        shown = path.relative_to(config.rootpath)
+        terminalreporter.write_line(f"chunkd reliability figures: {len(_FIGURES)} in {shown}")
         return
     terminalreporter.section("chunkd reliability figures")
     for name, data in sorted(_FIGURES.items()):
