@@ -27,10 +27,11 @@ lint: setup
 	$(BIN)/ruff format --check chunkd tests benchmarks examples
 	PATH="$(abspath $(BIN)):$$PATH" bash systemd/verify.sh
 
-# Everything but the long reliability campaigns (about 8 minutes of tests plus lint on a quiet 2-core machine;
-# `make campaign` runs their short forms, `make torture` their full size).
+# Everything but the long runs: the reliability campaigns (`make campaign` runs their short forms,
+# `make torture` their full size), and the framework and scale runs of `make integration`.
+# TEST_TIME is measured, on a quiet 2-core machine.
 test: lint
-	$(BIN)/python -m pytest -q -m "not campaign and not integration" --durations=10
+	$(BIN)/python -m pytest -q -m "not campaign and not integration and not scale" --durations=10
 
 campaign: setup
 	$(BIN)/python -m pytest -q -m campaign tests/reliability
@@ -42,11 +43,13 @@ bench: setup
 torture: setup
 	$(BIN)/python -m pytest -q tests/reliability --torture
 
-# A real federation (Flower SuperLink + 3 SuperNodes, 5 FedAvg rounds) beside a real chunkd daemon:
-# about 2.5 minutes on 2 CPU cores. Left out of `make test` by the `integration` marker.
+# The long runs CI also makes: a real federation (Flower SuperLink + 3 SuperNodes, 5 FedAvg
+# rounds) and a Flower simulation of 100 clients beside a real chunkd daemon (marker
+# `integration`), and the scale tests (marker `scale`: 120 to 300 clients on one daemon, two
+# daemons sharing a real S3 server, the largest pickle budgets). INTEGRATION_TIME on 2 cores.
 integration: setup
 	$(BIN)/pip install --quiet -e '.[integration]'
-	$(BIN)/python -m pytest -q -m integration tests/integration
+	$(BIN)/python -m pytest -q -m "integration or scale" --durations=10 tests
 
 # System files (unit, sysusers, tmpfiles, config, docs); the package itself: pip install.
 PREFIX  ?= /usr/local

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from chunkd.ingest import IngestOptions, ingest_file
 from chunkd.store import ChunkStore
 from chunkd.summary import summarize_store
@@ -75,6 +77,7 @@ def _after(daemon: DaemonProcess, change: Callable[[], object], client: str) -> 
     assert _listed(daemon, "--client", client)[client] == _held(daemon, client)
 
 
+@pytest.mark.scale  # hundreds of clients: `make integration` (the Makefile says why)
 def test_list_reads_only_changed_databases_and_never_serves_stale_rounds(make_daemon) -> None:
     daemon = make_daemon(start=False, chunk_keep_rounds=1)
     _build(daemon.watch_root)

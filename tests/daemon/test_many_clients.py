@@ -18,7 +18,7 @@ from torch import nn
 
 from tests.daemon.checkpoints import restored_bytes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.scale]  # 120 clients: make integration
 
 CLIENTS = 120
 ROUNDS = 2

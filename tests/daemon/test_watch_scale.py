@@ -44,6 +44,7 @@ def wait_scans(daemon, more: int) -> None:
     daemon.wait_event(lambda e: e["event"] == "scan.completed", count=target, timeout_s=30)
 
 
+@pytest.mark.scale  # hundreds of clients: `make integration` (the Makefile says why)
 def test_daemon_with_200_clients_has_one_inotify_instance_and_lists_only_changes(
     make_daemon, tmp_path
 ):

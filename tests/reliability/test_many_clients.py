@@ -21,7 +21,7 @@ from tests.daemon.checkpoints import save_model
 
 from .conftest import request, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.scale]  # hundreds of clients: make integration
 
 CLIENTS = 300
 DB_SUFFIXES = (".db", ".db.lock", ".db-journal")

@@ -130,10 +130,21 @@ def test_unique_names_match_the_linear_probe() -> None:
     [
         ("empty_lists_19MB", lambda: empty_lists(19_000_000), False),
         ("empty_lists_at_budget", lambda: empty_lists(pickle_scan.MAX_CONTAINERS), True),
-        ("ints_at_budget", lambda: appends_of_ints(pickle_scan.MAX_OBJECTS - 3), True),
+        # the accepted sides of the two largest budgets take tens of seconds: make integration
+        pytest.param(
+            "ints_at_budget",
+            lambda: appends_of_ints(pickle_scan.MAX_OBJECTS - 3),
+            True,
+            marks=pytest.mark.scale,
+        ),
         ("ints_over_budget", lambda: appends_of_ints(pickle_scan.MAX_OBJECTS), False),
         ("memo_over_budget", lambda: memo_puts(pickle_scan.MAX_MEMO + 1), False),
-        ("tensors_at_budget", lambda: many_tensors(pickle_scan.MAX_TENSORS), True),
+        pytest.param(
+            "tensors_at_budget",
+            lambda: many_tensors(pickle_scan.MAX_TENSORS),
+            True,
+            marks=pytest.mark.scale,
+        ),
         ("tensors_over_budget", lambda: many_tensors(pickle_scan.MAX_TENSORS + 1), False),
     ],
 )

@@ -69,6 +69,7 @@ def garbage_of_two_hosts(bucket: Bucket, tmp_path: Path) -> set[str]:
     return b_garbage
 
 
+@pytest.mark.scale  # a 256 MiB object on a real S3 server: `make integration`
 def test_unreadable_manifests_neither_bloat_nor_stop_the_sweep(
     bucket: Bucket, s3_server: WeedServer, tmp_path: Path
 ) -> None:

@@ -64,6 +64,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
         time.sleep(0.3)
 
 
+@pytest.mark.scale  # two daemons and a real S3 server: `make integration`
 def test_two_hosts_share_a_bucket(
     make_daemon: Callable[..., object], bucket: Bucket, s3_server: WeedServer, tmp_path: Path
 ) -> None:
