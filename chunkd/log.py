@@ -49,6 +49,7 @@ CHECKPOINT_DELETED = "checkpoint.deleted"
 INGEST_FAILED = "ingest.failed"
 ROUND_REPLACED = "round.replaced"
 ROUND_FORGOTTEN = "round.forgotten"  # chunkd forget: an operator removed one version
+RETENTION_STARTED = "retention.started"  # debug: a scheduled pass, with the clients it visits
 RETENTION_PRUNED = "retention.pruned"
 RETENTION_FAILED = "retention.failed"
 RESTORE_SERVED = "restore.served"
@@ -94,6 +95,7 @@ ALL_EVENTS: tuple[str, ...] = (
     INGEST_FAILED,
     ROUND_REPLACED,
     ROUND_FORGOTTEN,
+    RETENTION_STARTED,
     RETENTION_PRUNED,
     RETENTION_FAILED,
     RESTORE_SERVED,

@@ -141,6 +141,11 @@ class EventMetrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        self.retention_passes = Counter(
+            "chunkd_retention_passes",
+            "Scheduled retention passes (every retention_interval).",
+            registry=registry,
+        )
         self.retention_prunes = Counter(
             "chunkd_retention_prunes",
             "Retention runs on a client that removed something (retention.pruned).",
@@ -216,6 +221,8 @@ class EventMetrics:
             self.restore_seconds.observe(_number(event.get("duration_ms")) / 1000)
         elif name == log.RESTORE_FAILED:
             self.restores.labels("failed").inc()
+        elif name == log.RETENTION_STARTED:
+            self.retention_passes.inc()
         elif name == log.RETENTION_PRUNED and not event.get("dry_run"):
             self.retention_prunes.inc()
             removed = event.get("rounds_removed")

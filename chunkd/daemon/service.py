@@ -237,7 +237,9 @@ class Daemon:
     def _run_retention(self) -> None:
         """A retention pass: a prune on each client whose stored rounds changed since its last
         pass (chunkd.daemon.pruning); nothing else is opened."""
-        for client_id in self._changed.take():
+        changed = self._changed.take()
+        self._log.debug(log.RETENTION_STARTED, clients=len(changed))  # counted by the metrics
+        for client_id in changed:
             with self._lanes_lock:
                 lane = self._lanes.get(client_id)
             if lane is not None:

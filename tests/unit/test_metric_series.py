@@ -66,6 +66,7 @@ def test_events_map_to_metrics() -> None:
         {"event": log.INGEST_FAILED, "client": "7"},
         {"event": log.RESTORE_SERVED, "duration_ms": 1500.0},
         {"event": log.RESTORE_FAILED},
+        {"event": log.RETENTION_STARTED, "clients": 3},
         {"event": log.RETENTION_PRUNED, "rounds_removed": [1, 2], "bytes_removed": 4096},
         {"event": log.RETENTION_PRUNED, "rounds_removed": [3], "bytes_removed": 9, "dry_run": True},
         {"event": log.REPLICA_UPLOADED, "bytes_uploaded": 77},
@@ -87,6 +88,7 @@ def test_events_map_to_metrics() -> None:
     assert get("chunkd_restores_total", outcome="served") == 1
     assert get("chunkd_restores_total", outcome="failed") == 1
     assert get("chunkd_restore_duration_seconds_bucket", le="2.5") == 1
+    assert get("chunkd_retention_passes_total") == 1
     assert get("chunkd_retention_removed_rounds_total") == 2  # a dry run removes nothing
     assert get("chunkd_retention_freed_bytes_total") == 4096
     assert get("chunkd_replica_uploaded_bytes_total") == 77
