@@ -141,3 +141,11 @@ def test_a_metrics_address_in_use_refuses_to_start_naming_the_key(make_daemon) -
     (failed,) = [e for e in daemon.events() if e["event"] == "config.invalid"]
     assert failed["key"] == "metrics_addr" and "cannot listen" in str(failed["error"])
     assert not daemon.db("1").exists()
+
+
+def test_a_textfile_that_cannot_be_written_refuses_to_start(make_daemon, tmp_path) -> None:
+    daemon = make_daemon(start=False, metrics_textfile=str(tmp_path / "missing" / "chunkd.prom"))
+    daemon.start(wait_ready=False)
+    assert daemon.proc is not None and daemon.proc.wait(timeout=30) == 78
+    (failed,) = [e for e in daemon.events() if e["event"] == "config.invalid"]
+    assert failed["key"] == "metrics_textfile" and "cannot write" in str(failed["error"])
