@@ -2,7 +2,9 @@
 
 Through the daemon, exactly like ``restore`` (the daemon writes into the descriptor passed here,
 or streams frames); offline (``--db``), :func:`chunkd.export.export_safetensors` runs here. The
-output replaces its target only when complete (:mod:`chunkd.cli.output`).
+output replaces its target only when complete (:mod:`chunkd.cli.output`). ``--format`` defaults to
+safetensors, the only format; ``--generation G`` exports an earlier version of a rewritten round,
+as ``restore --generation`` restores it (issue 21).
 """
 
 from __future__ import annotations

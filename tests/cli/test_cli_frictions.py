@@ -236,3 +236,17 @@ def test_no_daemon_from_the_config_names_its_socket(chunkd_run, tmp_path: Path) 
     assert result.returncode == 8
     message = one_line(result.stderr)
     assert str(tmp_path / "run" / "other.sock") in message and "--config" in message
+
+
+def test_unknown_client_message_is_natural_order_and_bounded() -> None:
+    from chunkd.restore import unknown_client_message
+
+    ids = [str(n) for n in range(30, 0, -1)] + ["b", "a"]
+    message = unknown_client_message("x", ids, "here")
+    assert message == (
+        "no client 'x' here; known clients: " + ", ".join(map(str, range(1, 21))) + " (and 12 more)"
+    )
+    assert unknown_client_message("x", ["b", "10", "9"], "here", "yours") == (
+        "no client 'x' here; yours: 9, 10, b"
+    )
+    assert unknown_client_message("x", [], "here").endswith("known clients: none")
