@@ -101,9 +101,15 @@ def logical_limit(file_size: int) -> int:
 class StoredRound:
     """A stored round as a random-access file, rebuilt piecewise from residue and chunks."""
 
-    def __init__(self, store: ChunkStore, round_num: int, worker: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        store: ChunkStore,
+        round_num: int,
+        worker: ThreadPoolExecutor,
+        generation: int | None = None,
+    ) -> None:
         self.round_num = round_num
-        self.layout, self._residue, chunks = store.read_round(round_num)
+        self.layout, self._residue, chunks = store.read_round(round_num, generation)
         self.chunks = _ChunkReader(store, round_num, self.layout, chunks, worker)
         self.storage_flat = self.layout.storage_byte_starts()
         # (file offset, length, "r" + residue offset | "s" + flat offset), in file order
@@ -263,10 +269,19 @@ def stream_safetensors(stored: StoredRound, plan: SafetensorsPlan, write: Write)
         write_tensor(stored, tensor, write)
 
 
-def export_safetensors(store: ChunkStore, round_num: int, out: str | os.PathLike[str]) -> int:
-    """Write a round's named tensors as a safetensors file; returns the number of tensors."""
+def export_safetensors(
+    store: ChunkStore,
+    round_num: int,
+    out: str | os.PathLike[str],
+    generation: int | None = None,
+) -> int:
+    """Write a round's named tensors as a safetensors file; returns the number of tensors.
+
+    ``generation``: an earlier version of a rewritten round (None: the current one), as for
+    :func:`chunkd.restore.restore_round`.
+    """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-export") as worker:
-        stored = StoredRound(store, round_num, worker)
+        stored = StoredRound(store, round_num, worker, generation)
         plan = plan_safetensors(stored)
         with open(out, "wb") as f:
             stream_safetensors(stored, plan, f.write)

@@ -204,6 +204,7 @@ COMMAND_FIELDS: Final[Mapping[str, Mapping[str, _Field]]] = {
         "client": _CLIENT_REQUIRED,
         "round": _Field("round_num", _parse_round_or_latest),
         "format": _Field("export_format", _choice(*EXPORT_FORMATS), required=True),
+        "generation": _Field("generation", _parse_round),
         "transfer": _TRANSFER,
     },
     "prune": {"client": _CLIENT_OPTIONAL, "dry_run": _Field("dry_run", _parse_bool)},

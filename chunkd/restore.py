@@ -63,6 +63,25 @@ Write = Callable[[bytes | memoryview], object]
 Raw = bytes | bytearray | memoryview
 
 
+#: How many client ids an "unknown client" message shows (issue 21: bounded for 10,000 clients).
+KNOWN_CLIENTS_SHOWN = 20
+
+
+def unknown_client_message(
+    client_id: str, known: list[str], where: str, label: str = "known clients"
+) -> str:
+    """``no client '9' <where>; known clients: 1, 2, 10`` (issue 21: say which ids exist).
+
+    The first :data:`KNOWN_CLIENTS_SHOWN` in natural order (numeric ids by value), then how many
+    more there are, so that a typo is seen at a glance even among 10,000 clients.
+    """
+    ordered = sorted(known, key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))
+    shown = ", ".join(ordered[:KNOWN_CLIENTS_SHOWN]) or "none"
+    more = len(ordered) - KNOWN_CLIENTS_SHOWN
+    tail = f" (and {more} more)" if more > 0 else ""
+    return f"no client {client_id!r} {where}; {label}: {shown}{tail}"
+
+
 @dataclass(frozen=True, slots=True)
 class RestoreResult:
     round_num: int

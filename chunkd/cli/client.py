@@ -2,8 +2,8 @@
 
 An error answer becomes the ChunkdError class its code names (:data:`chunkd.errors.CLASS_BY_CODE`),
 so ``cli/main.py`` maps it to an exit status like any local error. Nothing answering at the socket
-is :class:`~chunkd.errors.DaemonUnavailableError` (exit 8), whose message points to the offline
-``--db`` form.
+is :class:`~chunkd.errors.DaemonUnavailableError` (exit 8), whose message names the socket tried,
+``--socket``/``--config`` and the command's offline ``--db`` form, if it has one.
 
 Waiting for a long answer (a restore into a passed fd, a verify) wakes up every
 :data:`POLL_S` to call ``on_wait``, which is how a progress bar advances without a thread.
@@ -47,6 +47,10 @@ POLL_S: Final = 0.2
 MAX_ANSWER_BYTES: Final = 256 << 20
 _RECV_BYTES: Final = 1 << 20
 
+#: The "no daemon answers" hint of a command that has a ``--db`` form (issue 21: ``list`` and
+#: ``status`` used to suggest ``restore --db``).
+OFFLINE_FORMS: Final = "--db PATH works on a database without the daemon"
+
 OnWait = Callable[[], None]
 Sink = Callable[[memoryview], None]
 
@@ -77,7 +81,10 @@ class DaemonClient:
         self._buf = bytearray()
 
     @classmethod
-    def connect(cls, path: Path) -> DaemonClient:
+    def connect(cls, path: Path, *, offline: str | None = OFFLINE_FORMS) -> DaemonClient:
+        """A connection to the daemon at ``path``; DaemonUnavailableError naming ``path``, how
+        to pick another daemon, and ``offline`` (what the command can do without one), if any.
+        """
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         sock.settimeout(CONNECT_TIMEOUT_S)
         try:
@@ -90,9 +97,10 @@ class DaemonClient:
         except OSError as e:
             sock.close()
             detail = "" if e.errno in (errno.ENOENT, errno.ECONNREFUSED) else f" ({e.strerror})"
+            hint = f"; {offline}" if offline else ""
             raise DaemonUnavailableError(
-                f"no chunkd daemon answers at {path}{detail} (is it running? "
-                "`chunkd restore --db PATH` works offline)"
+                f"no chunkd daemon answers at {path}{detail}: is it running? --socket PATH or "
+                f"--config FILE picks another daemon{hint}"
             ) from None
         sock.settimeout(None)
         return cls(sock, path)

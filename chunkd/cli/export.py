@@ -2,7 +2,9 @@
 
 Through the daemon, exactly like ``restore`` (the daemon writes into the descriptor passed here,
 or streams frames); offline (``--db``), :func:`chunkd.export.export_safetensors` runs here. The
-output replaces its target only when complete (:mod:`chunkd.cli.output`).
+output replaces its target only when complete (:mod:`chunkd.cli.output`). ``--format`` defaults to
+safetensors, the only format; ``--generation G`` exports an earlier version of a rewritten round,
+as ``restore --generation`` restores it (issue 21).
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ from pathlib import Path
 from chunkd.cli import guard, offline, options
 from chunkd.cli.output import STDOUT, Output
 from chunkd.cli.render import Progress, format_bytes, print_json
-from chunkd.cli.restore import Transfer, not_stored_message, restore_through_daemon
+from chunkd.cli.restore import (
+    Transfer,
+    not_stored_message,
+    restore_through_daemon,
+    version_phrase,
+)
 from chunkd.errors import NotFoundError, RequestError
 from chunkd.protocol import EXPORT_FORMATS
 
@@ -29,8 +36,21 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         description="Write the named tensors of a stored round in another format.",
     )
     options.add_client_and_round(p, required=False)
-    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, dest="export_format")
+    p.add_argument(
+        "--format",
+        default=EXPORT_FORMATS[0],
+        choices=EXPORT_FORMATS,
+        dest="export_format",
+        help=f"the output format (default: {EXPORT_FORMATS[0]}, the only one)",
+    )
     p.add_argument("-o", "--output", required=True, metavar="FILE|-")
+    p.add_argument(
+        "--generation",
+        type=int,
+        metavar="G",
+        help="an earlier version of a rewritten round (0 = the first; `chunkd list --client ID`"
+        " shows them); default: the current version",
+    )
     p.add_argument(
         "--db",
         type=Path,
@@ -54,7 +74,14 @@ def run(args: argparse.Namespace) -> int:
         if args.db is not None:
             done = _export_offline(args, out, progress)
         else:
-            done = restore_through_daemon(args, "export", out, progress, format=args.export_format)
+            done = restore_through_daemon(
+                args,
+                "export",
+                out,
+                progress,
+                "`chunkd export --db PATH` exports from a database without the daemon",
+                format=args.export_format,
+            )
         progress.total = done.bytes_written  # the round's size was only an estimate of it
         progress.update(done.bytes_written, force=True)
         out.commit(done.sha256, done.bytes_written)
@@ -63,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     elif out.target is not None:
         print(
             f"exported {done.result['tensors']} tensors of client {done.result['client']} round "
-            f"{done.result['round']} to {out.target} ({format_bytes(done.bytes_written)})"
+            f"{done.result['round']}{version_phrase(args, done)} to {out.target} "
+            f"({format_bytes(done.bytes_written)})"
         )
     return 0
 
@@ -83,8 +111,10 @@ def _export_offline(args: argparse.Namespace, out: Output, progress: Progress) -
         round_num = args.round if args.round is not None else store.latest_round()
         if round_num not in stored:
             raise NotFoundError(not_stored_message(round_num, stored, f"in {args.db}"))
+        generation = store.get_round(round_num, args.generation).generation
+        current = store.get_round(round_num).generation
         path = Path(tmp) / "export.safetensors"
-        tensors = export_safetensors(store, round_num, path)
+        tensors = export_safetensors(store, round_num, path, args.generation)
         digest = hashlib.sha256()
         size = 0
         progress.total = path.stat().st_size
@@ -98,10 +128,12 @@ def _export_offline(args: argparse.Namespace, out: Output, progress: Progress) -
         {
             "client": args.client,
             "round": round_num,
+            "generation": generation,
             "format": args.export_format,
             "tensors": tensors,
             "bytes": size,
             "sha256": digest.hexdigest(),
             "transfer": "offline",
-        }
+        },
+        current,
     )

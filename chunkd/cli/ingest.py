@@ -1,4 +1,4 @@
-"""``chunkd ingest PATH --client ID``: ingest one checkpoint file now.
+"""``chunkd ingest PATH --client ID`` (or ``--db PATH``): ingest one checkpoint file now.
 
 Through the daemon, the absolute path is sent and the client's lane ingests it (no settle delay);
 the daemon only reads inside the client's directory. Offline, ``--db PATH`` ingests into that
@@ -17,7 +17,7 @@ from pathlib import Path
 from chunkd.cli import offline, options
 from chunkd.cli.client import DaemonClient
 from chunkd.cli.render import Progress, format_bytes, print_json
-from chunkd.errors import CheckpointError, ChunkdError
+from chunkd.errors import CheckpointError, ChunkdError, RequestError
 
 #: ``outcome`` values of an ingest answer (chunkd.ingest's, without importing the engine here).
 OUTCOME_SEEN = "seen"
@@ -32,7 +32,13 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         description="Store one checkpoint file as a round of a client.",
     )
     p.add_argument("path", type=Path, metavar="PATH", help="the .pth file")
-    p.add_argument("--client", required=True, type=options.client_id, metavar="ID")
+    p.add_argument(
+        "--client",
+        type=options.client_id,
+        metavar="ID",
+        help="the client whose watched directory holds PATH (with --db: taken from the "
+        "database's name)",
+    )
     p.add_argument(
         "--round",
         type=options.round_number,
@@ -47,12 +53,21 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
 
 def run(args: argparse.Namespace) -> int:
     path = args.path.absolute()
+    if args.db is None and args.client is None:
+        raise RequestError(
+            "--client is required: the client whose watched directory holds the file (or --db "
+            "PATH to store it in a database without the daemon)"
+        )
     if args.db is not None:
         document = _ingest_offline(args, path)
     else:
         socket_path = options.socket_path(args)
         size = path.stat().st_size if path.is_file() else None
-        with DaemonClient.connect(socket_path) as client, Progress("ingest", size) as bar:
+        offline = "`chunkd ingest PATH --db DATABASE` stores it without the daemon"
+        with (
+            DaemonClient.connect(socket_path, offline=offline) as client,
+            Progress("ingest", size) as bar,
+        ):
             document = client.call(
                 "ingest",
                 client=args.client,

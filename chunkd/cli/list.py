@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if args.db is not None:
         document = {"clients": [_list_db(args, args.db)]}
     else:
-        with DaemonClient.connect(options.socket_path(args)) as client:
+        offline = "`chunkd list --db PATH` reads a database without the daemon"
+        with DaemonClient.connect(options.socket_path(args), offline=offline) as client:
             document = client.call("list", client=args.client)
     clients = document["clients"]
     assert isinstance(clients, list)

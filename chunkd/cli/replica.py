@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from chunkd.cli import options
 from chunkd.cli.render import format_bytes, format_table, print_json
-from chunkd.errors import IntegrityError, RequestError
+from chunkd.errors import IntegrityError, NotFoundError, RequestError
 
 if TYPE_CHECKING:  # the CLI imports no engine module until a command needs it
     from chunkd.config import ReplicaConfig
@@ -115,10 +115,20 @@ def run_prune(args: argparse.Namespace) -> int:
 
 def restore(args: argparse.Namespace, write: Write) -> dict[str, object]:
     """Restore ``--client``/``--round`` from the bucket through ``write``; the result document."""
-    from chunkd.replica.fetch import restore_from_replica
+    from chunkd.replica.fetch import list_rounds, restore_from_replica
+    from chunkd.restore import unknown_client_message
 
     bucket, host = _bucket_and_host(args)
-    done = restore_from_replica(bucket, host, args.client, args.round, write)  # type: ignore[arg-type]
+    try:
+        done = restore_from_replica(bucket, host, args.client, args.round, write)  # type: ignore[arg-type]
+    except NotFoundError:
+        # issue 21: a mistyped id is told which ids the host has (one listing, only on error)
+        known = {r.client_id for r in list_rounds(bucket, host=host)}  # type: ignore[arg-type]
+        if args.client in known:
+            raise
+        where = f"on host {host} of replica {bucket.url} (no rounds there)"  # type: ignore[attr-defined]
+        message = unknown_client_message(args.client, sorted(known), where, "clients with rounds")
+        raise NotFoundError(message) from None
     return {
         "client": args.client,
         "round": done.round_num,

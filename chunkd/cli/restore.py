@@ -32,14 +32,21 @@ class Transfer:
     result: dict[str, object]
     bytes_written: int
     sha256: str
+    #: The round's current generation, when known: the success line says whether the version
+    #: written was the current one (issue 21).
+    current_generation: int | None = None
 
     @classmethod
-    def of(cls, result: dict[str, object]) -> Transfer:
+    def of(cls, result: dict[str, object], current_generation: int | None = None) -> Transfer:
         """From a result with ``bytes`` and ``sha256``; ChunkdError if the daemon left them out."""
         size, digest = result.get("bytes"), result.get("sha256")
         if not isinstance(size, int) or not isinstance(digest, str):
             raise ChunkdError("the daemon's answer has no byte count or SHA-256")
-        return cls(result, size, digest)
+        return cls(result, size, digest, current_generation)
+
+
+#: What ``restore`` can do when no daemon answers.
+_OFFLINE = "`chunkd restore --db PATH` restores from a database without the daemon"
 
 
 def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> None:
@@ -81,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
         raise RequestError("--json prints on stdout: use it with -o FILE, not -o -")
     if args.db is None and args.client is None:
         raise RequestError("--client is required (or --db PATH to restore from a database)")
+    if args.replica is not None and args.generation is not None:
+        raise RequestError(
+            "--generation does not go with --replica: the replica keeps only the current version "
+            "of each round"
+        )
     if args.db is not None:
         args.client = offline.client_for_db(args, args.db)
     guard.check_output(args.output, args)  # before anything is created next to the target
@@ -90,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.replica is not None:  # docs/REPLICA.md: from the bucket, no daemon
             done = Transfer.of(replica.restore(args, out.write))
         else:
-            done = restore_through_daemon(args, "restore", out, progress)
+            done = restore_through_daemon(args, "restore", out, progress, _OFFLINE)
         progress.update(done.bytes_written, force=True)
         out.commit(done.sha256, done.bytes_written)
     _report(args, done, out)
@@ -105,7 +117,9 @@ def _restore_offline(args: argparse.Namespace, out: Output, progress: Progress) 
         round_num = args.round if args.round is not None else store.latest_round()
         if round_num not in stored:
             raise NotFoundError(not_stored_message(round_num, stored, f"in {args.db}"))
-        progress.total = store.get_round(round_num, args.generation).file_size
+        version = store.get_round(round_num, args.generation)
+        current = store.get_round(round_num).generation
+        progress.total = version.file_size
         written = 0
 
         def write(data: bytes | memoryview) -> None:
@@ -115,8 +129,15 @@ def _restore_offline(args: argparse.Namespace, out: Output, progress: Progress) 
             progress.update(written)
 
         restored = restore_round(store, round_num, write, generation=args.generation)
-    result = {"client": args.client, "round": round_num, "transfer": "offline"}
-    return Transfer.of({**result, "bytes": restored.bytes_written, "sha256": restored.file_sha256})
+    result = {
+        "client": args.client,
+        "round": round_num,
+        "generation": version.generation,
+        "transfer": "offline",
+    }
+    return Transfer.of(
+        {**result, "bytes": restored.bytes_written, "sha256": restored.file_sha256}, current
+    )
 
 
 def not_stored_message(round_num: int, stored: list[int], where: str) -> str:
@@ -128,9 +149,10 @@ def not_stored_message(round_num: int, stored: list[int], where: str) -> str:
     return f"round {round_num} is not stored {where}; stored rounds: {shown}{more}"
 
 
-def _round_sizes(client: DaemonClient, client_id: str) -> dict[int, int] | None:
-    """The client's stored rounds and their file sizes (for the bar's total and for "not
-    stored" messages); None when the daemon does not say."""
+def _stored_rounds(client: DaemonClient, client_id: str) -> dict[int, dict[str, object]] | None:
+    """The client's stored rounds as ``list`` reports them, by round number (for the bar's
+    total, "not stored" messages and the current generation); None when the daemon does not
+    say."""
     try:
         listed = client.call("list", client=client_id)
     except ChunkdError:
@@ -141,11 +163,8 @@ def _round_sizes(client: DaemonClient, client_id: str) -> dict[int, int] | None:
     rounds = entries[0].get("rounds")
     if not isinstance(rounds, list):
         return None
-    return {
-        int(r["round"]): int(r.get("file_size") or 0)
-        for r in rounds
-        if isinstance(r, dict) and isinstance(r.get("round"), int)
-    }
+    listed_rounds = [r for r in rounds if isinstance(r, dict) and isinstance(r.get("round"), int)]
+    return {r["round"]: r for r in listed_rounds}
 
 
 def _protected_paths(client: DaemonClient) -> list[tuple[str | None, str | None]]:
@@ -164,25 +183,35 @@ def _protected_paths(client: DaemonClient) -> list[tuple[str | None, str | None]
 
 
 def restore_through_daemon(
-    args: argparse.Namespace, cmd: str, out: Output, progress: Progress, **fields: object
+    args: argparse.Namespace,
+    cmd: str,
+    out: Output,
+    progress: Progress,
+    offline_hint: str | None = None,
+    **fields: object,
 ) -> Transfer:
     """Run ``restore`` or ``export`` on the daemon into ``out``; what the daemon reported."""
     request = {"client": args.client, "round": args.round, **fields}
     if getattr(args, "generation", None) is not None:
         request["generation"] = args.generation
-    with DaemonClient.connect(options.socket_path(args)) as client:
+    with DaemonClient.connect(options.socket_path(args), offline=offline_hint) as client:
         guard.check_output(args.output, args, _protected_paths(client))
-        sizes = _round_sizes(client, args.client)
-        if sizes:
-            wanted = args.round if args.round is not None else max(sizes)
-            progress.total = sizes.get(wanted) or None
+        stored = _stored_rounds(client, args.client)
+        if stored:
+            wanted = args.round if args.round is not None else max(stored)
+            size = stored.get(wanted, {}).get("file_size")
+            progress.total = size if isinstance(size, int) and size else None
         try:
-            return _transfer(args, client, cmd, out, progress, request)
+            done = _transfer(args, client, cmd, out, progress, request)
         except NotFoundError as e:
-            if sizes is not None and args.round is not None and args.round not in sizes:
+            if stored is not None and args.round is not None and args.round not in stored:
                 where = f"for client {args.client}"
-                raise NotFoundError(not_stored_message(args.round, sorted(sizes), where)) from e
+                raise NotFoundError(not_stored_message(args.round, sorted(stored), where)) from e
             raise
+    served = done.result.get("round")
+    entry = stored.get(served) if stored and isinstance(served, int) else None
+    current = entry.get("generation") if entry else None
+    return Transfer.of(done.result, current if isinstance(current, int) else None)
 
 
 def _transfer(
@@ -237,6 +266,22 @@ def _report(args: argparse.Namespace, done: Transfer, out: Output) -> None:
         print_json({**done.result, "output": str(out.target) if out.target else STDOUT})
     elif out.target is not None:
         print(
-            f"restored client {done.result['client']} round {done.result['round']} to "
-            f"{out.target} ({format_bytes(done.bytes_written)}, sha256 {done.sha256[:16]}…)"
+            f"restored client {done.result['client']} round {done.result['round']}"
+            f"{version_phrase(args, done)} to {out.target} ({format_bytes(done.bytes_written)}, "
+            f"sha256 {done.sha256[:16]}…)"
         )
+
+
+def version_phrase(args: argparse.Namespace, done: Transfer) -> str:
+    """`` generation 0 (an earlier version; the current one is generation 2)`` when a version
+    was asked for, else nothing: a success line must not pass an earlier version off as the
+    round (issue 21)."""
+    generation = done.result.get("generation")
+    if args.generation is None or not isinstance(generation, int):
+        return ""
+    current = done.current_generation
+    if current is None:
+        return f" generation {generation}"
+    if generation == current:
+        return f" generation {generation} (the current version)"
+    return f" generation {generation} (an earlier version; the current one is generation {current})"

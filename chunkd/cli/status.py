@@ -34,7 +34,7 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
 
 
 def run(args: argparse.Namespace) -> int:
-    with DaemonClient.connect(options.socket_path(args)) as client:
+    with DaemonClient.connect(options.socket_path(args), offline=None) as client:
         status = client.call("status")
     if args.json:
         print_json(status)

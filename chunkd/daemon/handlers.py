@@ -46,7 +46,7 @@ from chunkd.daemon.state import ClientInfo, DaemonState
 from chunkd.errors import BusyError, ChunkdError, ForbiddenError, NotFoundError
 from chunkd.export import StoredRound, plan_safetensors, stream_safetensors
 from chunkd.protocol import Request
-from chunkd.restore import restore_round
+from chunkd.restore import restore_round, unknown_client_message
 from chunkd.store import ChunkStore
 from chunkd.summary import (
     summarize_forget,
@@ -77,9 +77,13 @@ def _client(state: DaemonState, client_id: str | None, access: Access) -> Client
     Whether a client exists is no secret (``status`` counts them); its data is.
     """
     assert client_id is not None  # parse_request requires it for every command that calls this
-    info = state.clients().get(client_id)
-    if info is None:
-        raise NotFoundError(f"no client {client_id!r} is watched by this daemon")
+    clients = state.clients()
+    info = clients.get(client_id)
+    if info is None:  # the ids it may see: an admin all, a tenant its own (issue 21)
+        known = [c.client_id for c in access.readable(clients.values())]
+        label = "known clients" if access.admin else "clients you may read"
+        where = "is watched by this daemon"
+        raise NotFoundError(unknown_client_message(client_id, known, where, label))
     access.check_read(info)
     return info
 
@@ -270,12 +274,14 @@ def export(state: DaemonState, request: Request, conn: Connection) -> Result:
             state.leases.hold(info.client_id, round_num),
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-export") as worker,
         ):
-            stored = StoredRound(store, round_num, worker)
+            version = store.get_round(round_num, request.generation)
+            stored = StoredRound(store, round_num, worker, request.generation)
             plan = plan_safetensors(stored)
             header: dict[str, object] = {
                 "transfer": request.transfer,
                 "client": info.client_id,
                 "round": round_num,
+                "generation": version.generation,
                 "format": request.export_format,
                 "tensors": plan.tensor_count,
                 "bytes": plan.total_bytes,
@@ -325,7 +331,9 @@ def ingest(state: DaemonState, request: Request, conn: Connection) -> Result:
     if relative is None:
         raise ForbiddenError(
             f"{request.path} is outside the directory of client {info.client_id!r} "
-            f"({info.directory}); the daemon ingests only from there"
+            f"({info.directory}); the daemon ingests only from there: put the file there and "
+            "give that path, or store it without the daemon with `chunkd ingest PATH --db "
+            "DATABASE`"
         )
     path = info.directory / relative
     try:
