@@ -28,11 +28,13 @@ Relative paths (``watch_root``, ``socket``, ``db_path``, ``clients.dir``) are re
 config file's directory, or the data home for the built-in defaults, so a config means the same
 thing whatever the daemon's working directory. ``~`` is not expanded (a systemd service often has
 no ``$HOME``): it is an error rather than a directory literally named ``~``. Nothing here touches
-the paths themselves; creating directories and binding the socket belong to the daemon.
+the paths themselves; creating directories and binding the socket belong to the daemon, which
+creates ``watch_root`` only under the built-in defaults (``Settings.create_watch_root``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -202,9 +204,10 @@ def load_settings(path: str | Path | None) -> Settings:
     directory. Raises ConfigError naming the file (and, for a TOML syntax error, the line).
     """
     if path is None:
-        return settings_from_mapping(
+        embedded = settings_from_mapping(
             EMBEDDED_DEFAULTS, source="built-in defaults", base_dir=default_data_home()
         )
+        return dataclasses.replace(embedded, create_watch_root=True)
     config_path = Path(path)
     data = _read_toml(config_path)
     return settings_from_mapping(

@@ -67,6 +67,10 @@ class Settings:
     clients: tuple[ClientConfig, ...]
     #: ``[replica]``: off-host copies on S3-compatible storage; None when the table is absent.
     replica: ReplicaConfig | None = None
+    #: True only for the built-in defaults (no config file): ``chunkd serve`` may then create
+    #: ``watch_root``, the quick start's convenience. A watch_root a config file names is never
+    #: invented: a missing one is a typo or an unmounted filesystem, and the daemon refuses.
+    create_watch_root: bool = False
 
     def db_path_for(self, client_id: str, client_dir: Path) -> Path:
         """The database file of one client: ``db_path`` with ``{client}`` and ``{client_dir}``.
