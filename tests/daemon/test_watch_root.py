@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from chunkd.config import load_settings
 from tests.daemon.checkpoints import restored_bytes, save_model
 
 pytestmark = pytest.mark.slow
@@ -49,17 +50,15 @@ def test_missing_configured_watch_root_refuses_to_start_and_creates_nothing(tmp_
     assert list((tmp_path / "run").iterdir()) == []  # no socket, no lock file left behind
 
 
-def test_config_file_without_watch_root_does_not_invent_srv_fl(tmp_path: Path) -> None:
-    """A file that omits the key gets SPEC's ``/srv/fl`` (the install creates it with
-    tmpfiles.d); where it does not exist the daemon refuses instead of creating it."""
-    if Path("/srv/fl").exists():
-        pytest.skip("/srv/fl exists on this host")
+def test_only_the_builtin_defaults_may_create_their_watch_root(tmp_path: Path) -> None:
+    """A config file that omits ``watch_root`` gets SPEC's ``/srv/fl``, which the install
+    creates (tmpfiles.d); the daemon must not. (Checked on Settings: a daemon run here as root
+    would otherwise be the one to create /srv/fl on the host.)"""
     config = tmp_path / "c.toml"
     config.write_text('socket = "run/c.sock"\n')
-    result = serve(config, tmp_path)
-    assert result.returncode == 78
-    assert b"/srv/fl" in result.stderr and b"watch_root" in result.stderr
-    assert not Path("/srv/fl").exists()
+    from_file = load_settings(config)
+    assert from_file.watch_root == Path("/srv/fl") and not from_file.create_watch_root
+    assert load_settings(None).create_watch_root
 
 
 def test_builtin_defaults_create_their_watch_root(tmp_path: Path) -> None:
