@@ -7,7 +7,7 @@ that no rescan or timed retention lands inside a measurement. The memory figures
 operation like the library path's:
 
 * ingest: the checkpoint is *renamed* into the client directory (a rename onto the final name is
-  one of SPEC.md's completion signals, and it costs no copy of 1 GiB); MB/s comes from the
+  a completion signal of docs/SPEC.md "Watching", and costs no copy of 1 GiB); MB/s comes from the
   ``checkpoint.ingested`` line's ``duration_ms``, and the wall time rename -> event is reported
   too (it includes the settle delay);
 * restore: ``python -m chunkd.cli.main restore --client ... -o FILE`` (fd passing), timed from

@@ -2,8 +2,9 @@
 
 Every phase that measures chunkd's library or daemon takes a name from here rather than
 spelling a codec config itself, so a figure labelled ``default`` is always the built-in
-configuration of the code being measured (``chunkd.config.load_settings(None)``: SPEC's
-defaults), whatever those become. Other names are explicit: ``none`` (no compression, no delta:
+configuration of the code being measured (``chunkd.config.load_settings(None)``: the
+defaults of docs/SPEC.md, "Config (TOML)"), whatever those become. Other names are explicit:
+``none`` (no compression, no delta:
 a seed-style raw ``chunk_data``), ``auto``, ``auto+delta``, ``max``, ``max+delta``.
 
 Imports chunkd only (never torch): measured child processes use it.

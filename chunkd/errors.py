@@ -1,7 +1,7 @@
 """The one exception tree of chunkd.
 
 Every error a user can see is a :class:`ChunkdError`. Each class carries the socket error ``code``
-(SPEC.md, "The socket protocol") and the CLI ``exit_status``; the server maps an exception to an
+(docs/SPEC.md, "The socket protocol") and the CLI ``exit_status``; the server maps an error to an
 answer with :attr:`ChunkdError.code` and the CLI maps an answer back to an exit status with
 :data:`EXIT_STATUS_BY_CODE`. The numbers are published in the README: never renumber them.
 

@@ -429,7 +429,7 @@ def _open_checkpoint(path: str | os.PathLike[str]) -> int:
 def _round_with_same_file(
     store: ChunkStore, round_num: int, sequential: bool, file_sha256: str
 ) -> int | None:
-    """The stored round this file would merely repeat, if any (see SPEC.md "Rounds")."""
+    """The stored round this file would merely repeat, if any (docs/SPEC.md, "Rounds")."""
     if sequential:
         return store.round_with_sha(file_sha256)
     try:
@@ -440,7 +440,7 @@ def _round_with_same_file(
 
 
 def _refuse_conflict(store: ChunkStore, round_num: int, source: str, fd: int, size: int) -> None:
-    """SPEC "Rounds": new content for a stored round is a rewrite (a new generation) only when it
+    """docs/SPEC.md "Rounds": new content for a stored round is a new generation only when it
     comes from the same path, or when an operator names the round (``--round``). Any other file
     claiming the round is refused, with both paths and hashes, before anything is written; a
     copy of the stored file (same SHA-256) goes on and is then a duplicate."""

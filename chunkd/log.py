@@ -1,6 +1,6 @@
 """structlog set-up for the daemon and the CLI, and the names of every log event.
 
-SPEC.md ("Logs") promises operators one JSON object per line on stdout, flushed as written, with
+docs/SPEC.md "Logs" promises operators one JSON object per line on stdout, flushed as written, with
 ``timestamp`` (ISO 8601 UTC), ``level`` and a stable dotted ``event``; a terminal gets the same
 lines rendered for humans. Everything goes through *one* stdlib handler whose formatter is
 structlog's ``ProcessorFormatter``: structlog's own lines and foreign ``logging`` records (watchdog,
@@ -31,7 +31,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from chunkd.errors import ConfigError
 
-# --- event names (SPEC.md "Logs"; `noun.state`, never interpolated) ---------------------------
+# --- event names (docs/SPEC.md, "Logs"; `noun.state`, never interpolated) ---------------------
 DAEMON_STARTED = "daemon.started"
 DAEMON_READY = "daemon.ready"
 DAEMON_STOPPING = "daemon.stopping"
@@ -76,7 +76,7 @@ ATTEMPT_UNRECORDED = "attempt.unrecorded"
 CHECKPOINT_PROGRESS = "checkpoint.progress"
 METRICS_FAILED = "metrics.failed"  # the metrics textfile could not be written
 
-#: Every event chunkd emits; tests check the set against the constants above and SPEC.md.
+#: Every event chunkd emits; tests check the set against the constants and docs/SPEC.md "Logs".
 ALL_EVENTS: tuple[str, ...] = (
     DAEMON_STARTED,
     DAEMON_READY,

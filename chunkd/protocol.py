@@ -30,7 +30,7 @@ from typing import Final
 
 from chunkd.errors import ChunkdError, RequestError, UnknownCommandError
 
-#: Longest request line accepted, newline excluded (SPEC.md: "at most 64 KiB a line").
+#: Longest request line accepted, newline excluded (docs/SPEC.md, "at most 64 KiB a line").
 MAX_LINE_BYTES: Final = 65536
 #: Rounds are SQLite INTEGERs: 0 <= round < 2**63.
 MAX_ROUND: Final = 2**63 - 1

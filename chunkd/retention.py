@@ -2,7 +2,7 @@
 
 ``chunk_keep_rounds = N`` keeps the N newest rounds (0 keeps everything). "Newest" is the order
 key ``(run, round_num)``: within one run of a client that is simply the highest round numbers
-(SPEC "Retention"); a job restarted or rerun into the same directory starts a new run
+(docs/SPEC.md, "Rounds"); a job restarted or rerun into the same directory starts a new run
 (:mod:`chunkd.runs`), so the restarted job's round 1 is newer than the previous run's round 10
 and is never pruned in its favour. The round just ingested is never removed, whatever its place
 in the order (a late file of an earlier run stays until the next ingest).
@@ -72,7 +72,7 @@ def plan_versions(
     """The plan for every stored version (current rounds and earlier generations).
 
     ``just_ingested`` is the round committed last: kept this time even where the order puts it
-    among the oldest (SPEC: "the round just ingested is never removed by it")."""
+    among the oldest (docs/SPEC.md, "the round just ingested is never removed by it")."""
     if keep_rounds < 0:
         raise ValueError("keep_rounds must be >= 0")
     everything = sorted(versions, key=lambda v: v.order_key)

@@ -1,4 +1,4 @@
-"""Which round a checkpoint belongs to (SPEC.md, "Rounds").
+"""Which round a checkpoint belongs to (docs/SPEC.md, "Rounds").
 
 FL clients say the round in three ways, tried in this order of precedence:
 
@@ -57,7 +57,7 @@ DEFAULT_ROUND_REGEX: str = (
 #: A date or a timestamp inside a name: ``2024-06-01``, ``2024_06_01``, ``20240601``, optionally
 #: with a time (``20240601T1230``, ``2024-06-01_12-30-00``), a year and month (``2024-06``), or
 #: Unix time in s/ms/us/ns from 2001 to 2033 (``1717200000``). A round number never lies inside
-#: one (SPEC.md, "Rounds"). Six-digit ``YYMMDD`` forms are not dates here: they are as likely to
+#: one (docs/SPEC.md "Rounds"). Six-digit ``YYMMDD`` forms are not dates here: they are as likely to
 #: be step counters (``checkpoint-240000``).
 DATE_OR_TIME: re.Pattern[str] = re.compile(
     r"""
@@ -144,7 +144,7 @@ def round_from_fields(top: object) -> int | None:
 def choose_round(
     name_round: int | None, field_round: int | None, highest_stored: int | None
 ) -> int:
-    """The round number to store a checkpoint under, by SPEC.md's precedence.
+    """The round number to store a checkpoint under, by the precedence of docs/SPEC.md, "Rounds".
 
     The name's round wins over the checkpoint's field; with neither, the checkpoint continues the
     client's sequence: ``highest_stored + 1``, or :data:`FIRST_ROUND` (1) for a client with nothing

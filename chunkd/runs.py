@@ -1,4 +1,4 @@
-"""Which *run* a new round version belongs to: pure policy, no I/O (SPEC "Rounds", "Order").
+"""Which *run* a new round version belongs to: pure policy, no I/O (docs/SPEC.md, "Rounds").
 
 Rounds are ordered by run, then round number (:attr:`chunkd.store.RoundInfo.order_key`); that one
 order is what ``latest``, local and replica retention, the upload stage and ``lag_rounds`` use.

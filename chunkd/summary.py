@@ -2,7 +2,8 @@
 
 The daemon's handlers and the CLI's offline ``--db`` forms both build their output here, so
 ``chunkd list --json`` prints the same document whether it asked the daemon or read a database
-itself, and the CLI renders both with one function. Keys are SPEC.md's (``client``, ``round``);
+itself, and the CLI renders both with one function. Keys are docs/SPEC.md "Logs" ones (``client``,
+``round``);
 sizes are bytes; ratios are plain floats, never NaN or infinity (those are not JSON).
 """
 
@@ -111,7 +112,7 @@ def summarize_database(client_id: str, store: ChunkStore | None) -> dict[str, ob
         "stored_bytes": stats.stored_bytes,
         "db_bytes": db_bytes,
         "chunks": stats.chunks,
-        # what rewritten rounds' earlier versions cost (SPEC "Rounds": at most N of them are kept)
+        # what rewritten rounds' earlier versions cost (docs/SPEC.md, "Rounds": at most N are kept)
         "generation_count": stats.generations,
         "generation_file_bytes": stats.generation_file_bytes,
         "generation_stored_bytes": stats.generation_stored_bytes,

@@ -1,7 +1,7 @@
 """Name the tensors of a scanned ``data.pkl``: paths in the object tree, unique, in O(1) each.
 
 A tensor's name is its path in the checkpoint (``model.fc.weight``); a storage is named after
-the first tensor that uses it (SPEC.md, "The flat index"). Names must be unique so that a
+the first tensor that uses it (docs/SPEC.md "The flat index and chunks"). Names are unique so that a
 chunk's ``parts`` never merges two storages, and nested keys can spell the same dotted path
 many times (``{"a.b": t1, "a": {"b": t2}}``): the second becomes ``a.b~1``. Both the walk and the
 naming are linear in the tree and bounded by the reader's budget (:mod:`chunkd.pickle_scan`).

@@ -15,7 +15,7 @@ link-to-the-db`` is judged as the database itself) and before anything is create
   ``watch_root`` that ``client_dir_pattern`` matches, a ``[[clients]]`` directory, or one the
   daemon reports. Putting a restored round back beside a client's checkpoints can be meant.
 
-SPEC.md ("The socket protocol"): "A restore never writes into a watched client directory unless
+docs/SPEC.md ("The socket protocol"): "A restore never writes into a watched client directory unless
 forced, and never onto a chunkd database, journal or lock file, forced or not."
 """
 

@@ -35,13 +35,13 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
-#: SPEC.md's commands in its order, then the admin's ``tenant``; each module has
+#: The commands of docs/SPEC.md "Command line" in order, then the admin's ``tenant``; each has
 #: ``add_parser(commands, common)``.
 COMMANDS = (serve, restore, list_command, status, verify, prune, forget, ingest, export, tenant)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (SPEC.md: a one-line reason)."""
+    """argparse, but a usage error is one line on stderr (docs/SPEC.md, "a one-line reason")."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")

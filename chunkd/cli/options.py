@@ -1,7 +1,7 @@
 """What every command shares: the common options, argument types, socket and config discovery.
 
 Each command parser inherits :func:`common_options` (``--config``, ``--socket``, ``--json``), so
-they are accepted after the command name, where SPEC.md's examples put them. Argument types
+they are accepted after the command name, as in docs/SPEC.md, "Command line". Argument types
 reject a bad client id or round at parse time, which makes it a usage error (exit 2) with
 argparse's one-line message rather than a daemon round trip. :mod:`chunkd.config` (tomllib,
 dataclasses, fractions) is imported only when a command needs it: ``chunkd status --socket``

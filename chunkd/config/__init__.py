@@ -1,4 +1,4 @@
-"""The TOML config file -> one frozen :class:`Settings` (SPEC.md, "Config (TOML)").
+"""The TOML config file -> one frozen :class:`Settings` (docs/SPEC.md, "Config (TOML)").
 
 Everything the daemon and the CLI may be configured with is validated here, once, at start-up, so
 that an invalid config stops the daemon with a message that names the file, the key and the
@@ -18,21 +18,24 @@ Attribute names are the TOML key names, except the three durations, which carry 
 
 Which file: :func:`resolve_config_path` (``--config``, then ``$CHUNKD_CONFIG``, then
 ``/etc/chunkd/chunkd.toml`` if it exists, else none). With no file, :func:`load_settings` uses the
-built-in defaults: SPEC's values (the table :data:`DEFAULTS`) except the two paths that need root
+built-in defaults: docs/SPEC.md "Config (TOML)" values (the table :data:`DEFAULTS`) except the
+two paths that need root
 (``/srv/fl`` and ``/run/chunkd/chunkd.sock``), which :data:`EMBEDDED_DEFAULTS` moves into a data
 home a normal user can write (``$CHUNKD_HOME``, else ``$XDG_DATA_HOME/chunkd``, else
 ``~/.local/share/chunkd``; see :func:`default_data_home`). A config file that leaves a key out gets
-SPEC's value: the file describes a system install.
+the value docs/SPEC.md ("Config (TOML)") gives it: the file describes a system install.
 
 Relative paths (``watch_root``, ``socket``, ``db_path``, ``clients.dir``) are resolved against the
 config file's directory, or the data home for the built-in defaults, so a config means the same
 thing whatever the daemon's working directory. ``~`` is not expanded (a systemd service often has
 no ``$HOME``): it is an error rather than a directory literally named ``~``. Nothing here touches
-the paths themselves; creating directories and binding the socket belong to the daemon.
+the paths themselves; creating directories and binding the socket belong to the daemon, which
+creates ``watch_root`` only under the built-in defaults (``Settings.create_watch_root``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -93,7 +96,7 @@ SYSTEM_CONFIG_PATH = Path("/etc/chunkd/chunkd.toml")
 MAX_CONFIG_BYTES = 1 << 20
 
 
-#: Every TOML key: its Settings attribute, its SPEC.md default (as TOML would spell it), its parser.
+#: Every TOML key: its Settings attribute, its default (docs/SPEC.md, "Config (TOML)"), its parser.
 _KEYS: dict[str, _Key] = {
     "watch_root": _Key("watch_root", "/srv/fl", _parse_path),
     "client_dir_pattern": _Key(
@@ -130,7 +133,8 @@ _KEYS: dict[str, _Key] = {
 }
 
 
-#: SPEC.md's default for every key, as TOML values: what a config file gets for a key it omits.
+#: The default of every key (docs/SPEC.md, "Config (TOML)"), as TOML values: what a config
+#: file gets for a key it omits.
 DEFAULTS: Mapping[str, object] = MappingProxyType({k: v.default for k, v in _KEYS.items()})
 
 
@@ -208,9 +212,10 @@ def load_settings(path: str | Path | None) -> Settings:
     directory. Raises ConfigError naming the file (and, for a TOML syntax error, the line).
     """
     if path is None:
-        return settings_from_mapping(
+        embedded = settings_from_mapping(
             EMBEDDED_DEFAULTS, source="built-in defaults", base_dir=default_data_home()
         )
+        return dataclasses.replace(embedded, create_watch_root=True)
     config_path = Path(path)
     data = _read_toml(config_path)
     return settings_from_mapping(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from chunkd.config.values import check_client_id
@@ -72,6 +72,11 @@ class Settings:
     metrics_textfile: str = ""
     #: clients past this many share the ``client="_other"`` label (bounded cardinality)
     metrics_client_labels: int = 100
+    #: True only for the built-in defaults (no config file): ``chunkd serve`` may then create
+    #: ``watch_root``, the quick start's convenience. A watch_root a config file names is never
+    #: invented: a missing one is a typo or an unmounted filesystem, and the daemon refuses.
+    #: Where the settings came from, not a setting: not a TOML key, and not compared.
+    create_watch_root: bool = field(default=False, compare=False)
 
     def db_path_for(self, client_id: str, client_dir: Path) -> Path:
         """The database file of one client: ``db_path`` with ``{client}`` and ``{client_dir}``.

@@ -17,7 +17,7 @@ from chunkd.errors import ConfigError, RequestError
 CLIENT_ID_PATTERN: re.Pattern[str] = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-#: Bounds that keep the daemon's arithmetic and timers sane; SPEC gives no number for them.
+#: Bounds that keep the daemon's arithmetic and timers sane; docs/SPEC.md "Config (TOML)" has none.
 MAX_CHUNK_NUM = 1_000_000
 
 

@@ -1,6 +1,6 @@
 """Who may do what over the socket: admins anything, a client directory's owner reads it.
 
-The model (SPEC.md, "The socket protocol"; the matrix is in docs/PROTOCOL.md):
+The model (docs/SPEC.md, "The socket protocol"; the matrix is in docs/PROTOCOL.md):
 
 * **Admins** may do anything for any client: root, the daemon's own uid (it can open the
   databases directly anyway), every uid in ``allowed_uids`` and every peer with a group in

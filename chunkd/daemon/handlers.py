@@ -320,7 +320,8 @@ def forget(state: DaemonState, request: Request, conn: Connection) -> Result:
 def ingest(state: DaemonState, request: Request, conn: Connection) -> Result:
     info = _client(state, request.client_id, conn.access)
     assert request.path is not None  # required by parse_request
-    # The daemon reads only beneath the client's directory (SPEC.md), and never by resolving
+    # The daemon reads only beneath the client's directory (docs/SPEC.md "The socket protocol"),
+    # never by resolving
     # a path and opening it later: the path is taken lexically (the directory as configured,
     # or as the caller may have spelled it resolved) and opened here, and again by the lane,
     # component by component without following links (chunkd.safepath).

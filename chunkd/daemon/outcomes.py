@@ -20,7 +20,7 @@ from chunkd.daemon.settle import Superseded
 from chunkd.errors import CheckpointError
 from chunkd.ingest import OUTCOME_DUPLICATE, OUTCOME_REPLACED, OUTCOME_SEEN, IngestResult
 
-#: What ``checkpoint.superseded`` suggests (SPEC "Watching": a settle delay with no change).
+#: What ``checkpoint.superseded`` suggests (docs/SPEC.md "Watching": a settle delay, no change).
 SUPERSEDED_HINT = (
     "written again before settle_delay passed, so this version was never stored: write each "
     "round to its own file name, or lower settle_delay"

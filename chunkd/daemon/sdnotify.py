@@ -1,6 +1,6 @@
 """The sd_notify(3) datagram, without libsystemd or a Python dependency.
 
-The unit is ``Type=notify`` (SPEC.md, "systemd"): systemd considers chunkd started only on
+The unit is ``Type=notify`` (docs/SPEC.md, "systemd"): systemd considers chunkd started only on
 ``READY=1`` (socket bound, start-up scan done), restarts it when ``WATCHDOG=1`` stops arriving and
 shows ``STOPPING=1`` while it drains. The protocol is one datagram of ``KEY=VALUE`` lines to the
 AF_UNIX socket named by ``$NOTIFY_SOCKET``, so a few lines of :mod:`socket` replace a C library.

@@ -31,6 +31,7 @@ import structlog
 from chunkd import __version__, log
 from chunkd.config import Settings
 from chunkd.daemon import sdnotify
+from chunkd.daemon.directories import client_dir_warning, ensure_watch_root, missing_directory
 from chunkd.daemon.lanes import ClientLane, utc_now_iso
 from chunkd.daemon.leases import LeaseTable
 from chunkd.daemon.listing import DAMAGED
@@ -301,7 +302,6 @@ class Daemon:
             self._changed.mark(client_id)  # restart (or new config): one retention pass each
         with self._lanes_lock:
             self._lanes[client_id] = lane
-        directory.mkdir(parents=True, exist_ok=True)
         self._watcher.watch_client(client_id, directory)
         self._log.info(log.CLIENT_ADDED, client=client_id, dir=str(directory), db=str(db_path))
         self._watcher.scan_client(client_id, directory)
@@ -310,6 +310,7 @@ class Daemon:
         """Discover client directories and offer every candidate file (start-up, reconcile)."""
         self._watcher.unwatch_missing()
         self._check_removed(None)
+        self._add_waiting_clients()
         for client_id, directory in self._watcher.discover_clients():
             self.add_client(client_id, directory, at_start=False)
         offered = 0
@@ -338,9 +339,10 @@ class Daemon:
         settings = self.settings
         self._ensure_watch_root()
         self._writers.start()
-        for client in settings.clients:
-            with startup_key("clients"):
-                self.add_client(client.id, client.dir, at_start=True)
+        for index, client in enumerate(settings.clients):
+            with startup_key(f"clients[{index}].dir"):
+                if self._explicit_dir_ready(index, client.id, client.dir):
+                    self.add_client(client.id, client.dir, at_start=True)
         for client_id, directory in self._watcher.discover_clients():
             self.add_client(client_id, directory, at_start=True)
         self._watcher.start()
@@ -349,16 +351,34 @@ class Daemon:
             self._replica.start()  # compares every client with the bucket first: resumes
 
     def _ensure_watch_root(self) -> None:
-        """Create a missing ``watch_root`` (the watcher needs it), but say so: a typo in the
-        config otherwise looks like a healthy daemon with no clients (issue 10)."""
+        """A missing ``watch_root`` refuses to start unless it is the built-in defaults'
+        (chunkd.daemon.directories): a typo must not look like a healthy daemon with no clients."""
         root = self.settings.watch_root
-        if root.is_dir():
-            return
         with startup_key("watch_root"):
-            root.mkdir(parents=True, exist_ok=True)
-        warning = f"watch_root {root} did not exist; created it empty"
-        self.warnings.append(warning)
-        self._log.warning(log.WATCH_ROOT_MISSING, watch_root=str(root), created=True)
+            created = ensure_watch_root(root, may_create=self.settings.create_watch_root)
+        if created:
+            self._log.info(log.WATCH_ROOT_MISSING, watch_root=str(root), created=True)
+
+    def _explicit_dir_ready(self, index: int, client_id: str, directory: Path) -> bool:
+        """Whether a ``[[clients]]`` directory can be watched now; one that does not exist yet is
+        a warning (log and ``status``) until the reconciliation scan finds it."""
+        warning = client_dir_warning(index, directory)
+        if warning is None:
+            return True
+        if warning not in self.warnings:
+            self.warnings.append(warning)
+            self._log.warning(log.CLIENT_ADDED, client=client_id, dir=str(directory), error=warning)
+        return False
+
+    def _add_waiting_clients(self) -> None:
+        """``[[clients]]`` whose directory did not exist at start-up and does now."""
+        with self._lanes_lock:
+            known = set(self._lanes)
+        for index, client in enumerate(self.settings.clients):
+            if client.id in known or missing_directory(client.dir) is not None:
+                continue
+            self.warnings[:] = [w for w in self.warnings if not w.startswith(f"clients[{index}]")]
+            self.add_client(client.id, client.dir, at_start=False)
 
     def run_forever(self) -> None:
         interval = sdnotify.watchdog_interval_s()

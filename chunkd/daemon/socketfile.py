@@ -7,6 +7,14 @@ the final name, so a client never sees a socket with the wrong mode, nor no sock
 lock closes the race in which two daemons starting at once both find the old socket stale and
 the loser serves on a name that no longer points to it. A path that exists and is not a socket
 is never replaced (Litestream's "refuse, don't clobber").
+
+The lock file lives only as long as its holder (issue 21: daemons that failed to start left
+``.lock`` files behind). Whoever holds the ``flock`` removes the file before releasing it: on a
+clean stop, and when the start fails after the lock was taken (socket answered by another daemon,
+a path that is not a socket, a bad ``socket_group``, ...). A daemon refused because another holds
+the lock never touches the file. Removing a lock file is safe only because taking one checks,
+after the ``flock``, that the path still names the inode locked; otherwise the file was removed
+by its holder meanwhile and the lock is taken again on the new file.
 """
 
 from __future__ import annotations
@@ -73,14 +81,11 @@ class SocketFile:
             raise ConfigError(f"socket: {path} is too long for a Unix socket path")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            lock_fd = os.open(f"{path}.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise ConfigError(f"socket: cannot use {path}: {e.strerror}") from None
+        lock_path = lock_path_for(path)
+        lock_fd = _take_lock(path, lock_path)
         try:
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise BusyError(f"another chunkd is serving on {path}") from None
             _check_replaceable(path)
             listener = _listen_at(tmp, group)
             try:
@@ -91,7 +96,7 @@ class SocketFile:
                 raise
             return cls(path, listener, lock_fd)
         except BaseException:
-            os.close(lock_fd)
+            _release_lock(lock_path, lock_fd)  # ours: a failed start leaves no lock file behind
             raise
 
     def close(self) -> None:
@@ -102,8 +107,56 @@ class SocketFile:
             if (st.st_dev, st.st_ino) == self._identity:
                 self.path.unlink()
         if self._lock_fd >= 0:
-            os.close(self._lock_fd)  # releases the flock; the lock file itself stays
+            _release_lock(lock_path_for(self.path), self._lock_fd)
             self._lock_fd = -1
+
+
+def lock_path_for(path: Path) -> Path:
+    """``<socket>.lock``: held (``flock``) by the daemon serving on ``path``."""
+    return path.with_name(f"{path.name}.lock")
+
+
+def _take_lock(path: Path, lock_path: Path) -> int:
+    """An open descriptor holding the ``flock`` on ``lock_path``; BusyError if a live daemon
+    holds it. Retried when the file was removed (by its releasing holder) between open and lock."""
+    while True:
+        try:
+            lock_fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise ConfigError(f"socket: cannot use {path}: {e.strerror}") from None
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)  # another daemon's lock: never removed here
+            raise BusyError(f"another chunkd is serving on {path}") from None
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        if _same_file(lock_path, lock_fd):
+            return lock_fd
+        os.close(lock_fd)  # an unlinked inode: its holder released it; lock the new file
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _release_lock(lock_path: Path, lock_fd: int) -> None:
+    """Remove the lock file while still holding its ``flock`` (so no other daemon can hold it
+    now), then release it. Only the file this descriptor locks is removed."""
+    try:
+        if _same_file(lock_path, lock_fd):
+            with contextlib.suppress(FileNotFoundError):
+                lock_path.unlink()
+    except OSError:
+        pass  # a lock file left behind is harmless: the next daemon takes it over
+    finally:
+        os.close(lock_fd)
 
 
 def _check_replaceable(path: Path) -> None:

@@ -22,7 +22,8 @@ import sqlite3
 
 SCHEMA_VERSION = 3
 
-#: The seed's tables exactly as SPEC.md gives them, plus chunkd's columns at the end.
+#: The seed's tables exactly as docs/SPEC.md ("The database (one per client)") gives them, plus
+#: chunkd's columns at the end.
 _SEED_TABLES = """
 CREATE TABLE IF NOT EXISTS chunk_metadata (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -1,6 +1,6 @@
 """``chunkd serve`` start-up failures (issue 10, item 5): one JSON line naming the config key,
-exit 78 when the configuration is the cause; a missing ``watch_root`` is a warning in the log
-and in ``chunkd status``. Real processes, real files, real sockets."""
+exit 78 when the configuration is the cause, a missing configured ``watch_root`` included
+(issue 21). Real processes, real files, real sockets."""
 
 from __future__ import annotations
 
@@ -65,9 +65,10 @@ def test_explicit_client_dir_that_cannot_exist_exits_78(serve, tmp_path: Path) -
         'watch_root = "fl"\nsocket = "run/c.sock"\n'
         f'[[clients]]\nid = "7"\ndir = "{tmp_path / "plain" / "site7"}"\n'
     )
+    (tmp_path / "fl").mkdir()
     result = serve(config, tmp_path)
     assert result.returncode == 78
-    assert only_json_line(result.stderr)["key"] == "clients"
+    assert only_json_line(result.stderr)["key"] == "clients[0].dir"
 
 
 @pytest.mark.parametrize(
@@ -94,18 +95,15 @@ def test_second_daemon_exits_7_with_one_json_line(serve, make_daemon, tmp_path: 
     assert first.proc.poll() is None
 
 
-def test_missing_watch_root_is_created_with_a_warning_in_log_and_status(make_daemon) -> None:
+def test_missing_watch_root_refuses_to_start_naming_key_and_path(make_daemon) -> None:
+    """Issue 21: a configured watch_root is never invented (tests/daemon/test_watch_root.py)."""
     daemon = make_daemon(start=False)
     daemon.watch_root.rmdir()
-    daemon.start()
-    warnings = [e for e in daemon.events() if e["event"] == "watch_root.missing"]
-    assert len(warnings) == 1 and warnings[0]["level"] == "warning"
-    status = daemon.cli("status", "--json")
-    assert status.returncode == 0, status.stderr
-    document = json.loads(status.stdout)
-    assert any(str(daemon.watch_root) in w for w in document["warnings"])
-    human = daemon.cli("status")
-    assert b"did not exist" in human.stdout
+    daemon.start(wait_ready=False)
+    assert daemon.proc.wait(timeout=60) == 78
+    failed = [e for e in daemon.events() if e.get("key") == "watch_root"]
+    assert failed and str(daemon.watch_root) in str(failed[0]["error"])
+    assert not daemon.watch_root.exists()
 
 
 def test_existing_watch_root_gives_no_warning(make_daemon) -> None:
