@@ -21,6 +21,7 @@ from typing import Any
 
 from chunkd import log
 from chunkd.daemon.stores import ClientDatabase
+from chunkd.forget import ForgetResult, forget_version
 from chunkd.prune import PruneResult, prune_store
 from chunkd.retention import plan_versions
 from chunkd.store import ChunkStore
@@ -54,6 +55,23 @@ class ChangedClients:
 def nothing_to_prune(keep_rounds: int, dry_run: bool) -> PruneResult:
     """The result for a client with no database: nothing stored, nothing opened or created."""
     return PruneResult(plan_versions([], keep_rounds), dry_run, 0, 0, 0)
+
+
+def forget_job(
+    store: ChunkStore,
+    *,
+    round_num: int,
+    generation: int | None,
+    lease_gate: Callable[[], AbstractContextManager[frozenset[int]]],
+    dry_run: bool,
+    logger: Any,
+) -> ForgetResult:
+    """``chunkd forget`` on the client's lane (its database's only writer); logged at warning,
+    because it removes a version that retention would have kept."""
+    result = forget_version(store, round_num, generation, lease_gate=lease_gate, dry_run=dry_run)
+    if not dry_run:
+        logger.warning(log.ROUND_FORGOTTEN, **result.log_fields())
+    return result
 
 
 def prune_job(

@@ -32,13 +32,13 @@ from chunkd import __version__, log
 from chunkd.config import Settings
 from chunkd.daemon import sdnotify
 from chunkd.daemon.directories import client_dir_warning, ensure_watch_root, missing_directory
+from chunkd.daemon.heartbeat import Heartbeat
 from chunkd.daemon.lanes import ClientLane, utc_now_iso
 from chunkd.daemon.leases import LeaseTable
-from chunkd.daemon.listing import DAMAGED
 from chunkd.daemon.metrics import ClientLabels, DaemonFigures
-from chunkd.daemon.metrics_serve import client_figures
+from chunkd.daemon.metrics_serve import daemon_figures
 from chunkd.daemon.progress import in_progress
-from chunkd.daemon.pruning import ChangedClients
+from chunkd.daemon.pruning import ChangedClients, forget_job
 from chunkd.daemon.removals import ClientRemovals
 from chunkd.daemon.replication import ReplicaStage
 from chunkd.daemon.startup import startup_key
@@ -49,16 +49,10 @@ from chunkd.daemon.watcher import Watcher
 from chunkd.daemon.writers import WriterPool, name_os_thread
 from chunkd.deltas import RECENT
 from chunkd.errors import BusyError, ChunkdError, NotFoundError
-from chunkd.forget import ForgetResult, forget_version
+from chunkd.forget import ForgetResult
 from chunkd.ingest import IngestOptions, IngestResult
 from chunkd.prune import PruneResult
-from chunkd.store import ChunkStore, FileIdentity
-
-#: A writer whose slice made no progress (no item handled, no chunk stored) for this long is
-#: considered stuck (no WATCHDOG=1 then); a long ingest that keeps storing chunks is not.
-STALL_S = 900.0
-#: The ``STATUS=`` line is refreshed at most this often, and only after the writers ran.
-STATUS_EVERY_S = 5.0
+from chunkd.store import FileIdentity
 
 
 class Daemon:
@@ -88,7 +82,6 @@ class Daemon:
         self._changed = ChangedClients()
         # every ingest runs on a writer: as many slots, so commits of different clients overlap
         self._ingest_slots = threading.Semaphore(self._writers.size)
-        self._status_line: tuple[float, int] = (0.0, -1)  # when, at which writers.slices
         self._options = IngestOptions(
             chunk_num=settings.chunk_num,
             max_chunk_bytes=settings.max_chunk_bytes,
@@ -99,6 +92,7 @@ class Daemon:
         RECENT.resize(settings.delta_cache_bytes if settings.delta else 0)
         self._watcher = Watcher(settings, self._offer, self._request_client, self._request_gone)
         self._notifier = sdnotify.Notifier()
+        self._heartbeat = Heartbeat(self._notifier, self._writers, self._lane_list)
         self._log = structlog.get_logger("chunkd.daemon")
         self._removals = ClientRemovals(self._log)  # client directories that disappeared
         self.ready = False
@@ -140,22 +134,15 @@ class Daemon:
     ) -> Future[ForgetResult]:
         """``chunkd forget`` on the client's lane (its database's only writer); logged at warning,
         because it removes a version that retention would have kept."""
-        lane = self._lane(client_id)
-        logger = self._log.bind(client=client_id)
-
-        def job(store: ChunkStore) -> ForgetResult:
-            result = forget_version(
-                store,
-                round_num,
-                generation,
-                lease_gate=functools.partial(self.leases.deleting, client_id),
-                dry_run=dry_run,
-            )
-            if not dry_run:
-                logger.warning(log.ROUND_FORGOTTEN, **result.log_fields())
-            return result
-
-        return lane.submit(job)  # type: ignore[return-value]
+        job = functools.partial(
+            forget_job,
+            round_num=round_num,
+            generation=generation,
+            lease_gate=functools.partial(self.leases.deleting, client_id),
+            dry_run=dry_run,
+            logger=self._log.bind(client=client_id),
+        )
+        return self._lane(client_id).submit(job)  # type: ignore[return-value]
 
     def status(self) -> dict[str, object]:
         with self._lanes_lock:
@@ -186,23 +173,14 @@ class Daemon:
         )
 
     def figures(self, labels: ClientLabels) -> DaemonFigures:
-        """The metrics' gauges at a scrape: lanes' counters in memory, a ``stat`` per database,
-        the ``list`` figures of the labelled clients (cached); no lock a restore needs."""
-        with self._lanes_lock:
-            lanes = dict(self._lanes)
-        infos = {cid: ClientInfo(cid, lane.directory, lane.db_path) for cid, lane in lanes.items()}
-        stored_bytes, per_client = client_figures(infos, labels.labelled())
-        return DaemonFigures(
+        """The metrics' gauges at a scrape (:func:`chunkd.daemon.metrics_serve.daemon_figures`)."""
+        return daemon_figures(
+            self._lane_list(),
+            labels,
             ready=self.ready,
-            clients=len(lanes),
-            queue_depth=sum(lane.queue_depth for lane in lanes.values()),
-            ingesting=len(in_progress()),
             retention_pending=len(self._changed),
             open_databases=len(self._stores),
-            damaged_databases=len(DAMAGED.snapshot()),
-            stored_bytes=stored_bytes,
             replica=self._replica.status() if self._replica is not None else None,
-            per_client=per_client,
         )
 
     def _writer_figures(self) -> dict[str, int]:
@@ -395,7 +373,7 @@ class Daemon:
                 self._guard(self.scan_all)
             elif kind == "gone":
                 self._guard(partial(self._check_removed, payload))
-            self._heartbeat()
+            self._heartbeat.beat()
 
     def _guard(self, work: object) -> None:
         try:
@@ -405,23 +383,9 @@ class Daemon:
         except OSError as e:
             self._log.error(log.SCAN_FAILED, error=str(e))
 
-    def _heartbeat(self) -> None:
-        """O(writers) each tick: ``WATCHDOG=1`` while every writer is alive and its slice makes
-        progress. The ``STATUS=`` line (O(clients)) only after the writers ran, and rarely."""
-        if self._writers.healthy(STALL_S):
-            self._notifier.notify("WATCHDOG=1")
-        now = time.monotonic()
-        at, slices = self._status_line
-        if self._writers.slices == slices or now - at < STATUS_EVERY_S:
-            return
-        self._status_line = (now, self._writers.slices)
+    def _lane_list(self) -> list[ClientLane]:
         with self._lanes_lock:
-            lanes = list(self._lanes.values())
-        ingested = sum(lane.stats.ingested for lane in lanes)
-        self._notifier.notify(
-            f"STATUS=watching {len(lanes)} clients, {ingested} ingested, "
-            f"{self._writers.runnable} with work"
-        )
+            return list(self._lanes.values())
 
     def notify_ready(self) -> None:
         self.ready = True
