@@ -29,7 +29,7 @@ lint: setup
 
 # Everything but the long runs: the reliability campaigns (`make campaign` runs their short forms,
 # `make torture` their full size), and the framework and scale runs of `make integration`.
-# TEST_TIME is measured, on a quiet 2-core machine.
+# About 9 minutes on a quiet 2-core machine (measured: 8 min 39 s of tests, plus lint).
 test: lint
 	$(BIN)/python -m pytest -q -m "not campaign and not integration and not scale" --durations=10
 
@@ -46,7 +46,8 @@ torture: setup
 # The long runs CI also makes: a real federation (Flower SuperLink + 3 SuperNodes, 5 FedAvg
 # rounds) and a Flower simulation of 100 clients beside a real chunkd daemon (marker
 # `integration`), and the scale tests (marker `scale`: 120 to 300 clients on one daemon, two
-# daemons sharing a real S3 server, the largest pickle budgets). INTEGRATION_TIME on 2 cores.
+# daemons sharing a real S3 server, the largest pickle budgets): about 5 minutes on 2 cores
+# (measured: 4 min 44 s, installing flwr included).
 integration: setup
 	$(BIN)/pip install --quiet -e '.[integration]'
 	$(BIN)/python -m pytest -q -m "integration or scale" --durations=10 tests

@@ -105,7 +105,7 @@ def _follow(
     socket_path: Path, client_id: str, position: Callable[[float], int], bar: Progress
 ) -> Callable[[], None]:
     """While the daemon verifies ``client_id``: twice a second at most, how far it has got."""
-    last = time.monotonic()  # a quick verify needs no second connection at all
+    last = 0.0  # the first wait (POLL_S in) asks at once: a verify of a second shows its way
 
     def on_wait() -> None:
         nonlocal last

@@ -1,4 +1,6 @@
-"""A FedAvg loop of 120 clients in one process beside a real daemon (issue 20, in ``make test``).
+"""A FedAvg loop of 120 clients in one process beside a real daemon (issue 20).
+
+Marker ``scale``: run by ``make integration``, not ``make test``.
 
 The closest thing to a framework's simulation that needs no extra package (Flower's, with Ray,
 runs in ``make integration``: tests/integration/test_flower_simulation.py): 120 clients each

@@ -16,8 +16,8 @@ from chunkd.ingest import IngestOptions, ingest_file
 from chunkd.store import ChunkStore
 from tests.daemon.checkpoints import save_model
 
-ROUNDS = 14
-ELEMENTS = 3_000_000  # 12 MB a round: the client's verify takes over a second here
+ROUNDS = 20
+ELEMENTS = 3_000_000  # 12 MB a round: the verify takes about a second; the bar asks 0.2 s in
 
 
 def big_client(daemon) -> None:
