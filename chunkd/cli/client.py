@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,3 +225,34 @@ class DaemonClient:
         data = bytes(self._buf[:n])
         del self._buf[:n]
         return memoryview(data)
+
+
+#: How often a waiting command asks ``status`` how far the daemon has got.
+FOLLOW_EVERY_S: Final = 0.5
+
+
+def follow_status(
+    socket_path: Path, key: str, on_item: Callable[[dict[str, object]], bool]
+) -> OnWait:
+    """An ``on_wait`` that, at most every :data:`FOLLOW_EVERY_S`, asks the daemon's ``status``
+    on a second connection for its ``key`` list (``ingesting``, ``verifying``) and gives each
+    item to ``on_item`` until one returns True. The first wait asks at once, so even a job of
+    a second shows its way; a daemon that cannot answer is asked again next time."""
+    last = 0.0
+
+    def on_wait() -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < FOLLOW_EVERY_S:
+            return
+        last = now
+        try:
+            with DaemonClient.connect(socket_path) as probe:
+                under_way = probe.call("status").get(key)
+        except ChunkdError:
+            return
+        for item in under_way if isinstance(under_way, list) else []:
+            if isinstance(item, dict) and on_item(item):
+                return
+
+    return on_wait

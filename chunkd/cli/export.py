@@ -44,13 +44,7 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         help=f"the output format (default: {EXPORT_FORMATS[0]}, the only one)",
     )
     p.add_argument("-o", "--output", required=True, metavar="FILE|-")
-    p.add_argument(
-        "--generation",
-        type=int,
-        metavar="G",
-        help="an earlier version of a rewritten round (0 = the first; `chunkd list --client ID`"
-        " shows them); default: the current version",
-    )
+    options.add_generation(p)
     p.add_argument(
         "--db",
         type=Path,

@@ -10,12 +10,10 @@ is reported as a refusal with its reason and exit status 4, never as "nothing ch
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from chunkd.cli import offline, options
-from chunkd.cli.client import DaemonClient
+from chunkd.cli.client import DaemonClient, OnWait, follow_status
 from chunkd.cli.render import Progress, format_bytes, print_json
 from chunkd.errors import CheckpointError, ChunkdError, RequestError
 
@@ -112,28 +110,17 @@ def _ingest_offline(args: argparse.Namespace, path: Path) -> dict[str, object]:
     return summarize_ingest(client_id, result)
 
 
-def _follow(socket_path: Path, path: Path, bar: Progress) -> Callable[[], None]:
-    """While the daemon ingests, ask its ``status`` (on a second connection, at most twice a
-    second) how far this file has got, and move the bar."""
-    last = 0.0
+def _follow(socket_path: Path, path: Path, bar: Progress) -> OnWait:
+    """While the daemon ingests, how far this file has got (status's ``ingesting``)."""
 
-    def on_wait() -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - last < 0.5:
-            return
-        last = now
-        try:
-            with DaemonClient.connect(socket_path) as probe:
-                under_way = probe.call("status").get("ingesting")
-        except ChunkdError:
-            return
-        for item in under_way if isinstance(under_way, list) else []:
-            if isinstance(item, dict) and item.get("path") == str(path):
-                done = item.get("bytes_done")
-                bar.update(done if isinstance(done, int) else 0)
+    def on_item(item: dict[str, object]) -> bool:
+        if item.get("path") != str(path):
+            return False
+        done = item.get("bytes_done")
+        bar.update(done if isinstance(done, int) else 0)
+        return True
 
-    return on_wait
+    return follow_status(socket_path, "ingesting", on_item)
 
 
 def _was_refused(document: dict[str, object]) -> bool:

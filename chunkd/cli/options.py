@@ -96,6 +96,17 @@ def add_client_and_round(parser: argparse.ArgumentParser, *, required: bool = Tr
     )
 
 
+def add_generation(parser: argparse.ArgumentParser) -> None:
+    """``--generation G``: an earlier version of a rewritten round (restore and export)."""
+    parser.add_argument(
+        "--generation",
+        type=int,
+        metavar="G",
+        help="an earlier version of a rewritten round (0 = the first; `chunkd list --client ID`"
+        " shows them); default: the current version",
+    )
+
+
 def add_transfer(parser: argparse.ArgumentParser) -> None:
     """``--transfer fd|frames``: how the daemon sends checkpoint bytes (docs/PROTOCOL.md)."""
     parser.add_argument(

@@ -70,13 +70,7 @@ def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> N
         metavar="PATH",
         help="restore straight from this database, without the daemon",
     )
-    p.add_argument(
-        "--generation",
-        type=int,
-        metavar="G",
-        help="an earlier version of a rewritten round (0 = the first; `chunkd list --client ID`"
-        " shows them); default: the current version",
-    )
+    options.add_generation(p)
     options.add_transfer(p)
     replica.add_options(p)
     guard.add_force(p)

@@ -9,17 +9,13 @@ database directly.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from chunkd.cli import offline, options
-from chunkd.cli.client import DaemonClient
+from chunkd.cli.client import DaemonClient, OnWait, follow_status
 from chunkd.cli.render import Progress, print_json
-from chunkd.errors import ChunkdError, IntegrityError
-
-#: How often a daemon-side verify's bar asks ``status`` how far it has got.
-FOLLOW_EVERY_S = 0.5
+from chunkd.errors import IntegrityError
 
 
 def add_parser(commands: options.Commands, common: argparse.ArgumentParser) -> None:
@@ -103,28 +99,18 @@ def _within(start: int, size: int) -> Callable[[float], int]:
 
 def _follow(
     socket_path: Path, client_id: str, position: Callable[[float], int], bar: Progress
-) -> Callable[[], None]:
-    """While the daemon verifies ``client_id``: twice a second at most, how far it has got."""
-    last = 0.0  # the first wait (POLL_S in) asks at once: a verify of a second shows its way
+) -> OnWait | None:
+    """While the daemon verifies ``client_id``: how far it has got (status's ``verifying``)."""
 
-    def on_wait() -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - last < FOLLOW_EVERY_S or not bar.enabled:
-            return
-        last = now
-        try:
-            with DaemonClient.connect(socket_path) as probe:
-                under_way = probe.call("status").get("verifying")
-        except ChunkdError:
-            return
-        for item in under_way if isinstance(under_way, list) else []:
-            if isinstance(item, dict) and item.get("client") == client_id:
-                checked, total = item.get("done"), item.get("total")
-                if isinstance(checked, int) and isinstance(total, int) and total > 0:
-                    bar.update(position(min(1.0, checked / total)))
+    def on_item(item: dict[str, object]) -> bool:
+        if item.get("client") != client_id:
+            return False
+        checked, total = item.get("done"), item.get("total")
+        if isinstance(checked, int) and isinstance(total, int) and total > 0:
+            bar.update(position(min(1.0, checked / total)))
+        return True
 
-    return on_wait
+    return follow_status(socket_path, "verifying", on_item) if bar.enabled else None
 
 
 def _size(entry: dict[str, object]) -> int:
