@@ -52,9 +52,12 @@ def _settings(text: str) -> dict[str, list[str]]:
     return settings
 
 
-def _run_verify(script: Path) -> subprocess.CompletedProcess[str]:
+def _run_verify(
+    script: Path, max_exposure: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = None if max_exposure is None else {**os.environ, "CHUNKD_MAX_EXPOSURE": str(max_exposure)}
     return subprocess.run(
-        ["sh", str(script)], capture_output=True, text=True, timeout=120, check=False
+        ["sh", str(script)], capture_output=True, text=True, timeout=120, check=False, env=env
     )
 
 
@@ -158,6 +161,29 @@ def test_verify_rejects_a_misspelt_option(tmp_path: Path) -> None:
     result = _run_verify(copy / "verify.sh")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "ProtectSytem" in result.stderr
+
+
+@needs_systemd_analyze
+def test_the_readmes_metrics_drop_in_verifies(tmp_path: Path) -> None:
+    """Issue 21: the drop-in the README gives for ``metrics_addr`` is valid systemd, applied
+    after the unit's own lines (as systemd applies a drop-in), and opens only what it says."""
+    readme = (SYSTEMD_DIR.parent / "README.md").read_text()
+    section = readme[readme.index("For `metrics_addr`, a") :]
+    block = section[section.index("```ini\n") + 7 : section.index("```\n", 10)]
+    assert block.startswith("[Service]\n")
+    drop_in = block.removeprefix("[Service]\n")
+    assert "IPAddressAllow=localhost" in drop_in and "PrivateNetwork=false" in drop_in
+    copy = tmp_path / "systemd"
+    copy.mkdir()
+    for name in ("verify.sh", "chunkd.service", "chunkd.sysusers"):
+        shutil.copy2(SYSTEMD_DIR / name, copy / name)
+    unit = copy / "chunkd.service"
+    text = unit.read_text()
+    install = text.index("[Install]")
+    unit.write_text(text[:install] + drop_in + "\n" + text[install:])
+    # opening loopback costs exposure (1.2 here, "OK"; the unit alone stays at or under 1.0)
+    result = _run_verify(copy / "verify.sh", max_exposure=2.0)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- the unit's seccomp rules against the daemon's libraries ----------------------------------
