@@ -60,48 +60,38 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
-class MakeDirectory:
+class OwnDirectory:
+    """Give the client directory to the tenant (creating it first when ``create``)."""
+
     path: str
     uid: int
     gid: int
     mode: int
+    create: bool
 
     def describe(self) -> str:
-        return f"create {self.path} (uid {self.uid}, gid {self.gid}, mode {self.mode:o})"
-
-
-@dataclass(frozen=True, slots=True)
-class FixDirectory:
-    path: str
-    uid: int
-    gid: int
-    mode: int
-
-    def describe(self) -> str:
+        if self.create:
+            return f"create {self.path} (uid {self.uid}, gid {self.gid}, mode {self.mode:o})"
         return f"give {self.path} to uid {self.uid}, gid {self.gid}, mode {self.mode:o}"
 
 
 @dataclass(frozen=True, slots=True)
-class JoinGroup:
+class GroupMembership:
+    """Add the tenant to a group (``join``) or take it out."""
+
     user: str
     group: str
+    join: bool
 
     def describe(self) -> str:
-        return f"add {self.user} to group {self.group} (the socket's)"
-
-
-@dataclass(frozen=True, slots=True)
-class LeaveGroup:
-    user: str
-    group: str
-
-    def describe(self) -> str:
+        if self.join:
+            return f"add {self.user} to group {self.group} (the socket's)"
         return (
             f"remove {self.user} from group {self.group}: that group reads every client directory"
         )
 
 
-Step = MakeDirectory | FixDirectory | JoinGroup | LeaveGroup
+Step = OwnDirectory | GroupMembership
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +136,7 @@ def plan_tenant(request: TenantRequest) -> list[Step]:
     wanted = (tenant.uid, daemon_group.gid, CLIENT_DIR_MODE)
     entry = request.client_dir_entry
     if entry is None:
-        steps.append(MakeDirectory(request.client_dir, *wanted))
+        steps.append(OwnDirectory(request.client_dir, *wanted, create=True))
     elif entry.is_symlink or not entry.is_dir:
         raise RequestError(
             f"{request.client_dir} exists and is not a directory (a symlink or a file): remove it"
@@ -157,11 +147,11 @@ def plan_tenant(request: TenantRequest) -> list[Step]:
             "tenant's? Check the client id; a directory is handed over only from root"
         )
     elif (entry.uid, entry.gid, entry.mode) != wanted:
-        steps.append(FixDirectory(request.client_dir, *wanted))
+        steps.append(OwnDirectory(request.client_dir, *wanted, create=False))
     if not socket_group.has(tenant):
-        steps.append(JoinGroup(tenant.name, socket_group.name))
+        steps.append(GroupMembership(tenant.name, socket_group.name, join=True))
     if tenant.name in daemon_group.members:
-        steps.append(LeaveGroup(tenant.name, daemon_group.name))
+        steps.append(GroupMembership(tenant.name, daemon_group.name, join=False))
     return steps
 
 

@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         verb = "would" if args.dry_run else "did"
         for step in steps:
             print(f"{verb}: {step.describe()}")
-        if any(isinstance(step, tenancy.JoinGroup) for step in steps) and not args.dry_run:
+        joins = any(isinstance(s, tenancy.GroupMembership) and s.join for s in steps)
+        if joins and not args.dry_run:
             print(f"{request.tenant.name} reaches the socket from its next login")
     return 0
 
@@ -153,8 +154,8 @@ def _entry(path: Path) -> tenancy.Entry | None:
 
 
 def _carry_out(step: tenancy.Step) -> None:
-    if isinstance(step, tenancy.MakeDirectory | tenancy.FixDirectory):
-        if isinstance(step, tenancy.MakeDirectory):
+    if isinstance(step, tenancy.OwnDirectory):
+        if step.create:
             os.mkdir(step.path, 0o700)  # nobody else's until it is handed over below
         fd = os.open(step.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
@@ -163,7 +164,7 @@ def _carry_out(step: tenancy.Step) -> None:
         finally:
             os.close(fd)
     else:
-        flag = "-a" if isinstance(step, tenancy.JoinGroup) else "-d"
+        flag = "-a" if step.join else "-d"
         gpasswd = shutil.which("gpasswd")
         if gpasswd is None:
             raise NotFoundError("gpasswd (shadow-utils, package passwd) is needed to edit groups")

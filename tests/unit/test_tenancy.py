@@ -10,11 +10,9 @@ from chunkd.errors import RequestError
 from chunkd.tenancy import (
     Account,
     Entry,
-    FixDirectory,
     Group,
-    JoinGroup,
-    LeaveGroup,
-    MakeDirectory,
+    GroupMembership,
+    OwnDirectory,
     TenantRequest,
     plan_tenant,
 )
@@ -37,14 +35,14 @@ BASE = TenantRequest(
 
 def test_a_new_tenant_gets_its_directory_and_the_socket_group() -> None:
     assert plan_tenant(BASE) == [
-        MakeDirectory("/srv/fl/client_alice", 1001, 990, 0o2750),
-        JoinGroup("alice", "chunkd-users"),
+        OwnDirectory("/srv/fl/client_alice", 1001, 990, 0o2750, create=True),
+        GroupMembership("alice", "chunkd-users", join=True),
     ]
 
 
 def test_a_tenant_in_the_reading_group_is_taken_out_of_it() -> None:
     request = dataclasses.replace(BASE, daemon_group=Group("chunkd", 990, frozenset({"alice"})))
-    assert LeaveGroup("alice", "chunkd") in plan_tenant(request)
+    assert GroupMembership("alice", "chunkd", join=False) in plan_tenant(request)
 
 
 def test_a_second_run_has_nothing_to_do() -> None:
@@ -59,7 +57,9 @@ def test_a_second_run_has_nothing_to_do() -> None:
 def test_a_directory_made_by_root_or_with_the_wrong_mode_is_handed_over() -> None:
     for entry in (Entry(True, False, 0, 0, 0o755), Entry(True, False, 1001, 990, 0o750)):
         request = dataclasses.replace(BASE, client_dir_entry=entry)
-        assert plan_tenant(request)[0] == FixDirectory("/srv/fl/client_alice", 1001, 990, 0o2750)
+        assert plan_tenant(request)[0] == OwnDirectory(
+            "/srv/fl/client_alice", 1001, 990, 0o2750, create=False
+        )
 
 
 @pytest.mark.parametrize(
