@@ -21,8 +21,10 @@ LAYERS: dict[str, int] = {
     "pickle_scan": 2,
     "pickle_rules": 2,
     "tensor_names": 2,
+    "tensor_refs": 2,
     "flatindex": 2,
     "codec": 2,
+    "byteplanes": 2,
     "rounds": 2,
     "retention": 2,
     "runs": 2,
@@ -53,8 +55,10 @@ PURE = {
     "pickle_rules",
     "pickle_scan",
     "tensor_names",
+    "tensor_refs",
     "flatindex",
     "codec",
+    "byteplanes",
     "rounds",
     "retention",
     "runs",
@@ -78,9 +82,10 @@ FORBIDDEN_IN_PURE = {
     "pathlib",
     "io",
 }
-#: What a pure module may import all the same, and the only names it may use from it: codec keeps
-#: its zstd contexts and scratch buffers per thread (``threading.local``); it starts no thread.
-ALLOWED_IN_PURE = {"codec": {"threading": {"local"}}}
+#: What a pure module may import all the same, and the only names it may use from it: byteplanes
+#: (codec's) keeps its zstd contexts and scratch buffers per thread (``threading.local``); it
+#: starts no thread.
+ALLOWED_IN_PURE = {"byteplanes": {"threading": {"local"}}}
 #: torch costs ~140 MiB and seconds to import: never on the ingest and restore paths.
 TORCH_ALLOWED = {"export"}
 
