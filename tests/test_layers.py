@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "store": 4,
     "checkpoint": 5,
     "deltas": 5,
+    "recent_chunks": 5,
     "filecheck": 5,
     "ingest": 6,
     "restore": 6,
