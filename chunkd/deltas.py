@@ -44,6 +44,19 @@ from chunkd.errors import ChunkdError
 from chunkd.recent_chunks import RECENT, RecentChunks, StoreChunks
 from chunkd.store import BATCH_BYTES, ChunkStore, RoundInfo
 
+__all__ = [
+    "KEY_INTERVAL",
+    "LINK_WINDOW",
+    "RECENT",
+    "LinkResult",
+    "RecentChunks",
+    "StoreChunks",
+    "chain_depths",
+    "encode_chunk",
+    "link_previous_round",
+    "promote_orphaned_deltas",
+]
+
 #: A key chunk at least every this many rounds of a chunk's history (chain depth < this): an
 #: old round decodes at most ``KEY_INTERVAL - 1`` deltas; the newest decodes none.
 KEY_INTERVAL = 8
