@@ -1,6 +1,6 @@
 """What one ingest is asked to do and what it did: :class:`IngestOptions`, :class:`IngestResult`.
 
-The values that cross the engine's edge: the daemon's lanes, the ``chunkd ingest`` command,
+The values that cross the engine's edge: the daemon's lanes, ``chunkd ingest --db``,
 the summaries and the logs all read an :class:`IngestResult`, and none of them needs the
 pipeline that made it. Kept apart from :mod:`chunkd.ingest` (the rules for one file) and
 :mod:`chunkd.ingest_pipeline` (its bytes into the store), which both build results, so that
