@@ -13,6 +13,11 @@ One file, synchronously; the daemon's lane and ``chunkd ingest --db`` both call
 
 Any failure before the commit undoes the chunk rows this ingest added
 (:meth:`~chunkd.store.RoundWriter.abort`), so a rejected file leaves the database as it was.
+
+This module holds steps 1-3, the rules of docs/SPEC.md "Rounds" (a file already taken, a file
+claiming another's round) and the link step after the commit (:mod:`chunkd.deltas`). Steps 4-5
+are :mod:`chunkd.ingest_pipeline`; the options and the result are :mod:`chunkd.ingest_result`.
+What importers use of those is re-exported here, so they need only this module.
 """
 
 from __future__ import annotations
@@ -21,126 +26,39 @@ import dataclasses
 import errno
 import hashlib
 import os
-import re
 import stat
 import time
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
-from chunkd import codec, rounds
-from chunkd.checkpoint import ParsedCheckpoint, parse_checkpoint, read_exact, read_into
-from chunkd.deltas import RECENT, encode_chunk, link_previous_round
-from chunkd.errors import (
-    FileChangedError,
-    NotACheckpointError,
-    NotFoundError,
-    RoundConflictError,
-)
-from chunkd.filecheck import FileChecker
+from chunkd import rounds
+from chunkd.checkpoint import parse_checkpoint, read_exact
+from chunkd.deltas import link_previous_round
+from chunkd.errors import NotACheckpointError, NotFoundError, RoundConflictError
 from chunkd.flatindex import plan_chunks
-from chunkd.manifest import ChunkSpec, RoundLayout
+from chunkd.ingest_pipeline import INLINE_MAX_BYTES, InlineExecutor, ms_since, stream_round
+from chunkd.ingest_result import (
+    OUTCOME_DUPLICATE,
+    OUTCOME_INGESTED,
+    OUTCOME_REPLACED,
+    OUTCOME_SEEN,
+    IngestOptions,
+    IngestResult,
+    Progress,
+)
 from chunkd.store import ChunkStore, FileIdentity, SourceRecord
 
-#: Chunks read ahead of the one being stored; memory is about this many chunks.
-WINDOW = 4
-
-#: A file this small is checked (CRC-32s, whole-file SHA-256) on the writer's own thread, and
-#: without a caller's pool also hashed and encoded there: for a few KiB, starting three threads
-#: per file and a GIL hand-off per future cost more than the work (issue 20: 2 KB checkpoints).
-#: Bigger files keep the pipeline; a caller's pool (the daemon's) is always used.
-INLINE_MAX_BYTES = 1 << 20
-
-OUTCOME_INGESTED = "ingested"
-OUTCOME_REPLACED = "replaced"
-OUTCOME_DUPLICATE = "duplicate"
-OUTCOME_SEEN = "seen"  # path, size and mtime already taken: not even read
-
-#: ``progress(bytes_done, bytes_total)``: called from the writer's thread after each chunk is
-#: stored, so a daemon can prove liveness (watchdog) and report long ingests; must be cheap.
-Progress = Callable[[int, int], None]
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class IngestOptions:
-    chunk_num: int = 10
-    max_chunk_bytes: int = 1 << 20
-    compression: str = "auto"
-    delta: bool = True
-    round_regex: re.Pattern[str] = re.compile(rounds.DEFAULT_ROUND_REGEX)
-
-
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    """What one ingest did; the fields of the ``checkpoint.ingested`` log line."""
-
-    outcome: str
-    path: str
-    round_num: int | None
-    bytes_in: int
-    chunks: int
-    chunks_new: int
-    bytes_new: int
-    file_sha256: str
-    duration_ms: float
-    #: the round's tensor bytes (its chunks' raw size) and how many of them were new
-    tensor_bytes: int = 0
-    tensor_bytes_new: int = 0
-    #: for a rewritten round: the version it superseded (now an earlier generation)
-    generation: int = 0
-    previous_sha256: str | None = None
-    previous_path: str | None = None
-    #: the link step (chunkd.deltas): the previous round's chunks re-coded as deltas on this one,
-    #: the stored bytes that saved, and how long it took (after the round was committed)
-    linked_chunks: int = 0
-    linked_saved_bytes: int = 0
-    link_ms: float = 0.0
-
-    @property
-    def dedup_ratio(self) -> float:
-        """Share of this round's tensor bytes that were already stored: 0.0 = all new, 1.0 = none.
-
-        A share rather than "x:1" so that it stays finite for a round that adds nothing.
-        """
-        if not self.tensor_bytes:
-            return 1.0
-        return round(1 - self.tensor_bytes_new / self.tensor_bytes, 4)
-
-    @property
-    def mb_per_s(self) -> float:
-        return round(self.bytes_in / 1e6 / (self.duration_ms / 1e3), 1) if self.duration_ms else 0.0
-
-    def log_fields(self) -> dict[str, object]:
-        return {
-            "round": self.round_num,
-            "path": self.path,
-            "bytes_in": self.bytes_in,
-            "chunks": self.chunks,
-            "chunks_new": self.chunks_new,
-            "bytes_new": self.bytes_new,
-            "dedup_ratio": self.dedup_ratio,
-            "duration_ms": round(self.duration_ms, 1),
-            "mb_per_s": self.mb_per_s,
-            "sha256": self.file_sha256,
-            **(
-                {"generation": self.generation, "previous_sha256": self.previous_sha256}
-                if self.previous_sha256
-                else {}
-            ),
-            **(
-                {
-                    "delta_linked": self.linked_chunks,
-                    "delta_saved": self.linked_saved_bytes,
-                    "link_ms": round(self.link_ms, 1),
-                }
-                if self.linked_chunks
-                else {}
-            ),
-        }
+__all__ = [
+    "INLINE_MAX_BYTES",
+    "OUTCOME_DUPLICATE",
+    "OUTCOME_INGESTED",
+    "OUTCOME_REPLACED",
+    "OUTCOME_SEEN",
+    "IngestOptions",
+    "IngestResult",
+    "Progress",
+    "ingest_file",
+]
 
 
 def ingest_file(
@@ -182,7 +100,7 @@ def ingest_file(
                 0,
                 0,
                 seen.file_sha256 or "",
-                _ms_since(started),
+                ms_since(started),
             )
         parsed = parse_checkpoint(fd, before.st_size)
         named = round_num
@@ -207,7 +125,7 @@ def ingest_file(
             else ThreadPoolExecutor(max_workers=2, thread_name_prefix="chunkd-hash")
         )
         try:
-            result = _stream_round(
+            result = stream_round(
                 fd,
                 before,
                 parsed,
@@ -236,155 +154,6 @@ def ingest_file(
             os.close(fd)
 
 
-def _stream_round(
-    fd: int,
-    before: os.stat_result,
-    parsed: ParsedCheckpoint,
-    specs: list[ChunkSpec],
-    round_num: int,
-    sequential: bool,
-    store: ChunkStore,
-    options: IngestOptions,
-    pool: Executor,
-    source: str,
-    started: float,
-    progress: Progress | None = None,
-) -> IngestResult:
-    """Stream the chunks through a small pipeline, then commit the round.
-
-    The main thread only reads and writes the database (the one thing that must stay on the
-    writer's thread); everything else overlaps with it: chunk SHA-256 and the codec on ``pool``,
-    the whole-file SHA-256 and the CRC-32s on a sequential worker that sees the bytes in order.
-    """
-    writer = store.begin_round(size_hint=parsed.file_size)
-    file_check = FileChecker(parsed)
-    sequential_worker: Executor = (
-        InlineExecutor()  # in file order anyway: the writer's thread feeds it chunk by chunk
-        if parsed.file_size <= INLINE_MAX_BYTES
-        else ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunkd-filehash")
-    )
-    slot_of = {s.name: i for i, s in enumerate(parsed.storages)}
-    metadata: list[tuple[int, str, str, int]] = []
-    hashing: deque[tuple[ChunkSpec, bytearray, Future[str], Future[None]]] = deque()
-    encoding: deque[tuple[str, int, Future[tuple[str, bytes | memoryview, str | None]]]] = deque()
-    seen_hashes: set[str] = set()
-    recent = RECENT.of(store)
-    encodes = options.compression != "none" or options.delta
-    total_bytes = sum(spec.nbytes for spec in specs)
-    done_bytes = 0
-
-    def after_hash(spec: ChunkSpec, buf: bytearray, digest: Future[str], fed: Future[None]) -> None:
-        chunk_hash = digest.result()
-        fed.result()  # the file checker is done with ``buf`` too: memory stays bounded
-        metadata.append((spec.chunk_id, chunk_hash, spec.parts_json(), spec.flat_size))
-        if options.delta:
-            recent.put(chunk_hash, buf)  # for the link step, without a decode
-        if chunk_hash in seen_hashes or store.has_chunk(chunk_hash):
-            return
-        seen_hashes.add(chunk_hash)
-        if not encodes:
-            writer.add_chunk(chunk_hash, codec.CODEC_RAW, buf, len(buf))
-            return
-        width = codec.group_width(spec.itemsizes())  # the width most of its bytes have
-        encoded = pool.submit(encode_chunk, buf, width, options.compression)
-        encoding.append((chunk_hash, len(buf), encoded))
-
-    def store_encoded(
-        chunk_hash: str,
-        raw_size: int,
-        encoded: Future[tuple[str, bytes | memoryview, str | None]],
-    ) -> None:
-        codec_name, stored, base_hash = encoded.result()
-        writer.add_chunk(chunk_hash, codec_name, stored, raw_size, base_hash)
-
-    try:
-        for spec in specs:
-            buf = bytearray(spec.nbytes)
-            view = memoryview(buf)
-            pos = 0
-            pieces: list[tuple[int, int, memoryview]] = []
-            for part in spec.parts:
-                i = slot_of[part.name]
-                slot = parsed.storages[i]
-                piece = view[pos : pos + part.nbytes]
-                file_offset = slot.file_offset + part.flat_start * slot.itemsize
-                read_into(fd, file_offset, piece)
-                pieces.append((i, file_offset, piece))
-                pos += part.nbytes
-            fed = sequential_worker.submit(file_check.feed_all, pieces)
-            hashing.append((spec, buf, pool.submit(_sha256_hex, view), fed))
-            while len(hashing) > WINDOW:
-                after_hash(*hashing.popleft())
-            while len(encoding) > WINDOW:
-                store_encoded(*encoding.popleft())
-            done_bytes += spec.nbytes
-            if progress is not None:
-                progress(done_bytes, total_bytes)
-        while hashing:
-            after_hash(*hashing.popleft())
-        while encoding:
-            store_encoded(*encoding.popleft())
-        file_sha256 = sequential_worker.submit(file_check.finish, fd).result()
-        file_check.check_crcs()
-        after = os.fstat(fd)
-        if FileIdentity.of(after) != FileIdentity.of(before):
-            raise FileChangedError(f"{source} changed while it was read")
-
-        same_round = _round_with_same_file(store, round_num, sequential, file_sha256)
-        if same_round is not None:
-            writer.abort()
-            return IngestResult(
-                OUTCOME_DUPLICATE,
-                source,
-                same_round,
-                parsed.file_size,
-                len(specs),
-                0,
-                0,
-                file_sha256,
-                _ms_since(started),
-                layout_bytes(parsed),
-                0,
-            )
-        layout = RoundLayout(
-            file_size=parsed.file_size,
-            file_sha256=file_sha256,
-            storages=parsed.storages,
-            segments=parsed.segments,
-        )
-        committed = writer.commit(
-            round_num=round_num,
-            layout=layout,
-            residue=parsed.residue,
-            chunks=metadata,
-            source=SourceRecord(
-                source, FileIdentity.of(before), file_sha256, round_num, OUTCOME_INGESTED
-            ),
-        )
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        sequential_worker.shutdown(wait=True)
-    previous = committed.superseded
-    return IngestResult(
-        OUTCOME_REPLACED if previous is not None else OUTCOME_INGESTED,
-        source,
-        round_num,
-        parsed.file_size,
-        len(specs),
-        writer.new_chunks,
-        writer.new_bytes,
-        file_sha256,
-        _ms_since(started),
-        layout.flat_bytes,
-        writer.new_raw_bytes,
-        committed.generation,
-        previous.file_sha256 if previous else None,
-        previous.source_path if previous else None,
-    )
-
-
 def _link(
     store: ChunkStore,
     result: IngestResult,
@@ -406,12 +175,8 @@ def _link(
         result,
         linked_chunks=linked.linked,
         linked_saved_bytes=linked.bytes_before - linked.bytes_after,
-        link_ms=_ms_since(started),
+        link_ms=ms_since(started),
     )
-
-
-def layout_bytes(parsed: ParsedCheckpoint) -> int:
-    return sum(s.nbytes for s in parsed.storages)
 
 
 def _open_checkpoint(path: str | os.PathLike[str]) -> int:
@@ -424,19 +189,6 @@ def _open_checkpoint(path: str | os.PathLike[str]) -> int:
                 f"{path} is a symbolic link; checkpoints are taken only as regular files"
             ) from None
         raise
-
-
-def _round_with_same_file(
-    store: ChunkStore, round_num: int, sequential: bool, file_sha256: str
-) -> int | None:
-    """The stored round this file would merely repeat, if any (docs/SPEC.md, "Rounds")."""
-    if sequential:
-        return store.round_with_sha(file_sha256)
-    try:
-        existing = store.get_round(round_num)
-    except LookupError:
-        return None
-    return round_num if existing.file_sha256 == file_sha256 else None
 
 
 def _refuse_conflict(store: ChunkStore, round_num: int, source: str, fd: int, size: int) -> None:
@@ -487,23 +239,3 @@ def _same_content_as_taken(
     seen = SourceRecord(source, identity, taken.file_sha256, taken.round_num, taken.outcome)
     store.record_source(seen)
     return seen
-
-
-class InlineExecutor(Executor):
-    """Runs each task at once on the caller's thread: the pipeline's code, without its threads."""
-
-    def submit(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> Future[T]:
-        future: Future[T] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as e:  # re-raised by result(), where a worker's would be
-            future.set_exception(e)
-        return future
-
-
-def _sha256_hex(data: memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _ms_since(started: float) -> float:
-    return (time.perf_counter() - started) * 1e3
