@@ -19,7 +19,7 @@ import zstandard
 
 from chunkd.errors import BusyError, IntegrityError, NotFoundError, StoreError
 from chunkd.manifest import RoundLayout
-from chunkd.store.chunk_reading import MAX_CHAIN, ChunkReading
+from chunkd.store.chunk_reading import ChunkReading
 from chunkd.store.records import (
     ChunkRef,
     FileIdentity,
@@ -27,8 +27,6 @@ from chunkd.store.records import (
     SourceRecord,
     StoreStats,
 )
-
-__all__ = ["MAX_CHAIN", "ChunkReading", "StoreReading", "wrap_error"]
 
 _ROUND_COLUMNS = (
     "round_num, file_sha256, file_size, flat_bytes, chunk_count, new_chunks, new_bytes,"
