@@ -4,7 +4,8 @@
 * :mod:`.schema` — tables, pragmas, format upgrades
 * :mod:`.lock` — the one-writer lock on ``<db>.lock``
 * :mod:`.gc` — the pure garbage-collection plan
-* :mod:`.reading` — queries; :mod:`.core` — opening, writing, retention's deletes and vacuum
+* :mod:`.reading` — round queries, the read transaction; :mod:`.chunk_reading` — chunk queries
+* :mod:`.core` — opening, writing; :mod:`.removing` — retention's deletes, GC, free space back
 * :mod:`.writing` — :class:`RoundWriter`, one round in the crash-safe order
 """
 
