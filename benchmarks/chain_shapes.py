@@ -8,7 +8,8 @@ re-code per chunk at ingest instead. docs/DESIGN.md "Reverse delta chains" cites
 
 Method: a **model over real codec outputs**, not the engine. Each client's rounds of
 :mod:`benchmarks.trajectory` are cut exactly as ingest cuts them (``parse_checkpoint``,
-``plan_chunks`` with the defaults, parts read as ``chunkd.ingest_pipeline.stream_round`` reads them);
+``plan_chunks`` with the defaults, parts read as
+``chunkd.ingest_pipeline.stream_round`` reads them);
 every chunk is coded with :func:`chunkd.codec.encode` on its own (key), against the same chunk_id
 of the previous round (forward delta) and of the next round (reverse delta). Both directions are
 coded, so the model needs no symmetry assumption; the table reports how far they differ. The
