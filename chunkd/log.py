@@ -72,6 +72,7 @@ REPLICA_PRUNED = "replica.pruned"
 REPLICA_QUARANTINED = "replica.quarantined"  # an unusable manifest the sweep left in place
 REPLICA_LOCKS_RELEASED = "replica.locks_released"  # a killed predecessor's locks, removed
 WATCH_ROOT_MISSING = "watch_root.missing"
+LAYOUT_UNSAFE = "layout.unsafe"  # tenants left in the group that reads every client directory
 ATTEMPT_UNRECORDED = "attempt.unrecorded"
 CHECKPOINT_PROGRESS = "checkpoint.progress"
 METRICS_FAILED = "metrics.failed"  # the metrics textfile could not be written
@@ -118,6 +119,7 @@ ALL_EVENTS: tuple[str, ...] = (
     REPLICA_QUARANTINED,
     REPLICA_LOCKS_RELEASED,
     WATCH_ROOT_MISSING,
+    LAYOUT_UNSAFE,
     ATTEMPT_UNRECORDED,
     CHECKPOINT_PROGRESS,
     METRICS_FAILED,

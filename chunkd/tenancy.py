@@ -169,3 +169,18 @@ def _check_parent(path: str, entry: Entry | None) -> None:
             "it must belong to root and be writable by root alone (chown root: and chmod 0755), "
             "or a tenant could replace another's directory"
         )
+
+
+def reading_group_warning(group: str, members: list[str], daemon_user: str) -> str | None:
+    """What the daemon says at start-up when its own group, which reads every client directory in
+    the documented layout, has members besides the daemon: each of them reads every tenant's
+    checkpoints (the old README layout put every tenant there). None when it has none."""
+    others = sorted(set(members) - {daemon_user})
+    if not others:
+        return None
+    shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
+    return (
+        f"group {group}, the daemon's own, has other members ({shown}): it reads every client "
+        "directory, so they read every tenant's checkpoints; `chunkd tenant add USER ID` takes "
+        'a tenant out of it (README "Tenants")'
+    )

@@ -17,11 +17,14 @@ while it watched nothing ("clients watched 0" and a warning were the only signs)
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import stat
 from pathlib import Path
 from typing import Final
 
+from chunkd import tenancy
 from chunkd.errors import ConfigError
 
 #: What :func:`missing_directory` says of a path that is simply not there (yet).
@@ -63,3 +66,16 @@ def client_dir_warning(index: int, directory: Path) -> str | None:
     if problem != DOES_NOT_EXIST:
         raise ConfigError(f"clients[{index}].dir: {directory} {problem}")
     return f"clients[{index}].dir {directory} does not exist; watched once it appears"
+
+
+def reading_group_warning() -> str | None:
+    """:func:`chunkd.tenancy.reading_group_warning` for the running daemon's group. Not checked
+    when the daemon runs as root (development, tests): its group is not the layout's."""
+    if os.geteuid() == 0:
+        return None
+    try:
+        group = grp.getgrgid(os.getegid())
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # an id without a name: no layout to judge
+        return None
+    return tenancy.reading_group_warning(group.gr_name, list(group.gr_mem), user)

@@ -188,6 +188,22 @@ def _ingested(client: str, round_num: int):
     )
 
 
+def _events(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+def _serve_until_ready(user: str, config: Path, log: Path, cwd: Path, env: dict) -> None:
+    """Run ``chunkd serve`` as ``user`` until ``daemon.ready``, then stop it (SIGTERM)."""
+    command = [*_as(user), sys.executable, "-m", "chunkd.cli.main", "serve", "--config", config]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    try:
+        _wait_for(log, proc, lambda e: e.get("event") == "daemon.ready")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_the_documented_tenant_layout_isolates_tenants_on_disk() -> None:
     for needed in (TOP, Path(sys.prefix)):
         closed = [d for d in (needed, *needed.parents) if not d.stat().st_mode & 0o001]
@@ -218,6 +234,15 @@ def test_the_documented_tenant_layout_isolates_tenants_on_disk() -> None:
         os.chown(config, 0, grp.getgrnam(who.socket_group).gr_gid)
         config.chmod(0o640)  # as the install leaves it: root:chunkd-users
 
+        env = {k: v for k, v in os.environ.items() if k not in {"CHUNKD_CONFIG", "NOTIFY_SOCKET"}}
+        env["PYTHONPATH"] = str(TOP)
+        # The old layout (alice in the daemon's group): the daemon says so at start-up.
+        assert who.alice in grp.getgrnam(who.daemon).gr_mem
+        old_log = base / "old-layout.log"
+        _serve_until_ready(who.daemon, config, old_log, base, env)
+        (unsafe,) = [e for e in _events(old_log) if e.get("event") == "layout.unsafe"]
+        assert who.alice in str(unsafe["warning"]) and unsafe["level"] == "warning"
+
         # The operator's one command per tenant; a second run has nothing to do.
         for tenant, client in ((who.alice, "alice"), (who.bob, "bob")):
             done = _cli(
@@ -239,8 +264,6 @@ def test_the_documented_tenant_layout_isolates_tenants_on_disk() -> None:
         )
 
         log = base / "daemon.log"
-        env = {k: v for k, v in os.environ.items() if k not in {"CHUNKD_CONFIG", "NOTIFY_SOCKET"}}
-        env["PYTHONPATH"] = str(TOP)
         with open(log, "wb") as out:
             daemon = subprocess.Popen(
                 [
@@ -265,6 +288,7 @@ def test_the_documented_tenant_layout_isolates_tenants_on_disk() -> None:
             _write_as(who.bob, bob_dir / "model_round_1.pth", bob_bytes)
             _wait_for(log, daemon, _ingested("alice", 1))
             _wait_for(log, daemon, _ingested("bob", 1))  # the daemon reads both tenants
+            assert not [e for e in _events(log) if e.get("event") == "layout.unsafe"]
 
             holder = subprocess.Popen(
                 [

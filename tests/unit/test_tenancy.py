@@ -82,3 +82,14 @@ def test_a_directory_made_by_root_or_with_the_wrong_mode_is_handed_over() -> Non
 def test_a_layout_that_cannot_isolate_tenants_is_refused(change: dict, reason: str) -> None:
     with pytest.raises(RequestError, match=reason):
         plan_tenant(dataclasses.replace(BASE, **change))
+
+
+def test_the_daemons_group_with_other_members_is_a_warning() -> None:
+    from chunkd.tenancy import reading_group_warning
+
+    assert reading_group_warning("chunkd", [], "chunkd") is None
+    assert reading_group_warning("chunkd", ["chunkd"], "chunkd") is None
+    warning = reading_group_warning("chunkd", ["chunkd", "bob", "alice"], "chunkd")
+    assert warning is not None and "(alice, bob)" in warning and "tenant add" in warning
+    many = reading_group_warning("chunkd", [f"u{i:02d}" for i in range(12)], "chunkd")
+    assert many is not None and "u09 and 2 more" in many
