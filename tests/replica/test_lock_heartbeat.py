@@ -35,6 +35,7 @@ def quick_locks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(locks, "LOCK_REFRESH_S", REFRESH_S)
 
 
+@pytest.mark.scale  # a throttled upload outliving a lock period: `make integration`
 def test_a_throttled_upload_keeps_its_lock_live(
     bucket: Bucket, tmp_path: Path, quick_locks: None
 ) -> None:

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from chunkd.config import ReplicaConfig
 from chunkd.daemon.replication import ReplicaStage
 from chunkd.replica.bounds import MAX_MANIFEST_BYTES
@@ -126,6 +128,7 @@ def test_stage_uploads_new_rounds_and_resumes_after_restart(
     assert len(watcher.checked) == 6
 
 
+@pytest.mark.scale  # a real S3 server down for seconds: `make integration`
 def test_s3_killed_mid_upload_loses_nothing_and_catches_up(
     start_weed: Callable[[], WeedServer], tmp_path: Path
 ) -> None:
@@ -175,6 +178,7 @@ def test_s3_killed_mid_upload_loses_nothing_and_catches_up(
     assert not watcher.violations
 
 
+@pytest.mark.scale  # a real S3 server down for seconds: `make integration`
 def test_a_full_s3_server_loses_nothing_and_the_replica_catches_up_once_it_has_room(
     start_weed: Callable[..., WeedServer], tmp_path: Path
 ) -> None:
@@ -203,6 +207,7 @@ def test_a_full_s3_server_loses_nothing_and_the_replica_catches_up_once_it_has_r
     remote_matches_local(bucket, db)
 
 
+@pytest.mark.scale  # a real S3 server down for seconds: `make integration`
 def test_a_frozen_s3_server_holds_up_neither_ingest_nor_shutdown(
     start_weed: Callable[..., WeedServer], tmp_path: Path
 ) -> None:
