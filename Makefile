@@ -29,7 +29,7 @@ lint: setup
 
 # Everything but the long runs: the reliability campaigns (`make campaign` runs their short forms,
 # `make torture` their full size), and the framework and scale runs of `make integration`.
-# About 9 minutes on a quiet 2-core machine (measured: 8 min 39 s of tests, plus lint).
+# About 9 minutes on 2 cores (measured: 8 min 39 s to 9 min 44 s of tests, plus lint).
 test: lint
 	$(BIN)/python -m pytest -q -m "not campaign and not integration and not scale" --durations=10
 
