@@ -47,7 +47,7 @@ torture: setup
 # rounds) and a Flower simulation of 100 clients beside a real chunkd daemon (marker
 # `integration`), and the scale tests (marker `scale`: 120 to 300 clients on one daemon, two
 # daemons sharing a real S3 server, a real S3 server killed, full or frozen under upload, the
-# largest pickle budgets): about 6 minutes on 2 cores, installing flwr included.
+# largest pickle budgets): about 8 minutes on 2 cores, installing flwr included.
 integration: setup
 	$(BIN)/pip install --quiet -e '.[integration]'
 	$(BIN)/python -m pytest -q -m "integration or scale" --durations=10 tests
