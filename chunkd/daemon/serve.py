@@ -15,6 +15,7 @@ import structlog
 
 from chunkd import __version__, log
 from chunkd.config import Settings
+from chunkd.daemon.directories import reading_group_warning
 from chunkd.daemon.metrics_serve import MetricsService
 from chunkd.daemon.scheduler import build_scheduler
 from chunkd.daemon.service import Daemon
@@ -62,6 +63,10 @@ def run(settings: Settings) -> int:
             # naming the key if the address or the file cannot be used
             metrics.start()
             daemon.start()
+            exposed = reading_group_warning()  # tenants left in the daemon's group (issue 19)
+            if exposed is not None:
+                daemon.warnings.append(exposed)  # shown by chunkd status
+                logger.warning(log.LAYOUT_UNSAFE, warning=exposed)
             scheduler = build_scheduler(
                 retention_interval_s=settings.retention_interval_s,
                 rescan_interval_s=settings.rescan_interval_s,

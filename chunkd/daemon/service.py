@@ -31,12 +31,7 @@ import structlog
 from chunkd import __version__, log
 from chunkd.config import Settings
 from chunkd.daemon import sdnotify
-from chunkd.daemon.directories import (
-    client_dir_warning,
-    ensure_watch_root,
-    missing_directory,
-    reading_group_warning,
-)
+from chunkd.daemon.directories import client_dir_warning, ensure_watch_root, missing_directory
 from chunkd.daemon.heartbeat import Heartbeat
 from chunkd.daemon.lanes import ClientLane, utc_now_iso
 from chunkd.daemon.leases import LeaseTable
@@ -341,10 +336,6 @@ class Daemon:
             created = ensure_watch_root(root, may_create=self.settings.create_watch_root)
         if created:
             self._log.info(log.WATCH_ROOT_MISSING, watch_root=str(root), created=True)
-        exposed = reading_group_warning()  # tenants left in the daemon's group (issue 19)
-        if exposed is not None:
-            self.warnings.append(exposed)
-            self._log.warning(log.LAYOUT_UNSAFE, warning=exposed)
 
     def _explicit_dir_ready(self, index: int, client_id: str, directory: Path) -> bool:
         """Whether a ``[[clients]]`` directory can be watched now; one that does not exist yet is
