@@ -142,7 +142,8 @@ class MetricsService:
         while not self._stop.wait(TEXTFILE_EVERY_S):
             try:
                 self.write_textfile()
-            except ConfigError as e:  # the directory went away: say so, keep trying
+            except Exception as e:  # the directory went away, a figure failed:
+                # say so and keep trying; this thread must not die with the metrics unwritten
                 logger.warning(log.METRICS_FAILED, error=str(e))
 
     def stop(self) -> None:
