@@ -77,8 +77,18 @@ def has_database(info: ClientInfo) -> bool:
 
 
 def open_store_if_any(info: ClientInfo) -> ChunkStore | None:
-    """A reader, or None for a client whose first checkpoint has not been ingested yet."""
-    return ChunkStore.open_reader(info.db_path) if has_database(info) else None
+    """A reader, or None for a client whose first checkpoint has not been ingested yet.
+
+    That includes a database whose schema never committed (its writer was killed while creating
+    it: ``open_reader`` finds schema version 0, "holds no rounds yet"): nothing was stored, and
+    nothing is damaged; the next writer creates the schema (a lifecycle campaign found ``list``
+    calling such a client damaged after a ``kill -9`` during its first ingest)."""
+    if not has_database(info):
+        return None
+    try:
+        return ChunkStore.open_reader(info.db_path)
+    except NotFoundError:
+        return None
 
 
 def list_clients(state: DaemonState, selected: list[ClientInfo]) -> dict[str, object]:

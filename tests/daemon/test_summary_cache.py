@@ -4,6 +4,7 @@ can make to a real database, it never serves a summary older than the file, and 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -133,3 +134,21 @@ def test_a_failed_read_is_not_cached(db: Path) -> None:
     with pytest.raises(OSError):
         cache.get("c", db, broken)
     assert cache.counts()["cached"] == 0
+
+
+def test_a_database_whose_schema_never_committed_is_empty_not_damaged(make_daemon) -> None:
+    """A writer killed while creating a new database leaves a file with no schema (version 0):
+    nothing was stored and nothing is damaged (found by the lifecycle campaign, seed 67)."""
+    import sqlite3 as sqlite
+
+    daemon = make_daemon(start=False)
+    db = daemon.db("1")
+    db.parent.mkdir(parents=True)
+    with sqlite.connect(db) as conn:  # a non-empty file whose user_version is still 0
+        conn.execute("CREATE TABLE half_made (x INTEGER)")
+    daemon.start()
+    listed = json.loads(daemon.cli("list", "--json").stdout)["clients"]
+    (entry,) = [c for c in listed if c["client"] == "1"]
+    assert entry["round_count"] == 0 and "error" not in entry and "damaged" not in entry
+    status = json.loads(daemon.cli("status", "--json").stdout)
+    assert status["damaged_databases"] == {}
